@@ -1,0 +1,5 @@
+"""Generated CSI v1.12 protobuf/gRPC code lives here; do not edit it by hand.
+
+Regenerate from proto/csi.proto with hack/gen-proto (hack/gen-proto --check verifies it is
+up to date).
+"""
