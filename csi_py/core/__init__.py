@@ -1,0 +1,1 @@
+"""The driver's domain logic: no grpc, no direct kernel calls (those go through a Host)."""

@@ -1,0 +1,471 @@
+"""Controller logic: volumes' creation, deletion, validation, listing, capacity and
+attachment to nodes. Everything here is idempotent as the CSI spec requires."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass
+
+from csi_py.config import MIN_FS_BYTES, Config
+from csi_py.core import validation as v
+from csi_py.core.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.model import (
+    AccessMode,
+    AccessType,
+    Attachment,
+    Capability,
+    CapacityRange,
+    Provisioning,
+    Volume,
+    VolumeState,
+)
+from csi_py.core.pool import Pool
+from csi_py.linux import Host, files
+from csi_py.state.catalog import Catalog, NameTaken
+
+log = logging.getLogger(__name__)
+
+PARAM_FS_TYPE = "fsType"
+PARAM_PROVISIONING = "provisioning"
+KNOWN_PARAMETERS = (PARAM_FS_TYPE, PARAM_PROVISIONING)
+# Keys the external-provisioner adds (with --extra-create-metadata); they describe the
+# PVC and never change what we build.
+IGNORED_PARAMETER_PREFIXES = ("csi.storage.k8s.io/",)
+PUBLISH_CONTEXT_NODE = "node"
+PUBLISH_CONTEXT_READONLY = "readonly"
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class VolumeListing:
+    volumes: tuple[tuple[Volume, tuple[str, ...]], ...]  # (volume, published node ids)
+    next_token: str
+
+
+@dataclass(frozen=True)
+class CapacityReport:
+    available_bytes: int
+    maximum_volume_bytes: int
+    minimum_volume_bytes: int
+
+
+def check_capability(cap: Capability, filesystems: tuple[str, ...]) -> None:
+    """Raise InvalidArgument when we can never honour `cap`."""
+    if not cap.access_mode.supported:
+        raise InvalidArgument(
+            f"access mode {cap.access_mode.value} is not supported: a loop device lives on"
+            " one node, so only SINGLE_NODE_* modes are offered"
+        )
+    if cap.access_type is AccessType.MOUNT and cap.fs_type and cap.fs_type not in filesystems:
+        raise InvalidArgument(
+            f"filesystem type {cap.fs_type!r} is not supported; choose one of {filesystems}"
+        )
+    if cap.access_type is AccessType.BLOCK and cap.mount_flags:
+        raise InvalidArgument("mount flags make no sense for a block volume")
+    v.check_mount_flags(cap.mount_flags)
+
+
+def topology_matches(segments: dict[str, str], key: str, node_id: str) -> bool:
+    """A topology names our node if it has our key with our node id, or lacks our key."""
+    return segments.get(key, node_id) == node_id
+
+
+class ControllerCore:
+    """The CSI controller service's logic, over a catalog, a pool and a host."""
+
+    def __init__(
+        self, config: Config, catalog: Catalog, pool: Pool, host: Host, locks: KeyedTryLock
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.pool = pool
+        self.host = host
+        self.locks = locks
+
+    # --- sizes and parameters ----------------------------------------------------------
+
+    def _parse_parameters(
+        self, parameters: dict[str, str], caps: list[Capability]
+    ) -> tuple[str, Provisioning]:
+        v.check_map(parameters, "parameters")
+        unknown = sorted(
+            k for k in parameters
+            if k not in KNOWN_PARAMETERS and not k.startswith(IGNORED_PARAMETER_PREFIXES)
+        )
+        if unknown:
+            raise InvalidArgument(
+                f"unknown parameter(s) {unknown}; this driver accepts {list(KNOWN_PARAMETERS)}"
+            )
+        cap_fs = {c.fs_type for c in caps if c.access_type is AccessType.MOUNT and c.fs_type}
+        if len(cap_fs) > 1:
+            raise InvalidArgument(f"volume capabilities ask for several filesystems: {cap_fs}")
+        fs_type = parameters.get(PARAM_FS_TYPE, "")
+        if fs_type and fs_type not in self.config.filesystems:
+            raise InvalidArgument(
+                f"parameter {PARAM_FS_TYPE}={fs_type!r} is not supported; choose one of"
+                f" {self.config.filesystems}"
+            )
+        if fs_type and cap_fs and cap_fs != {fs_type}:
+            raise InvalidArgument(
+                f"parameter {PARAM_FS_TYPE}={fs_type!r} contradicts the capability's"
+                f" fs_type {cap_fs.pop()!r}"
+            )
+        fs_type = fs_type or (cap_fs.pop() if cap_fs else self.config.default_fs_type)
+        prov = parameters.get(PARAM_PROVISIONING, self.config.default_provisioning)
+        try:
+            provisioning = Provisioning(prov)
+        except ValueError:
+            raise InvalidArgument(
+                f"parameter {PARAM_PROVISIONING}={prov!r} must be 'thin' or 'thick'"
+            ) from None
+        return fs_type, provisioning
+
+    def resolve_size(self, rng: CapacityRange, fs_type: str, mount: bool) -> int:
+        """The size to create for `rng`: the default when unset, at least the filesystem's
+        minimum, rounded up to the granularity, and within the limit.
+
+        Raises InvalidArgument for negative or inverted ranges, OutOfRange when no size
+        that satisfies the range can be made.
+        """
+        req, lim = rng.required_bytes, rng.limit_bytes
+        if req < 0 or lim < 0:
+            raise InvalidArgument("capacity_range bytes must not be negative")
+        if lim and req > lim:
+            raise InvalidArgument(f"required_bytes {req} is larger than limit_bytes {lim}")
+        gran = self.config.size_granularity_bytes
+        floor = MIN_FS_BYTES.get(fs_type, gran) if mount else gran
+        want = req or (min(self.config.default_size_bytes, lim) if lim else
+                       self.config.default_size_bytes)
+        size = -(-max(want, floor) // gran) * gran
+        if lim and size > lim:
+            # Rounding up broke the limit; a smaller multiple may still fit.
+            size = lim // gran * gran
+            if size < max(req, floor):
+                raise OutOfRange(
+                    f"no size between {req} and {lim} bytes is possible: sizes are multiples"
+                    f" of {gran} bytes and {fs_type if mount else 'a volume'} needs at least"
+                    f" {floor} bytes"
+                )
+        if size > self.config.max_volume_bytes:
+            raise OutOfRange(
+                f"{size} bytes is more than the largest volume ({self.config.max_volume_bytes})"
+            )
+        return size
+
+    # --- CreateVolume ------------------------------------------------------------------
+
+    def create_volume(
+        self,
+        name: str,
+        capacity: CapacityRange,
+        caps: list[Capability],
+        parameters: dict[str, str],
+        mutable_parameters: dict[str, str],
+        requisite: list[dict[str, str]],
+    ) -> Volume:
+        """Create (or find, by name) a volume. Idempotent by name.
+
+        Raises InvalidArgument, AlreadyExists (same name, incompatible request),
+        OutOfRange, ResourceExhausted (pool full or topology elsewhere), Aborted.
+        """
+        v.check_string(name, "name")
+        if not caps:
+            raise InvalidArgument(f"volume {name!r}: volume_capabilities are required")
+        for cap in caps:
+            check_capability(cap, self.config.filesystems)
+        if mutable_parameters:
+            raise InvalidArgument(
+                f"volume {name!r}: mutable_parameters {sorted(mutable_parameters)} are not"
+                " supported by this driver"
+            )
+        fs_type, provisioning = self._parse_parameters(parameters, caps)
+        wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
+        size = self.resolve_size(capacity, fs_type, wants_mount)
+        if requisite and not any(
+            topology_matches(t, self.config.topology_key, self.config.node_id) for t in requisite
+        ):
+            raise ResourceExhausted(
+                f"volume {name!r}: the requested topology {requisite} does not include node"
+                f" {self.config.node_id!r}, the only node this driver instance serves"
+            )
+        with self.locks.hold("name:" + name, "CreateVolume"):
+            existing = self.catalog.get_volume_by_name(name)
+            if existing is not None:
+                return self._existing_for_create(existing, capacity, fs_type, provisioning,
+                                                 parameters)
+            self._check_space(name, size, provisioning)
+            volume = Volume(
+                id=v.new_volume_id(),
+                name=name,
+                capacity_bytes=size,
+                fs_type=fs_type,
+                provisioning=provisioning,
+                parameters=tuple(sorted(parameters.items())),
+                state=VolumeState.CREATING,
+                created_at=time.time(),
+            )
+            try:
+                volume = self.catalog.insert_volume(volume)
+            except NameTaken:  # only if someone wrote the catalog behind our back
+                raise AlreadyExists(f"volume name {name!r} is already recorded") from None
+            path = self.pool.image_path(volume.id)
+            try:
+                files.create_image(path, size, preallocate=provisioning is Provisioning.THICK)
+            except OSError as exc:
+                self.catalog.delete_volume(volume.id)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceExhausted(
+                        f"volume {name!r}: the pool {self.pool.root} has no room for"
+                        f" {size} bytes ({provisioning.value})"
+                    ) from exc
+                raise
+            self.catalog.set_volume_state(volume.id, VolumeState.READY)
+            log.info("created volume %s name=%s size=%d fs=%s %s", volume.id, name, size,
+                     fs_type, provisioning.value)
+            return Volume(**{**volume.__dict__, "state": VolumeState.READY})
+
+    def _existing_for_create(
+        self,
+        existing: Volume,
+        capacity: CapacityRange,
+        fs_type: str,
+        provisioning: Provisioning,
+        parameters: dict[str, str],
+    ) -> Volume:
+        name = existing.name
+        if existing.state is not VolumeState.READY:
+            raise FailedPrecondition(
+                f"volume {name!r} ({existing.id}) is {existing.state.value}; retry later"
+            )
+        problems = []
+        if capacity.required_bytes and existing.capacity_bytes < capacity.required_bytes:
+            problems.append(f"it has {existing.capacity_bytes} bytes,"
+                            f" less than the required {capacity.required_bytes}")
+        if capacity.limit_bytes and existing.capacity_bytes > capacity.limit_bytes:
+            problems.append(f"it has {existing.capacity_bytes} bytes,"
+                            f" more than the limit {capacity.limit_bytes}")
+        if existing.fs_type != fs_type:
+            problems.append(f"its filesystem is {existing.fs_type}, not {fs_type}")
+        if existing.provisioning is not provisioning:
+            problems.append(f"it is {existing.provisioning.value}, not {provisioning.value}")
+        if existing.parameter_map != parameters:
+            problems.append("it was created with other parameters")
+        if problems:
+            raise AlreadyExists(
+                f"volume {name!r} exists ({existing.id}) but " + "; ".join(problems)
+            )
+        return existing
+
+    def _check_space(self, name: str, size: int, provisioning: Provisioning) -> None:
+        report = self.capacity(provisioning)
+        if size > report.available_bytes:
+            raise ResourceExhausted(
+                f"volume {name!r}: {size} bytes ({provisioning.value}) do not fit; the pool"
+                f" {self.pool.root} can offer {report.available_bytes} bytes"
+            )
+
+    # --- DeleteVolume ------------------------------------------------------------------
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Delete a volume and its backing file. Idempotent: an unknown id is success.
+
+        Raises InvalidArgument (empty id), FailedPrecondition (still attached or staged),
+        Aborted.
+        """
+        v.require(volume_id, "volume_id")
+        if not v.is_volume_id(volume_id):
+            return
+        with self.locks.hold(volume_id, "DeleteVolume"):
+            volume = self.catalog.get_volume(volume_id)
+            if volume is None:
+                return
+            path = self.pool.image_path(volume_id)
+            attached = self.catalog.attachments_of(volume_id)
+            if attached:
+                nodes = ", ".join(a.node_id for a in attached)
+                raise FailedPrecondition(
+                    f"volume {volume_id} is still published to node(s) {nodes};"
+                    " call ControllerUnpublishVolume first"
+                )
+            devices = self.host.loops.find_by_backing_file(path)
+            if devices or self.catalog.get_staging(volume_id):
+                where = ", ".join(d.path for d in devices) or "a staging record"
+                raise FailedPrecondition(
+                    f"volume {volume_id} is in use on this node ({where});"
+                    " unstage it before deleting"
+                )
+            self.catalog.set_volume_state(volume_id, VolumeState.DELETING)
+            files.remove_file(path)
+            self.catalog.delete_volume(volume_id)
+            log.info("deleted volume %s name=%s", volume_id, volume.name)
+
+    # --- lookups -----------------------------------------------------------------------
+
+    def get_ready_volume(self, volume_id: str) -> Volume:
+        """The READY volume with this id. Raises InvalidArgument (empty), NotFound."""
+        v.require(volume_id, "volume_id")
+        volume = self.catalog.get_volume(volume_id) if v.is_volume_id(volume_id) else None
+        if volume is None or volume.state is VolumeState.DELETING:
+            raise NotFound(f"volume {volume_id!r} does not exist")
+        if volume.state is VolumeState.CREATING:
+            raise NotFound(f"volume {volume_id!r} is still being created")
+        return volume
+
+    def validate_capabilities(
+        self, volume_id: str, caps: list[Capability], parameters: dict[str, str]
+    ) -> tuple[bool, str]:
+        """Whether `caps` (and `parameters`) suit the volume: (confirmed, reason).
+
+        Raises InvalidArgument (missing fields), NotFound.
+        """
+        v.require(volume_id, "volume_id")
+        if not caps:
+            raise InvalidArgument(f"volume {volume_id}: volume_capabilities are required")
+        volume = self.get_ready_volume(volume_id)
+        for cap in caps:
+            try:
+                check_capability(cap, self.config.filesystems)
+            except InvalidArgument as exc:
+                return False, str(exc)
+            if cap.access_type is AccessType.MOUNT and cap.fs_type not in ("", volume.fs_type):
+                return False, (f"volume {volume_id} holds {volume.fs_type}, not {cap.fs_type}")
+        if parameters and parameters != volume.parameter_map:
+            return False, f"volume {volume_id} was created with other parameters"
+        return True, ""
+
+    def list_volumes(self, max_entries: int, starting_token: str) -> VolumeListing:
+        """A page of volumes in creation order.
+
+        The token is the seq of the last volume returned, so deletions between pages
+        never make entries repeat or vanish. Raises InvalidArgument (negative
+        max_entries), Aborted (a token this catalog never issued).
+        """
+        if max_entries < 0:
+            raise InvalidArgument("max_entries must not be negative")
+        after = 0
+        if starting_token:
+            if not starting_token.isdigit() or int(starting_token) > \
+                    self.catalog.highest_seq_issued():
+                raise Aborted(f"starting_token {starting_token!r} is not one this driver issued;"
+                              " list again from the start")
+            after = int(starting_token)
+        limit = min(max_entries or MAX_PAGE, MAX_PAGE)
+        page = self.catalog.list_volumes(after, limit + 1)
+        more = len(page) > limit
+        page = page[:limit]
+        attachments = self.catalog.attachments_of_many([vol.id for vol in page])
+        entries = tuple(
+            (vol, tuple(a.node_id for a in attachments.get(vol.id, [])))
+            for vol in page
+            if vol.state is VolumeState.READY
+        )
+        return VolumeListing(entries, str(page[-1].seq) if more and page else "")
+
+    def capacity(self, provisioning: Provisioning) -> CapacityReport:
+        """What a new volume of this provisioning can have, from the pool's real space.
+
+        Thick volumes take real blocks now, so they get the free space. Thin volumes only
+        promise: their total may reach thin_overcommit times the pool's size.
+        """
+        total, free = files.space(self.pool.volumes_dir)
+        usable_free = max(0, free - self.config.reserve_bytes)
+        if provisioning is Provisioning.THICK:
+            available = usable_free
+        else:
+            promise_limit = int((total - self.config.reserve_bytes) * self.config.thin_overcommit)
+            available = max(0, promise_limit - self.catalog.provisioned_bytes())
+        gran = self.config.size_granularity_bytes
+        available = available // gran * gran
+        return CapacityReport(
+            available_bytes=available,
+            maximum_volume_bytes=min(available, self.config.max_volume_bytes),
+            minimum_volume_bytes=gran,
+        )
+
+    def get_capacity(
+        self, caps: list[Capability], parameters: dict[str, str], topology: dict[str, str] | None
+    ) -> CapacityReport:
+        """GetCapacity: 0 when the capabilities or topology cannot be served here."""
+        if topology is not None and not topology_matches(
+            topology, self.config.topology_key, self.config.node_id
+        ):
+            return CapacityReport(0, 0, 0)
+        try:
+            for cap in caps:
+                check_capability(cap, self.config.filesystems)
+            _, provisioning = self._parse_parameters(parameters, caps)
+        except InvalidArgument:
+            return CapacityReport(0, 0, 0)
+        return self.capacity(provisioning)
+
+    # --- ControllerPublish / Unpublish -----------------------------------------------
+
+    def publish(
+        self, volume_id: str, node_id: str, cap: Capability | None, readonly: bool
+    ) -> dict[str, str]:
+        """Attach a volume to a node: record it and return the publish_context.
+
+        Idempotent for the same arguments. Raises InvalidArgument, NotFound (volume or
+        node), AlreadyExists (attached here with other arguments), FailedPrecondition
+        (attached elsewhere in a single-node mode), ResourceExhausted (node limit).
+        """
+        v.require(volume_id, "volume_id")
+        v.require(node_id, "node_id")
+        if cap is None:
+            raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
+        check_capability(cap, self.config.filesystems)
+        with self.locks.hold(volume_id, "ControllerPublishVolume"):
+            volume = self.get_ready_volume(volume_id)
+            if node_id != self.config.node_id:
+                raise NotFound(
+                    f"node {node_id!r} is unknown: volume {volume_id} lives on node"
+                    f" {self.config.node_id!r} and cannot be reached from elsewhere"
+                )
+            wanted = Attachment(volume.id, node_id, readonly, cap.access_mode, cap.access_type)
+            context = {
+                PUBLISH_CONTEXT_NODE: node_id,
+                PUBLISH_CONTEXT_READONLY: "true" if readonly else "false",
+            }
+            for att in self.catalog.attachments_of(volume_id):
+                if att.node_id == node_id:
+                    if att == wanted:
+                        return context
+                    raise AlreadyExists(
+                        f"volume {volume_id} is already published to node {node_id} with"
+                        f" readonly={att.readonly}, mode {att.access_mode.value},"
+                        f" {att.access_type.value} access"
+                    )
+                raise FailedPrecondition(
+                    f"volume {volume_id} is published to node {att.node_id} in mode"
+                    f" {att.access_mode.value}; unpublish it there first"
+                )
+            limit = self.config.max_volumes_per_node
+            if limit and self.catalog.attachment_count(node_id) >= limit:
+                raise ResourceExhausted(
+                    f"node {node_id} already has {limit} volumes published, its maximum"
+                )
+            self.catalog.put_attachment(wanted)
+            return context
+
+    def unpublish(self, volume_id: str, node_id: str) -> None:
+        """Forget an attachment (or all of a volume's when node_id is empty). Idempotent:
+        an unknown volume or node is success. Raises InvalidArgument, Aborted."""
+        v.require(volume_id, "volume_id")
+        if not v.is_volume_id(volume_id):
+            return
+        with self.locks.hold(volume_id, "ControllerUnpublishVolume"):
+            for att in self.catalog.attachments_of(volume_id):
+                if not node_id or att.node_id == node_id:
+                    self.catalog.remove_attachment(volume_id, att.node_id)
+

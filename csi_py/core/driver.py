@@ -1,0 +1,178 @@
+"""The driver: config, catalog, pool, host and the cores wired together, plus start-up
+reconciliation and readiness."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+from csi_py.config import Config
+from csi_py.core.controller import ControllerCore
+from csi_py.core.errors import Unavailable
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.model import StagingState, VolumeState
+from csi_py.core.node import NodeCore
+from csi_py.core.pool import Pool
+from csi_py.linux import Host, files
+from csi_py.linux.errors import LinuxError
+from csi_py.state.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+# The tools each filesystem needs (mkfs and the online grow tool) plus blkid for
+# recognising what a device already holds.
+TOOLS_BY_FS = {
+    "ext4": ("mkfs.ext4", "resize2fs"),
+    "xfs": ("mkfs.xfs", "xfs_growfs"),
+    "btrfs": ("mkfs.btrfs", "btrfs"),
+}
+ALWAYS_NEEDED = ("blkid",)
+
+
+@dataclass
+class ReconcileReport:
+    """What start-up reconciliation found and did; logged and kept for diagnostics."""
+
+    rolled_back_creates: list[str] = field(default_factory=list)
+    finished_deletes: list[str] = field(default_factory=list)
+    detached_leaks: list[str] = field(default_factory=list)
+    unmounted_leaks: list[str] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
+    unknown_images: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{k}={len(v)}" for k, v in self.__dict__.items()]
+        return "reconciled: " + " ".join(parts)
+
+
+class Driver:
+    """Everything a servicer needs. Construct, then call start() before serving."""
+
+    def __init__(self, config: Config, host: Host) -> None:
+        self.config = config
+        self.host = host
+        self.pool = Pool(config.pool)
+        self.pool.prepare()
+        self.catalog = Catalog(self.pool.catalog_path)
+        self.locks = KeyedTryLock()
+        self.controller = ControllerCore(config, self.catalog, self.pool, host, self.locks)
+        self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
+        self._ready = threading.Event()
+        self.last_reconcile: ReconcileReport | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def require_ready(self) -> None:
+        """Raise Unavailable until start-up reconciliation has finished."""
+        if not self._ready.is_set():
+            raise Unavailable("csi-py is still reconciling its catalog with the kernel; retry")
+
+    def missing_tools(self) -> list[str]:
+        """Tools the configured filesystems need that are not installed."""
+        from csi_py.linux.exec import find_tool
+
+        needed = list(ALWAYS_NEEDED)
+        for fs in self.config.filesystems:
+            needed.extend(TOOLS_BY_FS[fs])
+        return [tool for tool in needed if find_tool(tool) is None]
+
+    def start(self) -> ReconcileReport:
+        """Reconcile the catalog with the kernel, then mark the driver ready. Idempotent."""
+        report = reconcile(self)
+        self.last_reconcile = report
+        log.info(report.summary())
+        self._ready.set()
+        return report
+
+    def close(self) -> None:
+        self._ready.clear()
+        self.catalog.close()
+
+
+def reconcile(driver: Driver) -> ReconcileReport:
+    """Bring the catalog and the kernel into agreement after a start or a crash.
+
+    - volumes left CREATING are rolled back (file and record removed): the caller never
+      got an answer and will retry CreateVolume;
+    - volumes left DELETING are finished;
+    - loop devices on our backing files with no staging record are leaks: their mounts
+      are taken off and they are detached;
+    - temp files from interrupted creates are removed;
+    - image files the catalog does not know are reported, never deleted (they may be a
+      user's data from a lost catalog).
+    Staged volumes are left as they are; kubelet re-stages after a reboot.
+    """
+    report = ReconcileReport()
+    catalog, pool, host = driver.catalog, driver.pool, driver.host
+    for vol in catalog.volumes_in_state(VolumeState.CREATING):
+        _quietly(report, files.remove_file, pool.image_path(vol.id))
+        catalog.delete_volume(vol.id)
+        report.rolled_back_creates.append(vol.id)
+    for vol in catalog.volumes_in_state(VolumeState.DELETING):
+        _quietly(report, files.remove_file, pool.image_path(vol.id))
+        catalog.delete_volume(vol.id)
+        report.finished_deletes.append(vol.id)
+
+    staged = {s.volume_id: s for s in catalog.list_stagings()}
+    for dev in host.loops.list_attached():
+        volume_id = pool.volume_id_of_image(dev.backing_file)
+        if volume_id is None:
+            continue  # not ours
+        record = staged.get(volume_id)
+        if record is not None and not dev.backing_deleted and \
+                catalog.get_volume(volume_id) is not None:
+            if record.device != dev.path and record.state is StagingState.STAGED:
+                catalog.put_staging(_replace_device(record, dev.path))
+            continue
+        st_rdev = os.stat(dev.path).st_rdev
+        for m in reversed(host.mounts.list_mounts()):
+            if (m.major, m.minor) == (os.major(st_rdev), os.minor(st_rdev)):
+                if _quietly(report, host.mounts.unmount, m.mount_point):
+                    report.unmounted_leaks.append(m.mount_point)
+        if _quietly(report, host.loops.detach, dev.path):
+            report.detached_leaks.append(f"{dev.path} ({dev.backing_file})")
+
+    known = {vol_id for vol_id in _all_volume_ids(catalog)}
+    for entry in os.scandir(pool.volumes_dir):
+        if entry.name.startswith(".tmp-") or entry.name.startswith("."):
+            _quietly(report, files.remove_file, entry.path)
+            report.removed_temp_files.append(entry.path)
+            continue
+        volume_id = pool.volume_id_of_image(entry.path)
+        if volume_id is None or volume_id not in known:
+            report.unknown_images.append(entry.path)
+    for path in report.unknown_images:
+        log.warning("pool file %s belongs to no volume in the catalog; left in place", path)
+    return report
+
+
+def _all_volume_ids(catalog: Catalog) -> list[str]:
+    ids: list[str] = []
+    after = 0
+    while True:
+        page = catalog.list_volumes(after, 1000)
+        if not page:
+            return ids
+        ids.extend(v.id for v in page)
+        after = page[-1].seq
+
+
+def _replace_device(record, device: str):  # type: ignore[no-untyped-def]
+    from csi_py.core.node import _with
+
+    return _with(record, device=device)
+
+
+def _quietly(report: ReconcileReport, func, *args) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        func(*args)
+        return True
+    except (LinuxError, OSError) as exc:
+        report.errors.append(f"{func.__name__}{args}: {exc}")
+        log.warning("reconcile: %s%s failed: %s", func.__name__, args, exc)
+        return False

@@ -1,0 +1,434 @@
+"""Node logic: stage (loop device + filesystem + mount), publish (bind mount), and
+their reverses, plus stats. The kernel is asked what is attached and mounted; the
+catalog only remembers what was asked for, so a restart loses nothing."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+from csi_py.config import Config
+from csi_py.core import validation as v
+from csi_py.core.controller import (
+    PUBLISH_CONTEXT_NODE,
+    PUBLISH_CONTEXT_READONLY,
+    ControllerCore,
+    check_capability,
+)
+from csi_py.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+)
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.model import (
+    AccessType,
+    Capability,
+    Staging,
+    StagingState,
+    Volume,
+    VolumeStats,
+)
+from csi_py.core.pool import Pool
+from csi_py.linux import Host
+from csi_py.linux.errors import DeviceBusy, LinuxError
+from csi_py.linux.loop import LoopDevice
+from csi_py.linux.mount import MountEntry
+from csi_py.state.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+# A staged filesystem never needs device nodes or setuid programs from the volume.
+STAGE_BASE_FLAGS = ("nosuid", "nodev")
+# Flags that may differ per publish; they are applied to the bind mount.
+BIND_FLAGS = frozenset({"ro", "nosuid", "nodev", "noexec"})
+
+
+class NodeCore:
+    """The CSI node service's logic for the node this process runs on."""
+
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        pool: Pool,
+        host: Host,
+        locks: KeyedTryLock,
+        controller: ControllerCore,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.pool = pool
+        self.host = host
+        self.locks = locks
+        self.controller = controller
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _device_for(self, volume_id: str, hint: str = "") -> LoopDevice | None:
+        """The loop device attached to this volume's backing file, if any. Checks the
+        recorded device first (one sysfs read) before scanning all loop devices."""
+        path = self.pool.image_path(volume_id)
+        if hint:
+            dev = self.host.loops.get(hint)
+            if dev is not None and dev.backing_file == path and not dev.backing_deleted:
+                return dev
+        found = [d for d in self.host.loops.find_by_backing_file(path) if not d.backing_deleted]
+        return found[0] if found else None
+
+    def _mount_at(self, path: str) -> MountEntry | None:
+        entries = self.host.mounts.mounts_at(path)
+        return entries[-1] if entries else None
+
+    def _device_numbers(self, device: str) -> tuple[int, int]:
+        st = os.stat(device)
+        return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+    def _fs_type_for(self, volume: Volume, cap: Capability) -> str:
+        return cap.fs_type or volume.fs_type or self.config.default_fs_type
+
+    # --- NodeStageVolume ---------------------------------------------------------------
+
+    def stage(
+        self,
+        volume_id: str,
+        staging_path: str,
+        cap: Capability | None,
+        publish_context: dict[str, str],
+    ) -> None:
+        """Attach the volume's file to a loop device (direct I/O) and, for a mount
+        volume, format it if blank and mount it at staging_path. Idempotent.
+
+        Raises InvalidArgument, NotFound, AlreadyExists (staged here with another
+        capability), FailedPrecondition (staged elsewhere, published for another node,
+        device holds another filesystem), Aborted, Internal.
+        """
+        v.require(volume_id, "volume_id")
+        staging_path = v.check_absolute_path(staging_path, "staging_target_path")
+        if cap is None:
+            raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
+        check_capability(cap, self.config.filesystems)
+        flags = v.check_mount_flags(cap.mount_flags)
+        v.check_no_symlink(staging_path, "staging_target_path")
+        node = publish_context.get(PUBLISH_CONTEXT_NODE, self.config.node_id)
+        if node != self.config.node_id:
+            raise FailedPrecondition(
+                f"volume {volume_id} was published for node {node!r}, not this node"
+                f" ({self.config.node_id!r})"
+            )
+        readonly = cap.access_mode.read_only or \
+            publish_context.get(PUBLISH_CONTEXT_READONLY) == "true"
+        with self.locks.hold(volume_id, "NodeStageVolume"):
+            volume = self.controller.get_ready_volume(volume_id)
+            fs_type = self._fs_type_for(volume, cap) if cap.access_type is AccessType.MOUNT else ""
+            wanted = Staging(volume_id, staging_path, cap.access_type, fs_type, flags, readonly,
+                             "", StagingState.STAGING)
+            previous = self.catalog.get_staging(volume_id)
+            if previous is not None:
+                self._check_compatible_staging(previous, wanted)
+            device = self._device_for(volume_id, previous.device if previous else "")
+            self.catalog.put_staging(wanted if previous is None else
+                                     _with(previous, state=StagingState.STAGING))
+            if device is None:
+                device = self.host.loops.attach(
+                    self.pool.image_path(volume_id), direct_io=self.config.direct_io
+                )
+                log.info("volume %s attached to %s (direct_io=%s)", volume_id, device.path,
+                         device.direct_io)
+            if cap.access_type is AccessType.MOUNT:
+                try:
+                    self._mount_staging(volume, device, staging_path, fs_type, flags, readonly)
+                except BaseException:
+                    # Leave nothing half-done: a fresh attach is undone so a retry starts
+                    # clean (the record is kept, so unstage can also clean up).
+                    if self._mount_at(staging_path) is None:
+                        self._detach_quietly(device)
+                        self.catalog.delete_staging(volume_id)
+                    raise
+            self.catalog.put_staging(_with(wanted, device=device.path, state=StagingState.STAGED))
+
+    def _check_compatible_staging(self, previous: Staging, wanted: Staging) -> None:
+        if previous.state is not StagingState.STAGED:
+            return  # an interrupted stage or unstage: redo it
+        if previous.staging_path != wanted.staging_path:
+            raise FailedPrecondition(
+                f"volume {wanted.volume_id} is already staged at {previous.staging_path};"
+                f" unstage it there before staging at {wanted.staging_path}"
+            )
+        if (previous.access_type, previous.fs_type, previous.mount_flags, previous.readonly) != (
+            wanted.access_type, wanted.fs_type, wanted.mount_flags, wanted.readonly
+        ):
+            raise AlreadyExists(
+                f"volume {wanted.volume_id} is staged at {wanted.staging_path} with another"
+                f" capability ({previous.access_type.value}, fs={previous.fs_type or '-'},"
+                f" flags={list(previous.mount_flags)}, readonly={previous.readonly})"
+            )
+
+    def _mount_staging(
+        self,
+        volume: Volume,
+        device: LoopDevice,
+        staging_path: str,
+        fs_type: str,
+        flags: tuple[str, ...],
+        readonly: bool,
+    ) -> None:
+        current = self._mount_at(staging_path)
+        major, minor = self._device_numbers(device.path)
+        if current is not None:
+            if (current.major, current.minor) == (major, minor):
+                return  # already mounted: the retry of a stage that finished
+            raise AlreadyExists(
+                f"staging path {staging_path} already has {current.source} mounted on it,"
+                f" not volume {volume.id}"
+            )
+        found = self.host.fs.detect(device.path)
+        if found is None:
+            log.info("volume %s: formatting %s as %s", volume.id, device.path, fs_type)
+            self.host.fs.format(device.path, fs_type)
+        elif found != fs_type:
+            raise FailedPrecondition(
+                f"volume {volume.id} already holds a {found} filesystem; it was asked to be"
+                f" staged as {fs_type}. Its data is left untouched."
+            )
+        os.makedirs(staging_path, mode=0o750, exist_ok=True)
+        options = list(dict.fromkeys(STAGE_BASE_FLAGS + flags))
+        if fs_type == "xfs":
+            # Clones and snapshots share the filesystem UUID of their source; xfs refuses
+            # to mount two filesystems with one UUID unless told otherwise.
+            options.append("nouuid")
+        self.host.mounts.mount(device.path, staging_path, fs_type, options, read_only=readonly)
+
+    def _detach_quietly(self, device: LoopDevice) -> None:
+        try:
+            self.host.loops.detach(device.path)
+        except LinuxError as exc:
+            log.warning("could not detach %s: %s", device.path, exc)
+
+    # --- NodeUnstageVolume -------------------------------------------------------------
+
+    def unstage(self, volume_id: str, staging_path: str) -> None:
+        """Unmount the staging path and detach the loop device. Idempotent.
+
+        Raises InvalidArgument, NotFound (unknown volume), FailedPrecondition (still
+        published somewhere), Aborted, Internal.
+        """
+        v.require(volume_id, "volume_id")
+        staging_path = v.check_absolute_path(staging_path, "staging_target_path")
+        with self.locks.hold(volume_id, "NodeUnstageVolume"):
+            if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
+                raise NotFound(f"volume {volume_id!r} does not exist")
+            record = self.catalog.get_staging(volume_id)
+            if record is not None and record.staging_path != staging_path:
+                raise FailedPrecondition(
+                    f"volume {volume_id} is staged at {record.staging_path}, not {staging_path}"
+                )
+            if record is not None:
+                self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
+            device = self._device_for(volume_id, record.device if record else "")
+            if device is not None:
+                major, minor = self._device_numbers(device.path)
+                users = [m for m in self.host.mounts.list_mounts()
+                         if (m.major, m.minor) == (major, minor)
+                         and m.mount_point != staging_path]
+                if users:
+                    raise FailedPrecondition(
+                        f"volume {volume_id} is still published at"
+                        f" {', '.join(m.mount_point for m in users)}; unpublish it first"
+                    )
+            self._unmount_all(staging_path, volume_id)
+            if device is not None:
+                try:
+                    self.host.loops.detach(device.path)
+                except DeviceBusy as exc:
+                    raise FailedPrecondition(
+                        f"volume {volume_id}: loop device {device.path} is still in use ({exc})"
+                    ) from exc
+            self.catalog.delete_staging(volume_id)
+
+    def _unmount_all(self, path: str, volume_id: str) -> None:
+        # Mounts may be stacked at one path; take them off one at a time.
+        for _ in range(16):
+            if not self.host.mounts.is_mounted(path):
+                return
+            try:
+                self.host.mounts.unmount(path)
+            except DeviceBusy as exc:
+                raise FailedPrecondition(
+                    f"volume {volume_id}: {path} is busy (a process still uses it): {exc}"
+                ) from exc
+        raise Internal(f"volume {volume_id}: {path} is still mounted after 16 unmounts")
+
+    # --- NodePublishVolume -------------------------------------------------------------
+
+    def publish(
+        self,
+        volume_id: str,
+        target_path: str,
+        staging_path: str,
+        cap: Capability | None,
+        readonly: bool,
+    ) -> None:
+        """Bind the staged volume onto target_path (a directory for mount volumes, a
+        file for block volumes), read-only when asked. Idempotent.
+
+        Raises InvalidArgument, NotFound, FailedPrecondition (not staged),
+        AlreadyExists (target holds something else), Aborted.
+        """
+        v.require(volume_id, "volume_id")
+        target_path = v.check_absolute_path(target_path, "target_path")
+        staging_path = v.check_absolute_path(staging_path, "staging_target_path")
+        if cap is None:
+            raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
+        check_capability(cap, self.config.filesystems)
+        flags = v.check_mount_flags(cap.mount_flags)
+        v.check_no_symlink(target_path, "target_path")
+        readonly = readonly or cap.access_mode.read_only
+        with self.locks.hold(volume_id, "NodePublishVolume"):
+            self.controller.get_ready_volume(volume_id)
+            record = self.catalog.get_staging(volume_id)
+            if record is None or record.state is not StagingState.STAGED or \
+                    record.staging_path != staging_path:
+                raise FailedPrecondition(
+                    f"volume {volume_id} is not staged at {staging_path}; call NodeStageVolume"
+                    " first"
+                )
+            if record.access_type is not cap.access_type:
+                raise FailedPrecondition(
+                    f"volume {volume_id} is staged for {record.access_type.value} access,"
+                    f" not {cap.access_type.value}"
+                )
+            device = self._device_for(volume_id, record.device)
+            if device is None:
+                raise FailedPrecondition(
+                    f"volume {volume_id} is staged but its loop device is gone (node"
+                    " restarted?); stage it again"
+                )
+            major, minor = self._device_numbers(device.path)
+            if cap.access_type is AccessType.MOUNT:
+                staged = self._mount_at(staging_path)
+                if staged is None or (staged.major, staged.minor) != (major, minor):
+                    raise FailedPrecondition(
+                        f"volume {volume_id}: {staging_path} is not mounted; stage it again"
+                    )
+            current = self._mount_at(target_path)
+            if current is not None:
+                if (current.major, current.minor) == (major, minor) and \
+                        current.read_only == readonly:
+                    return
+                raise AlreadyExists(
+                    f"target {target_path} already has {current.source}"
+                    f" (readonly={current.read_only}) mounted; it is not volume {volume_id}"
+                    f" with readonly={readonly}"
+                )
+            bind_flags = [f for f in flags if f in BIND_FLAGS and f != "ro"]
+            if cap.access_type is AccessType.MOUNT:
+                self._make_dir(target_path)
+                source = staging_path
+            else:
+                self._make_file(target_path)
+                source = device.path
+            try:
+                self.host.mounts.bind_mount(source, target_path, read_only=readonly,
+                                            extra_flags=bind_flags)
+            except LinuxError:
+                _remove_target(target_path)
+                raise
+
+    @staticmethod
+    def _make_dir(path: str) -> None:
+        try:
+            os.mkdir(path, 0o750)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise AlreadyExists(f"target {path} exists and is not a directory") from None
+
+    @staticmethod
+    def _make_file(path: str) -> None:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o640)
+            os.close(fd)
+        except FileExistsError:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                # Some COs create the target as a directory even for block volumes.
+                try:
+                    os.rmdir(path)
+                except OSError as exc:
+                    raise AlreadyExists(
+                        f"target {path} is a non-empty directory; a block volume needs a file"
+                    ) from exc
+                NodeCore._make_file(path)
+            elif not stat.S_ISREG(mode):
+                raise AlreadyExists(f"target {path} exists and is not a regular file") from None
+
+    # --- NodeUnpublishVolume -----------------------------------------------------------
+
+    def unpublish(self, volume_id: str, target_path: str) -> None:
+        """Unmount target_path and remove it. Idempotent.
+
+        Raises InvalidArgument, NotFound (unknown volume), FailedPrecondition (busy).
+        """
+        v.require(volume_id, "volume_id")
+        target_path = v.check_absolute_path(target_path, "target_path")
+        with self.locks.hold(volume_id, "NodeUnpublishVolume"):
+            if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
+                raise NotFound(f"volume {volume_id!r} does not exist")
+            self._unmount_all(target_path, volume_id)
+            _remove_target(target_path)
+
+    # --- NodeGetVolumeStats ------------------------------------------------------------
+
+    def stats(self, volume_id: str, volume_path: str) -> VolumeStats:
+        """Usage of the volume published (or staged) at volume_path. Read-only.
+
+        Raises InvalidArgument, NotFound (unknown volume, or not at that path).
+        """
+        v.require(volume_id, "volume_id")
+        volume_path = v.check_absolute_path(volume_path, "volume_path")
+        volume = self.controller.get_ready_volume(volume_id)
+        record = self.catalog.get_staging(volume_id)
+        device = self._device_for(volume_id, record.device if record else "")
+        if device is None:
+            raise NotFound(f"volume {volume_id} is not staged on this node")
+        entry = self._mount_at(volume_path)
+        major, minor = self._device_numbers(device.path)
+        if entry is None or (entry.major, entry.minor) != (major, minor):
+            raise NotFound(f"volume {volume_id} is not mounted at {volume_path}")
+        if stat.S_ISBLK(os.stat(volume_path).st_mode):
+            size = self.host.fs.block_device_size(device.path)
+            return VolumeStats(total_bytes=size, available_bytes=0, used_bytes=0, is_block=True)
+        fs = self.host.fs.statfs(volume_path)
+        del volume
+        return VolumeStats(
+            total_bytes=fs.total_bytes,
+            available_bytes=fs.available_bytes,
+            used_bytes=fs.used_bytes,
+            total_inodes=fs.total_inodes,
+            free_inodes=fs.free_inodes,
+            used_inodes=fs.used_inodes,
+        )
+
+
+def _remove_target(path: str) -> None:
+    """Remove a target dir or file we created, never following a symlink. Idempotent."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(path)
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise
+
+
+def _with(staging: Staging, **changes: object) -> Staging:
+    return Staging(**{**staging.__dict__, **changes})  # type: ignore[arg-type]

@@ -1,0 +1,65 @@
+"""The pool directory's layout. Every path the driver builds comes from here, from the
+pool root and a validated id, never from a raw request string."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from csi_py.core.errors import InvalidArgument
+from csi_py.core.validation import is_volume_id
+
+
+class PoolError(Exception):
+    """The pool directory is unsafe or unusable; the message says why."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    root: str
+
+    @property
+    def volumes_dir(self) -> str:
+        return os.path.join(self.root, "volumes")
+
+    @property
+    def catalog_path(self) -> str:
+        return os.path.join(self.root, "catalog.db")
+
+    def image_path(self, volume_id: str) -> str:
+        """The backing file of a volume. Raises InvalidArgument for a malformed id."""
+        if not is_volume_id(volume_id):
+            raise InvalidArgument(f"volume id {volume_id!r} is malformed")
+        return os.path.join(self.volumes_dir, volume_id + ".img")
+
+    def volume_id_of_image(self, path: str) -> str | None:
+        """The volume id whose backing file is `path`, or None if `path` is not one."""
+        if os.path.dirname(path) != self.volumes_dir or not path.endswith(".img"):
+            return None
+        candidate = os.path.basename(path)[: -len(".img")]
+        return candidate if is_volume_id(candidate) else None
+
+    def prepare(self) -> None:
+        """Create the layout (mode 0700) and refuse an unsafe pool. Idempotent.
+
+        Raises PoolError when the pool is a symlink, not a directory, or writable by
+        users other than its owner: any of those would let someone else swap a backing
+        file under a mounted volume.
+        """
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        st = os.lstat(self.root)
+        if stat.S_ISLNK(st.st_mode):
+            raise PoolError(f"pool {self.root} is a symlink; give the real directory")
+        if not stat.S_ISDIR(st.st_mode):
+            raise PoolError(f"pool {self.root} is not a directory")
+        if st.st_mode & 0o022:
+            raise PoolError(
+                f"pool {self.root} is writable by group or others (mode {st.st_mode & 0o777:o});"
+                f" run chmod go-w {self.root}"
+            )
+        if os.path.realpath(self.root) != self.root:
+            raise PoolError(
+                f"pool {self.root} resolves to {os.path.realpath(self.root)}; give that path"
+            )
+        os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)

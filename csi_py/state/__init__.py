@@ -1,0 +1,1 @@
+"""Durable state: the catalog of what was asked for."""

@@ -1,0 +1,335 @@
+"""The durable catalog: SQLite in WAL mode, one row per volume, attachment and staging.
+
+The catalog records intent (what was asked for); the kernel is the truth for what is
+attached and mounted. Every mutating operation writes its intent here first, acts, and
+then commits the outcome, so a restart can finish or roll back whatever was in flight.
+
+Thread-safety: one connection shared by the gRPC worker threads, serialized by a lock.
+Every public method is a single transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from csi_py.core.model import (
+    AccessMode,
+    AccessType,
+    Attachment,
+    Provisioning,
+    Staging,
+    StagingState,
+    Volume,
+    VolumeState,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS volumes (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,
+    name           TEXT NOT NULL UNIQUE,
+    capacity_bytes INTEGER NOT NULL,
+    fs_type        TEXT NOT NULL,
+    provisioning   TEXT NOT NULL,
+    parameters     TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    created_at     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS volumes_state ON volumes(state);
+CREATE TABLE IF NOT EXISTS attachments (
+    volume_id   TEXT NOT NULL,
+    node_id     TEXT NOT NULL,
+    readonly    INTEGER NOT NULL,
+    access_mode TEXT NOT NULL,
+    access_type TEXT NOT NULL,
+    PRIMARY KEY (volume_id, node_id)
+);
+CREATE INDEX IF NOT EXISTS attachments_node ON attachments(node_id);
+CREATE TABLE IF NOT EXISTS stagings (
+    volume_id    TEXT PRIMARY KEY,
+    staging_path TEXT NOT NULL,
+    access_type  TEXT NOT NULL,
+    fs_type      TEXT NOT NULL,
+    mount_flags  TEXT NOT NULL,
+    readonly     INTEGER NOT NULL,
+    device       TEXT NOT NULL,
+    state        TEXT NOT NULL
+);
+"""
+
+
+class CatalogError(Exception):
+    """The catalog file is unusable (newer schema, corrupt, not writable)."""
+
+
+class NameTaken(Exception):
+    """A volume with this name (or id) is already recorded."""
+
+
+class Catalog:
+    """Durable records of volumes, attachments and stagings."""
+
+    def __init__(self, path: str) -> None:
+        """Open (creating if needed) the catalog at `path`.
+
+        Idempotent. Raises CatalogError for a schema newer than this code knows.
+        """
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we act on it, so power loss cannot
+            # leave a backing file the catalog has never heard of.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"catalog {path} has schema version {version}; this csi-py knows "
+                    f"{SCHEMA_VERSION}. Upgrade csi-py or restore a backup."
+                )
+            with self._tx() as db:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+        os.chmod(path, 0o600)
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- volumes -----------------------------------------------------------------
+
+    _VOLUME_COLUMNS = (
+        "seq, id, name, capacity_bytes, fs_type, provisioning, parameters, state, created_at"
+    )
+
+    @staticmethod
+    def _volume(row: tuple[object, ...]) -> Volume:
+        seq, vid, name, cap, fs, prov, params, state, created = row
+        return Volume(
+            id=str(vid),
+            name=str(name),
+            capacity_bytes=int(cap),  # type: ignore[call-overload]
+            fs_type=str(fs),
+            provisioning=Provisioning(prov),
+            parameters=tuple(sorted(json.loads(str(params)).items())),
+            state=VolumeState(state),
+            created_at=float(created),  # type: ignore[arg-type]
+            seq=int(seq),  # type: ignore[call-overload]
+        )
+
+    def insert_volume(self, volume: Volume) -> Volume:
+        """Record a new volume (normally in state CREATING) and return it with its seq.
+
+        Not idempotent: raises NameTaken when the name or id is already recorded.
+        """
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT INTO volumes (id, name, capacity_bytes, fs_type, provisioning,"
+                    " parameters, state, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        volume.id,
+                        volume.name,
+                        volume.capacity_bytes,
+                        volume.fs_type,
+                        volume.provisioning.value,
+                        json.dumps(dict(volume.parameters), sort_keys=True),
+                        volume.state.value,
+                        volume.created_at,
+                    ),
+                )
+                seq = cur.lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise NameTaken(volume.name) from exc
+        return Volume(**{**volume.__dict__, "seq": int(seq or 0)})
+
+    def get_volume(self, volume_id: str) -> Volume | None:
+        """The volume with this id, or None. Read-only."""
+        rows = self._query(f"SELECT {self._VOLUME_COLUMNS} FROM volumes WHERE id=?", (volume_id,))
+        return self._volume(rows[0]) if rows else None
+
+    def get_volume_by_name(self, name: str) -> Volume | None:
+        """The volume with this name, or None. Read-only."""
+        rows = self._query(f"SELECT {self._VOLUME_COLUMNS} FROM volumes WHERE name=?", (name,))
+        return self._volume(rows[0]) if rows else None
+
+    def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
+        """Move a volume to `state`. Idempotent; a missing volume is ignored."""
+        with self._tx() as db:
+            db.execute("UPDATE volumes SET state=? WHERE id=?", (state.value, volume_id))
+
+    def set_volume_capacity(self, volume_id: str, capacity_bytes: int) -> None:
+        """Record a new capacity. Idempotent."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE volumes SET capacity_bytes=? WHERE id=?", (capacity_bytes, volume_id)
+            )
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Forget a volume and its attachment and staging records. Idempotent."""
+        with self._tx() as db:
+            db.execute("DELETE FROM attachments WHERE volume_id=?", (volume_id,))
+            db.execute("DELETE FROM stagings WHERE volume_id=?", (volume_id,))
+            db.execute("DELETE FROM volumes WHERE id=?", (volume_id,))
+
+    def list_volumes(self, after_seq: int, limit: int) -> list[Volume]:
+        """Up to `limit` volumes with seq > after_seq, in seq order (keyset pagination,
+        so deletions between pages never shift or repeat entries). Read-only."""
+        rows = self._query(
+            f"SELECT {self._VOLUME_COLUMNS} FROM volumes WHERE seq>? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [self._volume(r) for r in rows]
+
+    def volumes_in_state(self, state: VolumeState) -> list[Volume]:
+        """All volumes in `state` (indexed). Read-only."""
+        rows = self._query(
+            f"SELECT {self._VOLUME_COLUMNS} FROM volumes WHERE state=? ORDER BY seq",
+            (state.value,),
+        )
+        return [self._volume(r) for r in rows]
+
+    def highest_seq_issued(self) -> int:
+        """The largest seq ever handed out (survives deletions). Read-only."""
+        rows = self._query("SELECT seq FROM sqlite_sequence WHERE name='volumes'")
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
+    def volume_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM volumes")[0][0])  # type: ignore[call-overload]
+
+    def provisioned_bytes(self) -> int:
+        """Sum of every recorded volume's capacity: what has been promised. Read-only."""
+        rows = self._query("SELECT COALESCE(SUM(capacity_bytes),0) FROM volumes")
+        return int(rows[0][0])  # type: ignore[call-overload]
+
+    # --- attachments ---------------------------------------------------------------
+
+    @staticmethod
+    def _attachment(row: tuple[object, ...]) -> Attachment:
+        vid, node, ro, mode, atype = row
+        return Attachment(
+            volume_id=str(vid),
+            node_id=str(node),
+            readonly=bool(ro),
+            access_mode=AccessMode(mode),
+            access_type=AccessType(atype),
+        )
+
+    def put_attachment(self, attachment: Attachment) -> None:
+        """Record (or replace) an attachment. Idempotent."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO attachments VALUES (?,?,?,?,?)",
+                (
+                    attachment.volume_id,
+                    attachment.node_id,
+                    int(attachment.readonly),
+                    attachment.access_mode.value,
+                    attachment.access_type.value,
+                ),
+            )
+
+    def remove_attachment(self, volume_id: str, node_id: str) -> None:
+        """Forget an attachment. Idempotent."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM attachments WHERE volume_id=? AND node_id=?", (volume_id, node_id)
+            )
+
+    def attachments_of(self, volume_id: str) -> list[Attachment]:
+        rows = self._query(
+            "SELECT * FROM attachments WHERE volume_id=? ORDER BY node_id", (volume_id,)
+        )
+        return [self._attachment(r) for r in rows]
+
+    def attachments_of_many(self, volume_ids: list[str]) -> dict[str, list[Attachment]]:
+        """Attachments of several volumes in one query (for ListVolumes pages)."""
+        if not volume_ids:
+            return {}
+        marks = ",".join("?" * len(volume_ids))
+        rows = self._query(
+            f"SELECT * FROM attachments WHERE volume_id IN ({marks})", tuple(volume_ids)
+        )
+        found: dict[str, list[Attachment]] = {}
+        for row in rows:
+            att = self._attachment(row)
+            found.setdefault(att.volume_id, []).append(att)
+        return found
+
+    def attachment_count(self, node_id: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM attachments WHERE node_id=?", (node_id,))
+        return int(rows[0][0])  # type: ignore[call-overload]
+
+    # --- stagings ------------------------------------------------------------------
+
+    @staticmethod
+    def _staging(row: tuple[object, ...]) -> Staging:
+        vid, path, atype, fs, flags, ro, device, state = row
+        return Staging(
+            volume_id=str(vid),
+            staging_path=str(path),
+            access_type=AccessType(atype),
+            fs_type=str(fs),
+            mount_flags=tuple(json.loads(str(flags))),
+            readonly=bool(ro),
+            device=str(device),
+            state=StagingState(state),
+        )
+
+    def put_staging(self, staging: Staging) -> None:
+        """Record (or replace) a volume's staging. Idempotent."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO stagings VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    staging.volume_id,
+                    staging.staging_path,
+                    staging.access_type.value,
+                    staging.fs_type,
+                    json.dumps(list(staging.mount_flags)),
+                    int(staging.readonly),
+                    staging.device,
+                    staging.state.value,
+                ),
+            )
+
+    def get_staging(self, volume_id: str) -> Staging | None:
+        rows = self._query("SELECT * FROM stagings WHERE volume_id=?", (volume_id,))
+        return self._staging(rows[0]) if rows else None
+
+    def delete_staging(self, volume_id: str) -> None:
+        """Forget a staging. Idempotent."""
+        with self._tx() as db:
+            db.execute("DELETE FROM stagings WHERE volume_id=?", (volume_id,))
+
+    def list_stagings(self) -> list[Staging]:
+        return [self._staging(r) for r in self._query("SELECT * FROM stagings")]
