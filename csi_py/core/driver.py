@@ -13,7 +13,7 @@ from csi_py.core.controller import ControllerCore
 from csi_py.core.errors import Unavailable
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import StagingState, VolumeState
-from csi_py.core.node import NodeCore
+from csi_py.core.node import NodeCore, mount_is_of
 from csi_py.core.pool import Pool
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
@@ -130,8 +130,9 @@ def reconcile(driver: Driver) -> ReconcileReport:
                 catalog.put_staging(_replace_device(record, dev.path))
             continue
         st_rdev = os.stat(dev.path).st_rdev
+        numbers = (os.major(st_rdev), os.minor(st_rdev))
         for m in reversed(host.mounts.list_mounts()):
-            if (m.major, m.minor) == (os.major(st_rdev), os.minor(st_rdev)):
+            if mount_is_of(m, dev.path, numbers):
                 if _quietly(report, host.mounts.unmount, m.mount_point):
                     report.unmounted_leaks.append(m.mount_point)
         if _quietly(report, host.loops.detach, dev.path):

@@ -48,6 +48,15 @@ STAGE_BASE_FLAGS = ("nosuid", "nodev")
 BIND_FLAGS = frozenset({"ro", "nosuid", "nodev", "noexec"})
 
 
+def mount_is_of(entry: MountEntry, device: str, numbers: tuple[int, int]) -> bool:
+    """Whether a mount shows `device`: its filesystem (ext4 and xfs report the loop
+    device's numbers; btrfs reports an anonymous device but names the source), or the
+    device node itself bind-mounted onto a file (a published block volume)."""
+    if (entry.major, entry.minor) == numbers or entry.source == device:
+        return True
+    return entry.root == "/" + os.path.basename(device) and entry.fs_type in ("devtmpfs", "tmpfs")
+
+
 class NodeCore:
     """The CSI node service's logic for the node this process runs on."""
 
@@ -178,9 +187,9 @@ class NodeCore:
         readonly: bool,
     ) -> None:
         current = self._mount_at(staging_path)
-        major, minor = self._device_numbers(device.path)
+        numbers = self._device_numbers(device.path)
         if current is not None:
-            if (current.major, current.minor) == (major, minor):
+            if mount_is_of(current, device.path, numbers):
                 return  # already mounted: the retry of a stage that finished
             raise AlreadyExists(
                 f"staging path {staging_path} already has {current.source} mounted on it,"
@@ -231,9 +240,9 @@ class NodeCore:
                 self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
             device = self._device_for(volume_id, record.device if record else "")
             if device is not None:
-                major, minor = self._device_numbers(device.path)
+                numbers = self._device_numbers(device.path)
                 users = [m for m in self.host.mounts.list_mounts()
-                         if (m.major, m.minor) == (major, minor)
+                         if mount_is_of(m, device.path, numbers)
                          and m.mount_point != staging_path]
                 if users:
                     raise FailedPrecondition(
@@ -308,16 +317,16 @@ class NodeCore:
                     f"volume {volume_id} is staged but its loop device is gone (node"
                     " restarted?); stage it again"
                 )
-            major, minor = self._device_numbers(device.path)
+            numbers = self._device_numbers(device.path)
             if cap.access_type is AccessType.MOUNT:
                 staged = self._mount_at(staging_path)
-                if staged is None or (staged.major, staged.minor) != (major, minor):
+                if staged is None or not mount_is_of(staged, device.path, numbers):
                     raise FailedPrecondition(
                         f"volume {volume_id}: {staging_path} is not mounted; stage it again"
                     )
             current = self._mount_at(target_path)
             if current is not None:
-                if (current.major, current.minor) == (major, minor) and \
+                if mount_is_of(current, device.path, numbers) and \
                         current.read_only == readonly:
                     return
                 raise AlreadyExists(
@@ -396,8 +405,8 @@ class NodeCore:
         if device is None:
             raise NotFound(f"volume {volume_id} is not staged on this node")
         entry = self._mount_at(volume_path)
-        major, minor = self._device_numbers(device.path)
-        if entry is None or (entry.major, entry.minor) != (major, minor):
+        if entry is None or not mount_is_of(entry, device.path,
+                                            self._device_numbers(device.path)):
             raise NotFound(f"volume {volume_id} is not mounted at {volume_path}")
         if stat.S_ISBLK(os.stat(volume_path).st_mode):
             size = self.host.fs.block_device_size(device.path)

@@ -1,0 +1,117 @@
+"""Typed errors raised by the ``csi_py.linux`` layer.
+
+Everything the kernel or an external tool refuses ends up as one of these, so the
+core maps errors by type (never by parsing messages). Each message names the
+object involved (device, path, target, tool) and the cause, so it can be shown to
+a user as-is.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections.abc import Sequence
+
+
+def errno_text(err: int | None) -> str:
+    """``"EBUSY (Device or resource busy)"`` for an errno, ``"unknown error"`` for None."""
+    if not err:
+        return "unknown error"
+    name = _errno.errorcode.get(err, f"errno {err}")
+    return f"{name} ({os.strerror(err)})"
+
+
+class LinuxError(Exception):
+    """Base class of every error of the Linux layer.
+
+    ``path`` and ``device`` carry the object the failure was about (either may be
+    None); the message already names them.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, device: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.device = device
+
+
+class CommandError(LinuxError):
+    """An external tool exited non-zero or timed out.
+
+    ``returncode`` is None when the tool was killed because of the timeout.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int | None,
+        stderr: bytes | str,
+        *,
+        timed_out: bool = False,
+        stdout: bytes | str = b"",
+    ):
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+        self.stdout = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout
+        self.timed_out = timed_out
+        tool = os.path.basename(self.argv[0]) if self.argv else "?"
+        tail = _tail(self.stderr) or _tail(self.stdout) or "no output"
+        if timed_out:
+            what = "timed out"
+        else:
+            what = f"exited with code {returncode}"
+        # The last argument is almost always the device or mount point worked on.
+        subject = self.argv[-1] if len(self.argv) > 1 else None
+        super().__init__(f"{tool} {what}: {tail} (command: {' '.join(self.argv)})", path=subject)
+
+
+class ToolMissing(LinuxError):
+    """A required external tool is not installed (not on PATH, /sbin or /usr/sbin)."""
+
+    def __init__(self, tool: str):
+        self.tool = tool
+        super().__init__(
+            f"required tool {tool!r} was not found on PATH, /sbin or /usr/sbin; "
+            "install the package that provides it"
+        )
+
+
+class MountError(LinuxError):
+    """mount(2) or umount2(2) failed for a reason other than "busy"."""
+
+    def __init__(self, message: str, *, target: str, errno: int | None, source: str | None = None):
+        self.target = target
+        self.errno = errno
+        self.source = source
+        super().__init__(message, path=target, device=source)
+
+
+class LoopError(LinuxError):
+    """A loop device ioctl (or opening its backing file) failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        device: str | None,
+        errno: int | None,
+        backing_file: str | None = None,
+    ):
+        self.errno = errno
+        self.backing_file = backing_file
+        super().__init__(message, path=backing_file, device=device)
+
+
+class DeviceBusy(LinuxError):
+    """The object is still in use: a busy mount (umount EBUSY), or a loop device
+    that is mounted or held open by someone else. Retrying later may succeed."""
+
+    errno = _errno.EBUSY
+
+
+def _tail(text: str, limit: int = 400) -> str:
+    """The last non-empty lines of a tool's output, at most ``limit`` characters."""
+    text = text.strip()
+    if len(text) <= limit:
+        return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return "..." + " | ".join(line.strip() for line in text[-limit:].splitlines() if line.strip())

@@ -1,0 +1,60 @@
+"""The one place where domain errors become gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from csi_py.core import errors as e
+from csi_py.linux.errors import DeviceBusy, LinuxError, ToolMissing
+
+log = logging.getLogger(__name__)
+
+CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (e.NotFound, grpc.StatusCode.NOT_FOUND),
+    (e.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (e.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.Aborted, grpc.StatusCode.ABORTED),
+    (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (e.Internal, grpc.StatusCode.INTERNAL),
+    (DeviceBusy, grpc.StatusCode.FAILED_PRECONDITION),
+    (ToolMissing, grpc.StatusCode.FAILED_PRECONDITION),
+    (LinuxError, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC code for a domain or kernel error; INTERNAL for anything unexpected."""
+    for kind, code in CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc_method(func: F) -> F:
+    """Wrap a servicer method: domain errors become the matching status code with the
+    error's message; unexpected exceptions become INTERNAL and are logged with a trace."""
+
+    @functools.wraps(func)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return func(self, request, context)
+        except (e.DriverError, LinuxError) as exc:
+            code = status_for(exc)
+            log.info("%s -> %s: %s", func.__name__, code.name, exc)
+            context.abort(code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the client must get a status, not a hang
+            log.exception("%s failed unexpectedly", func.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{func.__name__}: {type(exc).__name__}: {exc}")
+
+    return wrapper  # type: ignore[return-value]

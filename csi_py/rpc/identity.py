@@ -1,0 +1,47 @@
+"""CSI Identity service."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.wrappers_pb2 import BoolValue
+
+from csi_py import __version__
+from csi_py._proto import csi_pb2 as pb
+from csi_py._proto import csi_pb2_grpc
+from csi_py.core.driver import Driver
+from csi_py.rpc.errors import rpc_method
+
+Cap = pb.PluginCapability
+
+
+class IdentityService(csi_pb2_grpc.IdentityServicer):
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    @rpc_method
+    def GetPluginInfo(self, request, context):  # noqa: N802
+        return pb.GetPluginInfoResponse(
+            name=self.driver.config.driver_name,
+            vendor_version=__version__,
+            manifest={"pool": self.driver.config.pool, "node": self.driver.config.node_id},
+        )
+
+    @rpc_method
+    def GetPluginCapabilities(self, request, context):  # noqa: N802
+        return pb.GetPluginCapabilitiesResponse(
+            capabilities=[
+                Cap(service=Cap.Service(type=Cap.Service.CONTROLLER_SERVICE)),
+                Cap(service=Cap.Service(type=Cap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            ]
+        )
+
+    @rpc_method
+    def Probe(self, request, context):  # noqa: N802
+        missing = self.driver.missing_tools()
+        if missing:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"required tools are missing: {', '.join(missing)}; install them (e2fsprogs,"
+                " xfsprogs, btrfs-progs, util-linux) or narrow --filesystems",
+            )
+        return pb.ProbeResponse(ready=BoolValue(value=self.driver.ready))

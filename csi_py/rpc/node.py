@@ -1,0 +1,86 @@
+"""CSI Node service: request -> core call -> response."""
+
+from __future__ import annotations
+
+from csi_py._proto import csi_pb2 as pb
+from csi_py._proto import csi_pb2_grpc
+from csi_py.core.driver import Driver
+from csi_py.rpc import convert
+from csi_py.rpc.errors import rpc_method
+
+NodeRPC = pb.NodeServiceCapability.RPC
+NODE_CAPABILITIES = (
+    NodeRPC.STAGE_UNSTAGE_VOLUME,
+    NodeRPC.GET_VOLUME_STATS,
+    NodeRPC.SINGLE_NODE_MULTI_WRITER,
+)
+
+
+class NodeService(csi_pb2_grpc.NodeServicer):
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.core = driver.node
+
+    @rpc_method
+    def NodeStageVolume(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        self.core.stage(
+            request.volume_id,
+            request.staging_target_path,
+            convert.optional_capability(request),
+            dict(request.publish_context),
+        )
+        return pb.NodeStageVolumeResponse()
+
+    @rpc_method
+    def NodeUnstageVolume(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        self.core.unstage(request.volume_id, request.staging_target_path)
+        return pb.NodeUnstageVolumeResponse()
+
+    @rpc_method
+    def NodePublishVolume(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        self.core.publish(
+            request.volume_id,
+            request.target_path,
+            request.staging_target_path,
+            convert.optional_capability(request),
+            request.readonly,
+        )
+        return pb.NodePublishVolumeResponse()
+
+    @rpc_method
+    def NodeUnpublishVolume(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        self.core.unpublish(request.volume_id, request.target_path)
+        return pb.NodeUnpublishVolumeResponse()
+
+    @rpc_method
+    def NodeGetVolumeStats(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        stats = self.core.stats(request.volume_id, request.volume_path)
+        Usage = pb.VolumeUsage
+        usage = [Usage(unit=Usage.BYTES, total=stats.total_bytes,
+                       available=stats.available_bytes, used=stats.used_bytes)]
+        if not stats.is_block and stats.total_inodes:
+            usage.append(Usage(unit=Usage.INODES, total=stats.total_inodes,
+                               available=stats.free_inodes, used=stats.used_inodes))
+        return pb.NodeGetVolumeStatsResponse(usage=usage)
+
+    @rpc_method
+    def NodeGetCapabilities(self, request, context):  # noqa: N802
+        return pb.NodeGetCapabilitiesResponse(
+            capabilities=[
+                pb.NodeServiceCapability(rpc=NodeRPC(type=c)) for c in NODE_CAPABILITIES
+            ]
+        )
+
+    @rpc_method
+    def NodeGetInfo(self, request, context):  # noqa: N802
+        config = self.driver.config
+        return pb.NodeGetInfoResponse(
+            node_id=config.node_id,
+            max_volumes_per_node=config.max_volumes_per_node,
+            accessible_topology=pb.Topology(segments={config.topology_key: config.node_id}),
+        )

@@ -1,0 +1,148 @@
+"""The gRPC server: Identity, Controller and Node on one owner-only unix socket."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from csi_py._proto import csi_pb2_grpc
+from csi_py.core.driver import Driver
+from csi_py.rpc.controller import ControllerService
+from csi_py.rpc.identity import IdentityService
+from csi_py.rpc.node import NodeService
+
+log = logging.getLogger(__name__)
+
+
+class SocketInUse(RuntimeError):
+    """Another process is serving on the socket path."""
+
+
+def clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead driver. Idempotent.
+
+    Raises SocketInUse when something still answers on it, and FileExistsError when
+    the path is not a socket (we never delete a regular file or directory).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket; refusing to remove it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        os.unlink(path)
+        log.info("removed stale socket %s", path)
+        return
+    finally:
+        probe.close()
+    raise SocketInUse(f"another process is serving on {path}; stop it first")
+
+
+class _Timing(grpc.ServerInterceptor):
+    """Logs each RPC's method and duration at debug level. Requests are not logged:
+    some fields hold secrets."""
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or not log.isEnabledFor(logging.DEBUG):
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(request, context)
+            finally:
+                log.debug("%s took %.2f ms", method, (time.perf_counter() - start) * 1e3)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Server:
+    """Owns the grpc server and the driver's lifetime."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.path = driver.config.socket_path
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=driver.config.grpc_workers, thread_name_prefix="csi"
+            ),
+            interceptors=[_Timing()],
+        )
+        csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(driver), self._grpc)
+        csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(driver), self._grpc)
+        csi_pb2_grpc.add_NodeServicer_to_server(NodeService(driver), self._grpc)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Bind the socket (owner-only), start serving, then reconcile.
+
+        Probe answers not-ready until reconciliation is done.
+        """
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        clear_stale_socket(self.path)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
+        try:
+            if self._grpc.add_insecure_port("unix:" + self.path) == 0:
+                raise OSError(f"cannot listen on {self.path}")
+            self._grpc.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        log.info("serving %s on unix://%s (node %s, pool %s)", self.driver.config.driver_name,
+                 self.path, self.driver.config.node_id, self.driver.config.pool)
+        self.driver.start()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting calls, let running ones finish (up to `grace` s), close the
+        catalog and remove the socket. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._grpc.stop(grace).wait()
+        self.driver.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Start, then block until SIGTERM or SIGINT, then stop gracefully."""
+        done = threading.Event()
+
+        def on_signal(signum: int, frame: object) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        done.wait()
+        self.stop()
