@@ -398,8 +398,14 @@ class NodeCore:
         Raises InvalidArgument, NotFound (unknown volume, or not at that path).
         """
         v.require(volume_id, "volume_id")
-        volume_path = v.check_absolute_path(volume_path, "volume_path")
-        volume = self.controller.get_ready_volume(volume_id)
+        v.require(volume_path, "volume_path")
+        self.controller.get_ready_volume(volume_id)
+        try:
+            volume_path = v.check_absolute_path(volume_path, "volume_path")
+        except InvalidArgument:
+            # A path that cannot be ours is simply not where the volume is (the spec's
+            # NOT_FOUND); it is never touched.
+            raise NotFound(f"volume {volume_id} is not published at {volume_path!r}") from None
         record = self.catalog.get_staging(volume_id)
         device = self._device_for(volume_id, record.device if record else "")
         if device is None:
@@ -412,7 +418,6 @@ class NodeCore:
             size = self.host.fs.block_device_size(device.path)
             return VolumeStats(total_bytes=size, available_bytes=0, used_bytes=0, is_block=True)
         fs = self.host.fs.statfs(volume_path)
-        del volume
         return VolumeStats(
             total_bytes=fs.total_bytes,
             available_bytes=fs.available_bytes,
