@@ -1,0 +1,67 @@
+"""Find and remove loop devices and mounts under one directory, and only there.
+
+Tests share the machine with other runs (helpers, CI, a demo), so every leak check
+and every cleanup is scoped to the test's own directory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+
+
+def _decode(field: str) -> str:
+    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, ch)
+    return field
+
+
+def mounts_under(root: str) -> list[str]:
+    """Mount points at or below `root`, in mount order."""
+    root = root.rstrip("/")
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            point = _decode(line.split()[4])
+            if point == root or point.startswith(root + "/"):
+                found.append(point)
+    return found
+
+
+def loops_under(root: str) -> list[str]:
+    """Loop devices whose backing file is below `root`."""
+    root = root.rstrip("/") + "/"
+    found = []
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as fh:
+                backing = fh.read().strip()
+        except OSError:
+            continue
+        if backing.startswith(root):
+            found.append(f"/dev/{name}")
+    return found
+
+
+def leaks_under(root: str) -> list[str]:
+    return [f"mount {m}" for m in mounts_under(root)] + [f"loop {d}" for d in loops_under(root)]
+
+
+def clean_under(root: str) -> None:
+    """Unmount (deepest first) and detach everything below `root`. Best effort."""
+    import fcntl
+
+    for point in reversed(mounts_under(root)):
+        _libc.umount2(point.encode(), MNT_DETACH)
+    for dev in loops_under(root):
+        try:
+            fd = os.open(dev, os.O_RDONLY)
+            try:
+                fcntl.ioctl(fd, 0x4C01)  # LOOP_CLR_FD
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
