@@ -79,10 +79,12 @@ def run_demo(fs_type: str = "ext4", block: bool = False, size: int = 512 * 1024 
             steps.run("start the driver and wait for Probe ready", lambda: c.wait_ready(30))
             info = steps.run("GetPluginInfo", lambda: c.identity.GetPluginInfo(
                 pb.GetPluginInfoRequest()), lambda r: f"{r.name} {r.vendor_version}")
-            vol = steps.run("CreateVolume", lambda: c.controller.CreateVolume(pb.CreateVolumeRequest(
+            create = pb.CreateVolumeRequest(
                 name="demo-volume", capacity_range=pb.CapacityRange(required_bytes=size),
                 volume_capabilities=[cap], parameters={} if block else {"fsType": fs_type},
-            )).volume, lambda v: f"{v.volume_id}, {v.capacity_bytes >> 20} MiB")
+            )
+            vol = steps.run("CreateVolume", lambda: c.controller.CreateVolume(create).volume,
+                            lambda v: f"{v.volume_id}, {v.capacity_bytes >> 20} MiB")
             vid = vol.volume_id
             pub = steps.run("ControllerPublishVolume (attach to node)",
                             lambda: c.controller.ControllerPublishVolume(

@@ -21,7 +21,6 @@ from csi_py.core.errors import (
 )
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import (
-    AccessMode,
     AccessType,
     Attachment,
     Capability,

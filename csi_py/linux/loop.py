@@ -132,6 +132,9 @@ class LoopManager:
         path = os.path.abspath(backing_file)
         mode = os.O_RDONLY if read_only else os.O_RDWR
         try:
+            # Checked before open() too: opening a FIFO would block.
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                raise OSError(_errno.EINVAL, "not a regular file")
             bfd = os.open(path, mode | os.O_CLOEXEC)
         except OSError as exc:
             raise LoopError(
