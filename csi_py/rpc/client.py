@@ -12,11 +12,13 @@ from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 
 Mode = pb.VolumeCapability.AccessMode.Mode
-ModeValue = pb.VolumeCapability.AccessMode.Mode.ValueType
+
 
 
 def mount_capability(
-    fs_type: str = "", mode: ModeValue = Mode.SINGLE_NODE_WRITER, flags: tuple[str, ...] = ()
+    fs_type: str = "",
+    mode: pb.VolumeCapability.AccessMode.Mode.ValueType = Mode.SINGLE_NODE_WRITER,
+    flags: tuple[str, ...] = (),
 ) -> pb.VolumeCapability:
     return pb.VolumeCapability(
         mount=pb.VolumeCapability.MountVolume(fs_type=fs_type, mount_flags=list(flags)),
@@ -24,7 +26,9 @@ def mount_capability(
     )
 
 
-def block_capability(mode: ModeValue = Mode.SINGLE_NODE_WRITER) -> pb.VolumeCapability:
+def block_capability(
+    mode: pb.VolumeCapability.AccessMode.Mode.ValueType = Mode.SINGLE_NODE_WRITER,
+) -> pb.VolumeCapability:
     return pb.VolumeCapability(
         block=pb.VolumeCapability.BlockVolume(),
         access_mode=pb.VolumeCapability.AccessMode(mode=mode),
