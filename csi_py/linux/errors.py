@@ -37,7 +37,8 @@ class LinuxError(Exception):
 class CommandError(LinuxError):
     """An external tool exited non-zero or timed out.
 
-    ``returncode`` is None when the tool was killed because of the timeout.
+    ``returncode`` is None when the tool was killed because of the timeout;
+    ``hint`` is an optional "what to do about it" appended to the message.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class CommandError(LinuxError):
         *,
         timed_out: bool = False,
         stdout: bytes | str = b"",
+        hint: str = "",
     ):
         self.argv = tuple(argv)
         self.returncode = returncode
@@ -62,7 +64,11 @@ class CommandError(LinuxError):
             what = f"exited with code {returncode}"
         # The last argument is almost always the device or mount point worked on.
         subject = self.argv[-1] if len(self.argv) > 1 else None
-        super().__init__(f"{tool} {what}: {tail} (command: {' '.join(self.argv)})", path=subject)
+        self.hint = hint
+        message = f"{tool} {what}: {tail} (command: {' '.join(self.argv)})"
+        if hint:
+            message += f"; {hint}"
+        super().__init__(message, path=subject)
 
 
 class ToolMissing(LinuxError):

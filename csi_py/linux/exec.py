@@ -81,6 +81,7 @@ def run(
             exc.stderr or b"",
             stdout=exc.stdout or b"",
             timed_out=True,
+            hint=f"killed after {timeout:g}s",
         ) from None
     except FileNotFoundError:
         # Removed between find_tool() and exec.

@@ -24,6 +24,11 @@ SUPPORTED_FS = ("ext4", "xfs", "btrfs")
 TOOLS = ("mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "resize2fs", "e2fsck", "xfs_growfs", "btrfs",
          "blkid")  # fmt: skip
 
+# Smallest device each mkfs accepts here (xfsprogs >= 5.19 refuses under 300 MiB;
+# mkfs.btrfs needs 109 MiB for its default single-device profiles), so the core can
+# round requested capacities up instead of failing at stage time.
+MIN_FS_BYTES = {"ext4": 1 << 20, "xfs": 300 << 20, "btrfs": 109 << 20}
+
 # Longest label each mkfs accepts, in bytes.
 _LABEL_MAX = {"ext4": 16, "xfs": 12, "btrfs": 255}
 
@@ -91,6 +96,17 @@ def probe_superblock(head: bytes) -> str | None:
     return found[0] if found else None
 
 
+def validate_label(fs_type: str, label: str) -> None:
+    """Raise ValueError unless ``label`` fits ``fs_type``'s mkfs: 1 to 16 (ext4),
+    12 (xfs) or 255 (btrfs) bytes of UTF-8, no control characters."""
+    raw = label.encode()
+    limit = _LABEL_MAX.get(fs_type, 0)
+    if not raw or len(raw) > limit or any(c < 0x20 or c == 0x7F for c in raw):
+        raise ValueError(
+            f"invalid {fs_type} label {label!r}: 1 to {limit} bytes, no control characters"
+        )
+
+
 class Filesystems:
     """mkfs, grow, detect and statfs for the supported filesystem types."""
 
@@ -147,12 +163,7 @@ class Filesystems:
             )
         argv = list(_MKFS[fs_type])
         if label is not None:
-            raw = label.encode()
-            if not raw or len(raw) > _LABEL_MAX[fs_type] or any(c < 0x20 for c in raw):
-                raise ValueError(
-                    f"invalid {fs_type} label {label!r}: 1 to {_LABEL_MAX[fs_type]} bytes, "
-                    "no control characters"
-                )
+            validate_label(fs_type, label)
             argv += ["-L", label]
         argv.append(device)
         run(argv, timeout=_MKFS_TIMEOUT)
@@ -171,6 +182,15 @@ class Filesystems:
             try:
                 run(["resize2fs", device], timeout=_GROW_TIMEOUT)
             except CommandError as exc:
+                if "Permission denied to resize" in exc.stderr:
+                    # EXT4_IOC_RESIZE_FS (online resize) requires CAP_SYS_RESOURCE.
+                    raise CommandError(
+                        exc.argv,
+                        exc.returncode,
+                        exc.stderr,
+                        hint="online ext4 resize needs the CAP_SYS_RESOURCE capability "
+                        "(run the node plugin privileged)",
+                    ) from None
                 if "e2fsck -f" not in exc.stderr or mount_point is not None:
                     raise
                 # Offline resize wants a freshly checked filesystem. Exit 1 means

@@ -127,8 +127,11 @@ class LoopManager:
         the same every time the same pool attaches the file. Autoclear and
         partition scanning are never set. Retries (bounded) when another process
         takes the free device first. Raises LoopError (errno ENOENT/EACCES/EISDIR
-        for a bad backing file).
+        for a bad backing file), ValueError for a block size that is not a power of
+        two from 512 to 4096.
         """
+        if block_size is not None and (block_size not in (512, 1024, 2048, 4096)):
+            raise ValueError(f"loop block size must be 512, 1024, 2048 or 4096, not {block_size}")
         path = os.path.abspath(backing_file)
         mode = os.O_RDONLY if read_only else os.O_RDWR
         try:
@@ -428,6 +431,7 @@ class LoopManager:
     def _number(self, device_path: str) -> int | None:
         """The loop number behind ``device_path``: by the node's device number when
         it exists (so any node or bind mount of one works), else by its name."""
+        name = os.path.basename(device_path)
         try:
             st = os.stat(device_path)
         except OSError:
@@ -440,9 +444,7 @@ class LoopManager:
                     os.readlink(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
                 )
             except OSError:
-                return None
-        else:
-            name = os.path.basename(device_path)
+                pass  # a stale node of a removed device: go by its name
         m = _NAME.fullmatch(name)
         return int(m.group(1)) if m else None
 

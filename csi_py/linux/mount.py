@@ -37,7 +37,7 @@ MNT_DETACH = 2
 
 MOUNTINFO = "/proc/self/mountinfo"
 
-_ATIME_FLAGS = MS_NOATIME | MS_RELATIME | MS_STRICTATIME
+ATIME_FLAGS = MS_NOATIME | MS_RELATIME | MS_STRICTATIME
 
 # word -> (flags to set, flags to clear), as mount(8) reads them.
 FLAG_WORDS: dict[str, tuple[int, int]] = {
@@ -54,11 +54,11 @@ FLAG_WORDS: dict[str, tuple[int, int]] = {
     "dirsync": (MS_DIRSYNC, 0),
     "mand": (MS_MANDLOCK, 0),
     "nomand": (0, MS_MANDLOCK),
-    "noatime": (MS_NOATIME, _ATIME_FLAGS),
+    "noatime": (MS_NOATIME, ATIME_FLAGS),
     "atime": (0, MS_NOATIME),
-    "relatime": (MS_RELATIME, _ATIME_FLAGS),
+    "relatime": (MS_RELATIME, ATIME_FLAGS),
     "norelatime": (0, MS_RELATIME),
-    "strictatime": (MS_STRICTATIME, _ATIME_FLAGS),
+    "strictatime": (MS_STRICTATIME, ATIME_FLAGS),
     "nodiratime": (MS_NODIRATIME, 0),
     "diratime": (0, MS_NODIRATIME),
     "lazytime": (MS_LAZYTIME, 0),
@@ -208,7 +208,7 @@ class Mounter:
 
     def list_mounts(self) -> list[MountEntry]:
         """All mounts of this process's mount namespace, in mountinfo order.
-        Read-only, never cached."""
+        Read-only, never cached. Raises OSError if mountinfo cannot be read."""
         with open(self._mountinfo_path, "rb") as f:
             return parse_mountinfo(os.fsdecode(f.read()))
 
@@ -249,9 +249,12 @@ class Mounter:
         """Mount the filesystem on ``source`` (a device) at ``target``.
 
         ``options`` are translated by :func:`parse_options`; ``read_only=True``
-        forces MS_RDONLY whatever the words say. NOT idempotent: mounting twice
-        stacks a second mount (check :meth:`is_mounted` first). Raises ValueError
-        for bad option words and MountError (with the errno) when the kernel refuses.
+        forces MS_RDONLY whatever the words say. NOT idempotent (check
+        :meth:`mounts_at` first): the same device again on the same target fails
+        with EBUSY, a different source stacks on top. A device that is already
+        mounted elsewhere can be mounted again only with the same read-only
+        setting (one superblock), else EBUSY. Raises ValueError for bad option words
+        and MountError (with the errno) when the kernel refuses.
         """
         flags, data = parse_options(options)
         if read_only:
@@ -313,8 +316,8 @@ class Mounter:
             for st_bit, ms_bit in _ST_TO_MS:
                 if current & st_bit:
                     keep |= ms_bit
-            if sets & _ATIME_FLAGS:
-                keep &= ~_ATIME_FLAGS
+            if sets & ATIME_FLAGS:
+                keep &= ~ATIME_FLAGS
             flags = MS_REMOUNT | MS_BIND | ((keep & ~clears) | sets)
             err = _libc.mount(None, target, None, flags, None)
         except OSError as exc:
@@ -356,7 +359,8 @@ def _mount_hint(err: int) -> str:
         _errno.ENOTDIR: "; a directory can only be mounted on a directory, a file on a file",
         _errno.ENOTBLK: "; the source is not a block device",
         _errno.ENODEV: "; the kernel does not support this filesystem type",
-        _errno.EBUSY: "; the device is already in use",
+        _errno.EBUSY: "; already mounted there, or mounted elsewhere with a different "
+        "read-only setting",
         _errno.EPERM: "; mounting needs CAP_SYS_ADMIN",
         _errno.EACCES: "; the device is read-only, try read_only=True",
         _errno.EROFS: "; the device is read-only, try read_only=True",

@@ -1,0 +1,334 @@
+"""One set of scenarios, run against the real kernel and against tests/fakes.py.
+
+A fake that passes here behaves like the kernel in the ways the core relies on:
+same return values, same idempotency, same error types (and errnos) in the same
+situations. Add a scenario here whenever the core starts relying on a new
+behaviour.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from csi_py.linux import Host
+from csi_py.linux.errors import DeviceBusy, LinuxError, LoopError, MountError
+from tests.fakes import fake_host
+
+MiB = 1 << 20
+
+
+@dataclass
+class Env:
+    host: Host
+    root: Path
+    real: bool
+
+    def image(self, name: str = "vol.img", size: int = 64 * MiB) -> str:
+        path = self.root / name
+        with open(path, "wb") as f:
+            f.truncate(size)
+        return str(path)
+
+    def dir(self, name: str) -> str:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def file(self, name: str) -> str:
+        path = self.root / name
+        path.touch()
+        return str(path)
+
+
+@pytest.fixture(params=[pytest.param("real", marks=pytest.mark.integration), "fake"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    if request.param == "real":
+        kit = request.getfixturevalue("kit")  # cleans up what a failing test left
+        yield Env(host=Host(loops=kit.loops, mounts=kit.mounts, fs=kit.fs), root=tmp_path,
+                  real=True)  # fmt: skip
+    else:
+        yield Env(host=fake_host(), root=tmp_path, real=False)
+
+
+def test_attach_list_find_get_detach(env):
+    h = env.host
+    image = env.image(size=8 * MiB)
+    dev = h.loops.attach(image)
+    assert dev.backing_file == image and dev.size_bytes == 8 * MiB
+    assert dev.direct_io and not dev.read_only and not dev.backing_deleted
+    assert dev in h.loops.list_attached()
+    assert h.loops.find_by_backing_file(image) == [dev]
+    assert h.loops.get(dev.path) == dev
+    h.loops.detach(dev.path)
+    assert h.loops.find_by_backing_file(image) == []
+    h.loops.detach(dev.path)  # idempotent
+    assert dev not in h.loops.list_attached()
+
+
+def test_attach_missing_file(env):
+    with pytest.raises(LoopError) as exc:
+        env.host.loops.attach(str(env.root / "missing.img"))
+    assert exc.value.errno == errno.ENOENT
+
+
+def test_attach_read_only_and_buffered(env):
+    dev = env.host.loops.attach(env.image(size=MiB), read_only=True, direct_io=False)
+    assert dev.read_only and not dev.direct_io
+    env.host.loops.detach(dev.path)
+
+
+def test_deleted_backing_file(env):
+    image = env.image(size=MiB)
+    dev = env.host.loops.attach(image)
+    os.unlink(image)
+    now = env.host.loops.get(dev.path)
+    assert now is not None and now.backing_deleted and now.backing_file == image
+    env.host.loops.detach(dev.path)
+
+
+def test_refresh_capacity(env):
+    h = env.host
+    dev = h.loops.attach(env.image(size=8 * MiB))
+    with open(dev.backing_file, "r+b") as f:
+        f.truncate(16 * MiB)
+    assert h.fs.block_device_size(dev.path) == 8 * MiB
+    h.loops.refresh_capacity(dev.path)
+    assert h.fs.block_device_size(dev.path) == 16 * MiB
+    assert h.loops.get(dev.path).size_bytes == 16 * MiB
+    h.loops.detach(dev.path)
+    with pytest.raises(LoopError):
+        h.loops.refresh_capacity(dev.path)
+
+
+def test_format_detect(env):
+    h = env.host
+    image = env.image()
+    dev = h.loops.attach(image)
+    assert h.fs.detect(dev.path) is None
+    with pytest.raises(ValueError):
+        h.fs.format(dev.path, "ntfs")
+    h.fs.format(dev.path, "ext4")
+    assert h.fs.detect(dev.path) == "ext4"
+    # What was written survives detach and re-attach, as a superblock does.
+    h.loops.detach(dev.path)
+    dev = h.loops.attach(image)
+    assert h.fs.detect(dev.path) == "ext4"
+    h.loops.detach(dev.path)
+
+
+def test_mount_is_mounted_unmount(env):
+    h = env.host
+    dev = h.loops.attach(env.image())
+    h.fs.format(dev.path, "ext4")
+    mnt = env.dir("staging")
+    h.mounts.mount(dev.path, mnt, "ext4", ["noatime"])
+    assert h.mounts.is_mounted(mnt)
+    (entry,) = h.mounts.mounts_at(mnt)
+    assert entry.fs_type == "ext4" and entry.source == dev.path and entry.root == "/"
+    assert "noatime" in entry.mount_options and not entry.read_only
+    assert entry in h.mounts.list_mounts()
+    assert h.mounts.mounts_under(str(env.root)) == [entry]
+    h.mounts.unmount(mnt)
+    assert not h.mounts.is_mounted(mnt)
+    h.mounts.unmount(mnt)  # idempotent
+    h.mounts.unmount(str(env.root / "never-existed"))
+    h.loops.detach(dev.path)
+
+
+def test_mount_errors(env):
+    h = env.host
+    dev = h.loops.attach(env.image())
+    h.fs.format(dev.path, "ext4")
+    mnt = env.dir("mnt")
+    for fs_type, err in (("xfs", errno.EINVAL), ("nosuchfs", errno.ENODEV)):
+        with pytest.raises(MountError) as exc:
+            h.mounts.mount(dev.path, mnt, fs_type)
+        assert exc.value.errno == err
+    with pytest.raises(MountError) as exc:
+        h.mounts.mount(dev.path, str(env.root / "nope"), "ext4")
+    assert exc.value.errno == errno.ENOENT
+    with pytest.raises(ValueError):
+        h.mounts.mount(dev.path, mnt, "ext4", ["bind"])
+    assert not h.mounts.is_mounted(mnt)
+    h.loops.detach(dev.path)
+
+
+def test_read_only_device_needs_read_only_mount(env):
+    h = env.host
+    image = env.image()
+    dev = h.loops.attach(image)
+    h.fs.format(dev.path, "ext4")
+    h.loops.detach(dev.path)
+    ro = h.loops.attach(image, read_only=True)
+    mnt = env.dir("mnt")
+    with pytest.raises(MountError) as exc:
+        h.mounts.mount(ro.path, mnt, "ext4")
+    assert exc.value.errno in (errno.EACCES, errno.EROFS)
+    h.mounts.mount(ro.path, mnt, "ext4", read_only=True)
+    assert h.mounts.mounts_at(mnt)[0].read_only
+    h.mounts.unmount(mnt)
+    h.loops.detach(ro.path)
+
+
+def test_bind_read_only(env):
+    h = env.host
+    dev = h.loops.attach(env.image())
+    h.fs.format(dev.path, "ext4")
+    staging, publish = env.dir("staging"), env.dir("publish")
+    h.mounts.mount(dev.path, staging, "ext4")
+    os.makedirs(os.path.join(staging, "sub"), exist_ok=True)
+    h.mounts.bind_mount(staging, publish, read_only=True, extra_flags=["nosuid"])
+    (entry,) = h.mounts.mounts_at(publish)
+    assert entry.read_only and "nosuid" in entry.mount_options
+    assert entry.source == dev.path and entry.fs_type == "ext4"
+    assert not h.mounts.mounts_at(staging)[0].read_only
+    if env.real:
+        with pytest.raises(OSError) as exc:
+            open(os.path.join(publish, "x"), "w")
+        assert exc.value.errno == errno.EROFS
+    # Binding from a read-only mount stays read-only without asking.
+    again = env.dir("again")
+    h.mounts.bind_mount(publish, again)
+    assert h.mounts.mounts_at(again)[0].read_only
+    with pytest.raises(ValueError):
+        h.mounts.bind_mount(staging, again, extra_flags=["size=1m"])
+    for target in (again, publish, staging):
+        h.mounts.unmount(target)
+    h.loops.detach(dev.path)
+
+
+def test_block_bind_of_device_onto_file(env):
+    h = env.host
+    dev = h.loops.attach(env.image(size=MiB))
+    target = env.file("blockvol")
+    h.mounts.bind_mount(dev.path, target)
+    (entry,) = h.mounts.mounts_at(target)
+    assert entry.fs_type == "devtmpfs" and entry.root == "/" + os.path.basename(dev.path)
+    with pytest.raises(MountError) as exc:
+        h.mounts.bind_mount(dev.path, env.dir("adir"))
+    assert exc.value.errno == errno.ENOTDIR
+    # A bind-mounted node does not hold the device: detach works.
+    h.loops.detach(dev.path)
+    assert h.loops.find_by_backing_file(dev.backing_file) == []
+    h.mounts.unmount(target)
+
+
+def test_detach_mounted_device_is_busy(env):
+    h = env.host
+    dev = h.loops.attach(env.image())
+    h.fs.format(dev.path, "ext4")
+    mnt = env.dir("mnt")
+    h.mounts.mount(dev.path, mnt, "ext4")
+    with pytest.raises(DeviceBusy):
+        h.loops.detach(dev.path)
+    assert h.loops.get(dev.path) == dev
+    # A bind of the filesystem keeps it busy after the first mount is gone.
+    pub = env.dir("pub")
+    h.mounts.bind_mount(mnt, pub)
+    h.mounts.unmount(mnt)
+    with pytest.raises(DeviceBusy):
+        h.loops.detach(dev.path)
+    h.mounts.unmount(pub)
+    h.loops.detach(dev.path)
+    assert h.loops.get(dev.path) is None
+
+
+def test_unmount_with_mount_beneath_is_busy(env):
+    h = env.host
+    dev = h.loops.attach(env.image())
+    h.fs.format(dev.path, "ext4")
+    mnt = env.dir("mnt")
+    h.mounts.mount(dev.path, mnt, "ext4")
+    child = os.path.join(mnt, "child")
+    os.makedirs(child, exist_ok=True)
+    h.mounts.bind_mount(env.dir("other"), child)
+    with pytest.raises(DeviceBusy):
+        h.mounts.unmount(mnt)
+    assert [m.mount_point for m in h.mounts.mounts_under(mnt)] == [child, mnt]
+    h.mounts.unmount(child)
+    h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+
+
+def test_stacked_mounts(env):
+    h = env.host
+    lower = h.loops.attach(env.image("lower.img"))
+    upper = h.loops.attach(env.image("upper.img"))
+    h.fs.format(lower.path, "ext4")
+    h.fs.format(upper.path, "ext4")
+    mnt = env.dir("mnt")
+    h.mounts.mount(lower.path, mnt, "ext4")
+    # The same filesystem twice on the same mount point is refused (EBUSY), so
+    # a repeated mount() cannot silently stack.
+    with pytest.raises(MountError) as exc:
+        h.mounts.mount(lower.path, mnt, "ext4", ["nosuid"])
+    assert exc.value.errno == errno.EBUSY
+    h.mounts.mount(upper.path, mnt, "ext4")
+    assert [m.source for m in h.mounts.mounts_at(mnt)] == [lower.path, upper.path]
+    h.mounts.unmount(mnt)
+    assert [m.source for m in h.mounts.mounts_at(mnt)] == [lower.path]
+    h.mounts.unmount(mnt)
+    assert h.mounts.mounts_at(mnt) == []
+    h.loops.detach(lower.path)
+    h.loops.detach(upper.path)
+
+
+def test_second_mount_of_a_device_cannot_change_read_only(env):
+    # A filesystem (superblock) is read-only or not; a second mount of the same
+    # device with the other setting is EBUSY. Read-only views of a read-write
+    # filesystem come from bind_mount(read_only=True) instead.
+    h = env.host
+    dev = h.loops.attach(env.image())
+    h.fs.format(dev.path, "ext4")
+    first, second = env.dir("first"), env.dir("second")
+    h.mounts.mount(dev.path, first, "ext4")
+    with pytest.raises(MountError) as exc:
+        h.mounts.mount(dev.path, second, "ext4", read_only=True)
+    assert exc.value.errno == errno.EBUSY
+    h.mounts.mount(dev.path, second, "ext4")  # same setting: shares the superblock
+    assert h.mounts.is_mounted(second)
+    h.mounts.unmount(second)
+    h.mounts.unmount(first)
+    h.loops.detach(dev.path)
+
+
+@pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
+def test_grow(env, fs_type):
+    h = env.host
+    size = 320 * MiB
+    dev = h.loops.attach(env.image(size=size))
+    h.fs.format(dev.path, fs_type)
+    mnt = env.dir("mnt")
+    h.mounts.mount(dev.path, mnt, fs_type)
+    before = h.fs.statfs(mnt).total_bytes
+    with open(dev.backing_file, "r+b") as f:
+        f.truncate(2 * size)
+    h.loops.refresh_capacity(dev.path)
+    assert h.fs.statfs(mnt).total_bytes == before  # the filesystem has not grown yet
+    with pytest.raises(ValueError):
+        h.fs.grow(dev.path, None, "xfs")
+    if fs_type == "xfs":
+        h.fs.grow(dev.path, mnt, fs_type)
+        assert h.fs.statfs(mnt).total_bytes > before + size // 2
+    h.mounts.unmount(mnt)
+    if fs_type == "ext4":
+        h.fs.grow(dev.path, None, fs_type)  # offline: needs no CAP_SYS_RESOURCE
+        h.mounts.mount(dev.path, mnt, fs_type)
+        assert h.fs.statfs(mnt).total_bytes > before + size // 2
+        h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+
+
+def test_missing_tools_and_sizes(env):
+    h = env.host
+    assert h.fs.missing_tools() == []
+    with pytest.raises(LinuxError):
+        h.fs.block_device_size(str(env.root / "nope"))
+    with pytest.raises(LinuxError):
+        h.fs.detect(str(env.root / "nope"))
