@@ -88,10 +88,54 @@ class Volume:
     state: VolumeState
     created_at: float
     seq: int = 0
+    # "snapshot:<id>" or "volume:<id>" when the volume was made from one; "" otherwise.
+    content_source: str = ""
+    mutable_parameters: tuple[tuple[str, str], ...] = ()
 
     @property
     def parameter_map(self) -> dict[str, str]:
         return dict(self.parameters)
+
+    @property
+    def mutable_parameter_map(self) -> dict[str, str]:
+        return dict(self.mutable_parameters)
+
+
+class SnapshotState(enum.Enum):
+    CREATING = "creating"
+    READY = "ready"
+    DELETING = "deleting"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point-in-time image of a volume's backing file."""
+
+    id: str
+    name: str
+    source_volume_id: str
+    size_bytes: int  # the source volume's capacity at capture time
+    created_at: float
+    state: SnapshotState
+    fs_type: str = ""
+    method: str = ""  # "reflink" or "copy"
+    group_id: str = ""
+    seq: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state is SnapshotState.READY
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """Snapshots of several volumes taken at one instant (GroupController)."""
+
+    id: str
+    name: str
+    created_at: float
+    state: SnapshotState
+    snapshot_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

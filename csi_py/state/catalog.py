@@ -21,7 +21,10 @@ from csi_py.core.model import (
     AccessMode,
     AccessType,
     Attachment,
+    GroupSnapshot,
     Provisioning,
+    Snapshot,
+    SnapshotState,
     Staging,
     StagingState,
     Volume,
@@ -40,9 +43,32 @@ CREATE TABLE IF NOT EXISTS volumes (
     provisioning   TEXT NOT NULL,
     parameters     TEXT NOT NULL,
     state          TEXT NOT NULL,
-    created_at     REAL NOT NULL
+    created_at     REAL NOT NULL,
+    content_source TEXT NOT NULL DEFAULT '',
+    mutable_parameters TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS volumes_state ON volumes(state);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    name             TEXT NOT NULL UNIQUE,
+    source_volume_id TEXT NOT NULL,
+    size_bytes       INTEGER NOT NULL,
+    created_at       REAL NOT NULL,
+    state            TEXT NOT NULL,
+    fs_type          TEXT NOT NULL,
+    method           TEXT NOT NULL,
+    group_id         TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS snapshots_source ON snapshots(source_volume_id);
+CREATE INDEX IF NOT EXISTS snapshots_state ON snapshots(state);
+CREATE INDEX IF NOT EXISTS snapshots_group ON snapshots(group_id);
+CREATE TABLE IF NOT EXISTS group_snapshots (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    state      TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS attachments (
     volume_id   TEXT NOT NULL,
     node_id     TEXT NOT NULL,
@@ -128,12 +154,13 @@ class Catalog:
     # --- volumes -----------------------------------------------------------------
 
     _VOLUME_COLUMNS = (
-        "seq, id, name, capacity_bytes, fs_type, provisioning, parameters, state, created_at"
+        "seq, id, name, capacity_bytes, fs_type, provisioning, parameters, state, created_at,"
+        " content_source, mutable_parameters"
     )
 
     @staticmethod
     def _volume(row: tuple[object, ...]) -> Volume:
-        seq, vid, name, cap, fs, prov, params, state, created = row
+        seq, vid, name, cap, fs, prov, params, state, created, source, mutable = row
         return Volume(
             id=str(vid),
             name=str(name),
@@ -144,6 +171,8 @@ class Catalog:
             state=VolumeState(state),
             created_at=float(created),  # type: ignore[arg-type]
             seq=int(seq),  # type: ignore[call-overload]
+            content_source=str(source),
+            mutable_parameters=tuple(sorted(json.loads(str(mutable)).items())),
         )
 
     def insert_volume(self, volume: Volume) -> Volume:
@@ -155,7 +184,8 @@ class Catalog:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO volumes (id, name, capacity_bytes, fs_type, provisioning,"
-                    " parameters, state, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                    " parameters, state, created_at, content_source, mutable_parameters)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         volume.id,
                         volume.name,
@@ -165,6 +195,8 @@ class Catalog:
                         json.dumps(dict(volume.parameters), sort_keys=True),
                         volume.state.value,
                         volume.created_at,
+                        volume.content_source,
+                        json.dumps(dict(volume.mutable_parameters), sort_keys=True),
                     ),
                 )
                 seq = cur.lastrowid
@@ -192,6 +224,14 @@ class Catalog:
         with self._tx() as db:
             db.execute(
                 "UPDATE volumes SET capacity_bytes=? WHERE id=?", (capacity_bytes, volume_id)
+            )
+
+    def set_mutable_parameters(self, volume_id: str, values: dict[str, str]) -> None:
+        """Record a volume's current mutable parameters. Idempotent."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE volumes SET mutable_parameters=? WHERE id=?",
+                (json.dumps(values, sort_keys=True), volume_id),
             )
 
     def delete_volume(self, volume_id: str) -> None:
@@ -333,3 +373,147 @@ class Catalog:
 
     def list_stagings(self) -> list[Staging]:
         return [self._staging(r) for r in self._query("SELECT * FROM stagings")]
+
+    # --- snapshots -----------------------------------------------------------------
+
+    _SNAPSHOT_COLUMNS = (
+        "seq, id, name, source_volume_id, size_bytes, created_at, state, fs_type, method, group_id"
+    )
+
+    @staticmethod
+    def _snapshot(row: tuple[object, ...]) -> Snapshot:
+        seq, sid, name, source, size, created, state, fs, method, group = row
+        return Snapshot(
+            id=str(sid),
+            name=str(name),
+            source_volume_id=str(source),
+            size_bytes=int(size),  # type: ignore[call-overload]
+            created_at=float(created),  # type: ignore[arg-type]
+            state=SnapshotState(state),
+            fs_type=str(fs),
+            method=str(method),
+            group_id=str(group),
+            seq=int(seq),  # type: ignore[call-overload]
+        )
+
+    def insert_snapshot(self, snap: Snapshot) -> Snapshot:
+        """Record a snapshot (normally CREATING); returns it with its seq.
+
+        Raises NameTaken when the name or id is already recorded.
+        """
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT INTO snapshots (id, name, source_volume_id, size_bytes, created_at,"
+                    " state, fs_type, method, group_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (snap.id, snap.name, snap.source_volume_id, snap.size_bytes,
+                     snap.created_at, snap.state.value, snap.fs_type, snap.method,
+                     snap.group_id),
+                )
+                seq = cur.lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise NameTaken(snap.name) from exc
+        return Snapshot(**{**snap.__dict__, "seq": int(seq or 0)})
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        rows = self._query(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE id=?", (snapshot_id,)
+        )
+        return self._snapshot(rows[0]) if rows else None
+
+    def get_snapshot_by_name(self, name: str) -> Snapshot | None:
+        rows = self._query(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE name=?", (name,)
+        )
+        return self._snapshot(rows[0]) if rows else None
+
+    def update_snapshot(self, snapshot_id: str, state: SnapshotState, method: str = "") -> None:
+        """Set a snapshot's state (and capture method). Idempotent."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE snapshots SET state=?, method=COALESCE(NULLIF(?, ''), method)"
+                " WHERE id=?",
+                (state.value, method, snapshot_id),
+            )
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Forget a snapshot. Idempotent."""
+        with self._tx() as db:
+            db.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
+
+    def list_snapshots(
+        self, after_seq: int, limit: int, *, source_volume_id: str = "", snapshot_id: str = ""
+    ) -> list[Snapshot]:
+        """Snapshots with seq > after_seq in seq order, optionally filtered (indexed)."""
+        where, args = ["seq>?"], [after_seq]
+        if source_volume_id:
+            where.append("source_volume_id=?")
+            args.append(source_volume_id)  # type: ignore[arg-type]
+        if snapshot_id:
+            where.append("id=?")
+            args.append(snapshot_id)  # type: ignore[arg-type]
+        rows = self._query(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE {' AND '.join(where)}"
+            " ORDER BY seq LIMIT ?",
+            (*args, limit),
+        )
+        return [self._snapshot(r) for r in rows]
+
+    def snapshots_in_state(self, state: SnapshotState) -> list[Snapshot]:
+        rows = self._query(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE state=? ORDER BY seq",
+            (state.value,),
+        )
+        return [self._snapshot(r) for r in rows]
+
+    def snapshots_of_group(self, group_id: str) -> list[Snapshot]:
+        rows = self._query(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE group_id=? ORDER BY seq",
+            (group_id,),
+        )
+        return [self._snapshot(r) for r in rows]
+
+    def highest_snapshot_seq_issued(self) -> int:
+        rows = self._query("SELECT seq FROM sqlite_sequence WHERE name='snapshots'")
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
+    # --- group snapshots -----------------------------------------------------------
+
+    def _group(self, row: tuple[object, ...]) -> GroupSnapshot:
+        gid, name, created, state = row
+        members = tuple(s.id for s in self.snapshots_of_group(str(gid)))
+        return GroupSnapshot(str(gid), str(name), float(created),  # type: ignore[arg-type]
+                             SnapshotState(state), members)
+
+    def insert_group(self, group: GroupSnapshot) -> None:
+        """Record a group snapshot. Raises NameTaken when the name is taken."""
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO group_snapshots VALUES (?,?,?,?)",
+                    (group.id, group.name, group.created_at, group.state.value),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise NameTaken(group.name) from exc
+
+    def set_group_state(self, group_id: str, state: SnapshotState) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE group_snapshots SET state=? WHERE id=?", (state.value, group_id))
+
+    def get_group(self, group_id: str) -> GroupSnapshot | None:
+        rows = self._query("SELECT * FROM group_snapshots WHERE id=?", (group_id,))
+        return self._group(rows[0]) if rows else None
+
+    def get_group_by_name(self, name: str) -> GroupSnapshot | None:
+        rows = self._query("SELECT * FROM group_snapshots WHERE name=?", (name,))
+        return self._group(rows[0]) if rows else None
+
+    def groups_in_state(self, state: SnapshotState) -> list[GroupSnapshot]:
+        rows = self._query("SELECT * FROM group_snapshots WHERE state=?", (state.value,))
+        return [self._group(r) for r in rows]
+
+    def delete_group(self, group_id: str) -> None:
+        """Forget a group and its member snapshots' records. Idempotent."""
+        with self._tx() as db:
+            db.execute("DELETE FROM snapshots WHERE group_id=?", (group_id,))
+            db.execute("DELETE FROM group_snapshots WHERE id=?", (group_id,))

@@ -128,3 +128,63 @@ def test_catalog_file_is_owner_only(tmp_path):
     path = str(tmp_path / "c.db")
     Catalog(path).close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def snap(i: int, source: str, group: str = "", state=None):
+    from csi_py.core.model import Snapshot, SnapshotState
+
+    return Snapshot(id=f"snap-{i:032x}", name=f"snap-{i}", source_volume_id=source,
+                    size_bytes=1 << 20, created_at=2.0, state=state or SnapshotState.READY,
+                    fs_type="xfs", method="copy", group_id=group)
+
+
+def test_snapshots_filters_pages_and_state(catalog):
+    from csi_py.core.model import SnapshotState
+
+    a = catalog.insert_volume(vol(1))
+    b = catalog.insert_volume(vol(2))
+    s1 = catalog.insert_snapshot(snap(1, a.id, state=SnapshotState.CREATING))
+    s2 = catalog.insert_snapshot(snap(2, b.id))
+    s3 = catalog.insert_snapshot(snap(3, a.id))
+    with pytest.raises(NameTaken):
+        catalog.insert_snapshot(snap(1, a.id))
+    assert catalog.get_snapshot_by_name("snap-2") == s2
+    assert [s.id for s in catalog.list_snapshots(0, 10, source_volume_id=a.id)] == [s1.id, s3.id]
+    assert [s.id for s in catalog.list_snapshots(0, 10, snapshot_id=s2.id)] == [s2.id]
+    assert [s.id for s in catalog.list_snapshots(s1.seq, 1)] == [s2.id]
+    catalog.update_snapshot(s1.id, SnapshotState.READY, method="reflink")
+    got = catalog.get_snapshot(s1.id)
+    assert got.ready and got.method == "reflink"
+    catalog.update_snapshot(s1.id, SnapshotState.DELETING)
+    assert catalog.get_snapshot(s1.id).method == "reflink"  # kept when not given
+    assert [s.id for s in catalog.snapshots_in_state(SnapshotState.DELETING)] == [s1.id]
+    catalog.delete_snapshot(s1.id)
+    catalog.delete_snapshot(s1.id)
+    assert catalog.get_snapshot(s1.id) is None
+    assert catalog.highest_snapshot_seq_issued() == 3
+
+
+def test_groups_hold_their_members(catalog):
+    from csi_py.core.model import GroupSnapshot, SnapshotState
+
+    a = catalog.insert_volume(vol(1))
+    group = GroupSnapshot("group-1", "g1", 3.0, SnapshotState.CREATING)
+    catalog.insert_group(group)
+    with pytest.raises(NameTaken):
+        catalog.insert_group(GroupSnapshot("group-2", "g1", 3.0, SnapshotState.CREATING))
+    s1 = catalog.insert_snapshot(snap(1, a.id, group="group-1"))
+    catalog.set_group_state("group-1", SnapshotState.READY)
+    got = catalog.get_group("group-1")
+    assert got.snapshot_ids == (s1.id,) and got.state is SnapshotState.READY
+    assert catalog.get_group_by_name("g1") == got
+    catalog.delete_group("group-1")
+    assert catalog.get_group("group-1") is None and catalog.get_snapshot(s1.id) is None
+
+
+def test_volume_source_and_mutable_parameters_round_trip(catalog):
+    v = Volume(**{**vol(1).__dict__, "content_source": "snapshot:snap-x",
+                  "mutable_parameters": (("readAheadKiB", "256"),)})
+    stored = catalog.insert_volume(v)
+    assert catalog.get_volume(stored.id).content_source == "snapshot:snap-x"
+    catalog.set_mutable_parameters(stored.id, {"directIO": "false"})
+    assert catalog.get_volume(stored.id).mutable_parameter_map == {"directIO": "false"}
