@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ IGNORED_PARAMETER_PREFIXES = ("csi.storage.k8s.io/",)
 PUBLISH_CONTEXT_NODE = "node"
 PUBLISH_CONTEXT_READONLY = "readonly"
 MAX_PAGE = 1000
+_TOKEN = re.compile(r"[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True)
@@ -322,7 +324,8 @@ class ControllerCore:
         return volume
 
     def validate_capabilities(
-        self, volume_id: str, caps: list[Capability], parameters: dict[str, str]
+        self, volume_id: str, caps: list[Capability], parameters: dict[str, str],
+        mutable_parameters: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
         """Whether `caps` (and `parameters`) suit the volume: (confirmed, reason).
 
@@ -341,6 +344,9 @@ class ControllerCore:
                 return False, (f"volume {volume_id} holds {volume.fs_type}, not {cap.fs_type}")
         if parameters and parameters != volume.parameter_map:
             return False, f"volume {volume_id} was created with other parameters"
+        if mutable_parameters:
+            return False, (f"volume {volume_id}: mutable_parameters {sorted(mutable_parameters)}"
+                           " are not supported by this driver")
         return True, ""
 
     def list_volumes(self, max_entries: int, starting_token: str) -> VolumeListing:
@@ -354,7 +360,8 @@ class ControllerCore:
             raise InvalidArgument("max_entries must not be negative")
         after = 0
         if starting_token:
-            if not starting_token.isdigit() or int(starting_token) > \
+            # Only the exact form we issue (a positive decimal seq we handed out).
+            if not _TOKEN.fullmatch(starting_token) or int(starting_token) > \
                     self.catalog.highest_seq_issued():
                 raise Aborted(f"starting_token {starting_token!r} is not one this driver issued;"
                               " list again from the start")

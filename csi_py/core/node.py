@@ -26,6 +26,7 @@ from csi_py.core.errors import (
 )
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import (
+    AccessMode,
     AccessType,
     Capability,
     Staging,
@@ -139,6 +140,13 @@ class NodeCore:
             previous = self.catalog.get_staging(volume_id)
             if previous is not None:
                 self._check_compatible_staging(previous, wanted)
+            if fs_type and volume.fs_type and fs_type != volume.fs_type:
+                # The spec's "Exceeds capabilities": the volume was made for another
+                # filesystem (ValidateVolumeCapabilities does not confirm this either).
+                raise FailedPrecondition(
+                    f"volume {volume_id} was created for {volume.fs_type}; it cannot be"
+                    f" staged as {fs_type}"
+                )
             device = self._device_for(volume_id, previous.device if previous else "")
             self.catalog.put_staging(wanted if previous is None else
                                      _with(previous, state=StagingState.STAGING))
@@ -154,7 +162,7 @@ class NodeCore:
                 except BaseException:
                     # Leave nothing half-done: a fresh attach is undone so a retry starts
                     # clean (the record is kept, so unstage can also clean up).
-                    if self._mount_at(staging_path) is None:
+                    if not self._holds(staging_path, device):
                         self._detach_quietly(device)
                         self.catalog.delete_staging(volume_id)
                     raise
@@ -173,8 +181,7 @@ class NodeCore:
         ):
             raise AlreadyExists(
                 f"volume {wanted.volume_id} is staged at {wanted.staging_path} with another"
-                f" capability ({previous.access_type.value}, fs={previous.fs_type or '-'},"
-                f" flags={list(previous.mount_flags)}, readonly={previous.readonly})"
+                f" capability ({_describe(previous)}); asked for {_describe(wanted)}"
             )
 
     def _mount_staging(
@@ -233,11 +240,11 @@ class NodeCore:
                 raise NotFound(f"volume {volume_id!r} does not exist")
             record = self.catalog.get_staging(volume_id)
             if record is not None and record.staging_path != staging_path:
-                raise FailedPrecondition(
-                    f"volume {volume_id} is staged at {record.staging_path}, not {staging_path}"
-                )
-            if record is not None:
-                self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
+                # "If the volume ... is not staged to the staging_target_path, the
+                # Plugin MUST reply 0 OK"; its real staging is left alone.
+                log.warning("volume %s: unstage at %s, but it is staged at %s; nothing done",
+                            volume_id, staging_path, record.staging_path)
+                return
             device = self._device_for(volume_id, record.device if record else "")
             if device is not None:
                 numbers = self._device_numbers(device.path)
@@ -249,8 +256,10 @@ class NodeCore:
                         f"volume {volume_id} is still published at"
                         f" {', '.join(m.mount_point for m in users)}; unpublish it first"
                     )
-            self._unmount_all(staging_path, volume_id)
+            if record is not None:
+                self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
             if device is not None:
+                self._unmount_ours(staging_path, volume_id, device)
                 try:
                     self.host.loops.detach(device.path)
                 except DeviceBusy as exc:
@@ -259,10 +268,17 @@ class NodeCore:
                     ) from exc
             self.catalog.delete_staging(volume_id)
 
-    def _unmount_all(self, path: str, volume_id: str) -> None:
+    def _holds(self, path: str, device: LoopDevice) -> bool:
+        """Whether the topmost mount at `path` is of `device` (this volume)."""
+        entry = self._mount_at(path)
+        return entry is not None and mount_is_of(entry, device.path,
+                                                 self._device_numbers(device.path))
+
+    def _unmount_ours(self, path: str, volume_id: str, device: LoopDevice) -> None:
+        """Take this volume's mounts off `path`, never another volume's."""
         # Mounts may be stacked at one path; take them off one at a time.
         for _ in range(16):
-            if not self.host.mounts.is_mounted(path):
+            if not self._holds(path, device):
                 return
             try:
                 self.host.mounts.unmount(path)
@@ -290,10 +306,16 @@ class NodeCore:
         """
         v.require(volume_id, "volume_id")
         target_path = v.check_absolute_path(target_path, "target_path")
-        staging_path = v.check_absolute_path(staging_path, "staging_target_path")
         if cap is None:
             raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
         check_capability(cap, self.config.filesystems)
+        if not staging_path:
+            # The spec's "Staging target path not set" (we have STAGE_UNSTAGE_VOLUME).
+            raise FailedPrecondition(
+                f"volume {volume_id}: staging_target_path is not set; this driver stages"
+                " volumes, so call NodeStageVolume first and pass its path"
+            )
+        staging_path = v.check_absolute_path(staging_path, "staging_target_path")
         flags = v.check_mount_flags(cap.mount_flags)
         v.check_no_symlink(target_path, "target_path")
         readonly = readonly or cap.access_mode.read_only
@@ -334,6 +356,21 @@ class NodeCore:
                     f" (readonly={current.read_only}) mounted; it is not volume {volume_id}"
                     f" with readonly={readonly}"
                 )
+            if cap.access_mode is AccessMode.SINGLE_NODE_SINGLE_WRITER:
+                # The spec's second NodePublishVolume table: another target path is
+                # FAILED_PRECONDITION for SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod).
+                # The legacy SINGLE_NODE_WRITER/READER_ONLY stay allowed on several
+                # targets: COs that predate SINGLE_NODE_MULTI_WRITER send them for
+                # ReadWriteOnce, which lets several pods on one node share the volume.
+                others = [m.mount_point for m in self.host.mounts.list_mounts()
+                          if mount_is_of(m, device.path, numbers)
+                          and m.mount_point not in (staging_path, target_path)]
+                if others:
+                    raise FailedPrecondition(
+                        f"volume {volume_id} is already published at {', '.join(others)};"
+                        f" access mode {cap.access_mode.value} allows one target path"
+                        " (SINGLE_NODE_MULTI_WRITER allows several); unpublish it there first"
+                    )
             bind_flags = [f for f in flags if f in BIND_FLAGS and f != "ro"]
             if cap.access_type is AccessType.MOUNT:
                 self._make_dir(target_path)
@@ -387,7 +424,15 @@ class NodeCore:
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
             if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
                 raise NotFound(f"volume {volume_id!r} does not exist")
-            self._unmount_all(target_path, volume_id)
+            record = self.catalog.get_staging(volume_id)
+            device = self._device_for(volume_id, record.device if record else "")
+            if device is not None:
+                self._unmount_ours(target_path, volume_id, device)
+            if self._mount_at(target_path) is not None:
+                # Another volume's mount: this volume is not published here.
+                log.warning("volume %s: unpublish at %s, which holds another mount; left"
+                            " alone", volume_id, target_path)
+                return
             _remove_target(target_path)
 
     # --- NodeGetVolumeStats ------------------------------------------------------------
@@ -442,6 +487,11 @@ def _remove_target(path: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
             raise
+
+
+def _describe(staging: Staging) -> str:
+    return (f"{staging.access_type.value}, fs={staging.fs_type or '-'},"
+            f" flags={list(staging.mount_flags)}, readonly={staging.readonly}")
 
 
 def _with(staging: Staging, **changes: object) -> Staging:

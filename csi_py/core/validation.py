@@ -19,11 +19,31 @@ MAX_MAP_BYTES = 4096
 MAX_PATH_BYTES = 4096
 
 _VOLUME_ID = re.compile(r"^vol-[0-9a-f]{32}$")
+_SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{32}$")
+_GROUP_ID = re.compile(r"^group-[0-9a-f]{32}$")
 
 
 def new_volume_id() -> str:
     """A fresh volume id: `vol-` and 32 hex digits. Safe to use as a file name."""
     return "vol-" + uuid.uuid4().hex
+
+
+def new_snapshot_id() -> str:
+    """A fresh snapshot id: `snap-` and 32 hex digits."""
+    return "snap-" + uuid.uuid4().hex
+
+
+def new_group_id() -> str:
+    """A fresh group snapshot id: `group-` and 32 hex digits."""
+    return "group-" + uuid.uuid4().hex
+
+
+def is_snapshot_id(value: str) -> bool:
+    return bool(_SNAPSHOT_ID.match(value))
+
+
+def is_group_id(value: str) -> bool:
+    return bool(_GROUP_ID.match(value))
 
 
 def is_volume_id(value: str) -> bool:
@@ -39,13 +59,22 @@ def require(value: str, field: str) -> str:
     return value
 
 
+# The characters the spec bans from CreateVolumeRequest.name: U+0000-U+0008, U+000B,
+# U+000C, U+000E-U+001F, U+007F-U+009F (control characters other than tab, LF and CR).
+_BANNED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def check_string(value: str, field: str, *, limit: int = MAX_STRING_BYTES) -> str:
-    """A non-empty printable string of at most `limit` UTF-8 bytes."""
+    """A non-empty string of at most `limit` UTF-8 bytes without the control characters
+    the CSI spec bans from names (tab, LF and CR are allowed)."""
     require(value, field)
     if len(value.encode()) > limit:
         raise InvalidArgument(f"{field} is {len(value.encode())} bytes; the limit is {limit}")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise InvalidArgument(f"{field} contains control characters")
+    banned = _BANNED.search(value)
+    if banned:
+        raise InvalidArgument(
+            f"{field} contains the control character U+{ord(banned.group()):04X}"
+        )
     return value
 
 

@@ -75,7 +75,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         caps = convert.capabilities(request.volume_capabilities) if \
             request.volume_capabilities else []
         ok, reason = self.core.validate_capabilities(
-            request.volume_id, caps, dict(request.parameters)
+            request.volume_id, caps, dict(request.parameters), dict(request.mutable_parameters)
         )
         if not ok:
             return pb.ValidateVolumeCapabilitiesResponse(message=reason)

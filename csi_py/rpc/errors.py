@@ -41,6 +41,18 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def with_subject(request: Any, message: str) -> str:
+    """`message`, prefixed with the volume the request is about (its `volume_id`, or the
+    `name` of a CreateVolume) unless the message already names it, so that every error
+    tells the user which volume it concerns."""
+    fields = request.DESCRIPTOR.fields_by_name
+    key = "volume_id" if "volume_id" in fields else "name" if "name" in fields else None
+    value = getattr(request, key) if key else ""
+    if not value or value in message:
+        return message
+    return f"volume {value!r}: {message}"
+
+
 def rpc_method(func: F) -> F:
     """Wrap a servicer method: domain errors become the matching status code with the
     error's message; unexpected exceptions become INTERNAL and are logged with a trace."""
@@ -52,9 +64,10 @@ def rpc_method(func: F) -> F:
         except (e.DriverError, LinuxError) as exc:
             code = status_for(exc)
             log.info("%s -> %s: %s", func.__name__, code.name, exc)
-            context.abort(code, str(exc))
+            context.abort(code, with_subject(request, str(exc)))
         except Exception as exc:  # noqa: BLE001 - the client must get a status, not a hang
             log.exception("%s failed unexpectedly", func.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{func.__name__}: {type(exc).__name__}: {exc}")
+            context.abort(grpc.StatusCode.INTERNAL, with_subject(
+                request, f"{func.__name__}: {type(exc).__name__}: {exc}"))
 
     return wrapper  # type: ignore[return-value]

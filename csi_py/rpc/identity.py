@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from csi_py import __version__
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
+from csi_py.core.errors import FailedPrecondition
 from csi_py.rpc.errors import rpc_method
 
 Cap = pb.PluginCapability
@@ -39,9 +39,10 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
     def Probe(self, request, context):  # noqa: N802
         missing = self.driver.missing_tools()
         if missing:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            # A domain error, not context.abort(): abort raises a bare Exception that
+            # rpc_method would turn into INTERNAL.
+            raise FailedPrecondition(
                 f"required tools are missing: {', '.join(missing)}; install them (e2fsprogs,"
-                " xfsprogs, btrfs-progs, util-linux) or narrow --filesystems",
+                " xfsprogs, btrfs-progs, util-linux) or narrow --filesystems"
             )
         return pb.ProbeResponse(ready=BoolValue(value=self.driver.ready))

@@ -17,12 +17,20 @@ from csi_py.cli import main
 def test_demo_runs_to_the_end_and_leaves_nothing(args):
     if sys.platform != "linux":
         pytest.skip("linux only")
-    result = subprocess.run([sys.executable, "-m", "csi_py", "demo", *args],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "csi_py", "demo", *args], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for step in ("CreateVolume", "NodeStageVolume", "NodePublishVolume", "matches",
-                 "NodeGetVolumeStats", "NodeUnstageVolume", "DeleteVolume"):
+    for step in (
+        "CreateVolume",
+        "NodeStageVolume",
+        "NodePublishVolume",
+        "matches",
+        "NodeGetVolumeStats",
+        "NodeUnstageVolume",
+        "DeleteVolume",
+    ):
         assert step in out, f"demo output lacks {step}:\n{out}"
     assert "no loop device, mount or file is left" in out
     workdir = re.search(r"pool in (\S+)/pool", out).group(1)
@@ -34,8 +42,22 @@ def test_demo_runs_to_the_end_and_leaves_nothing(args):
 @pytest.mark.integration
 def test_volume_commands_create_list_delete(driver, capsys):
     endpoint = "unix://" + driver.socket
-    assert main(["volume", "--endpoint", endpoint, "create", "static-pv", "--size", "64Mi",
-                 "--fs-type", "ext4"]) == 0
+    assert (
+        main(
+            [
+                "volume",
+                "--endpoint",
+                endpoint,
+                "create",
+                "static-pv",
+                "--size",
+                "64Mi",
+                "--fs-type",
+                "ext4",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     vid, size, _ = out.out.strip().split("\t", 2)
     assert vid.startswith("vol-") and size == str(64 << 20)
@@ -50,8 +72,7 @@ def test_volume_commands_create_list_delete(driver, capsys):
     assert "loop.csi-py.io" in info and "ready:    True" in info
 
     # Same name, different size: the driver refuses and the CLI reports the code.
-    assert main(["volume", "--endpoint", endpoint, "create", "static-pv", "--size",
-                 "128Mi"]) == 1
+    assert main(["volume", "--endpoint", endpoint, "create", "static-pv", "--size", "128Mi"]) == 1
     assert "ALREADY_EXISTS" in capsys.readouterr().err
 
     assert main(["volume", "--endpoint", endpoint, "delete", vid]) == 0

@@ -22,32 +22,51 @@ def capability(kind: str) -> pb.VolumeCapability:
 
 
 def create(driver, name: str, kind: str) -> pb.Volume:
-    return driver.client.controller.CreateVolume(pb.CreateVolumeRequest(
-        name=name, capacity_range=pb.CapacityRange(required_bytes=SIZES[kind]),
-        volume_capabilities=[capability(kind)],
-    )).volume
+    return driver.client.controller.CreateVolume(
+        pb.CreateVolumeRequest(
+            name=name,
+            capacity_range=pb.CapacityRange(required_bytes=SIZES[kind]),
+            volume_capabilities=[capability(kind)],
+        )
+    ).volume
 
 
 def stage_and_publish(driver, vid: str, kind: str, target: str, readonly=False) -> None:
     cap = capability(kind)
-    ctx = driver.client.controller.ControllerPublishVolume(pb.ControllerPublishVolumeRequest(
-        volume_id=vid, node_id=NODE_ID, volume_capability=cap)).publish_context
-    driver.client.node.NodeStageVolume(pb.NodeStageVolumeRequest(
-        volume_id=vid, staging_target_path=driver.path("staging"), volume_capability=cap,
-        publish_context=ctx))
-    driver.client.node.NodePublishVolume(pb.NodePublishVolumeRequest(
-        volume_id=vid, staging_target_path=driver.path("staging"), target_path=target,
-        volume_capability=cap, publish_context=ctx, readonly=readonly))
+    ctx = driver.client.controller.ControllerPublishVolume(
+        pb.ControllerPublishVolumeRequest(volume_id=vid, node_id=NODE_ID, volume_capability=cap)
+    ).publish_context
+    driver.client.node.NodeStageVolume(
+        pb.NodeStageVolumeRequest(
+            volume_id=vid,
+            staging_target_path=driver.path("staging"),
+            volume_capability=cap,
+            publish_context=ctx,
+        )
+    )
+    driver.client.node.NodePublishVolume(
+        pb.NodePublishVolumeRequest(
+            volume_id=vid,
+            staging_target_path=driver.path("staging"),
+            target_path=target,
+            volume_capability=cap,
+            publish_context=ctx,
+            readonly=readonly,
+        )
+    )
 
 
 def teardown(driver, vid: str, targets: list[str]) -> None:
     for target in targets:
         driver.client.node.NodeUnpublishVolume(
-            pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
+            pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target)
+        )
     driver.client.node.NodeUnstageVolume(
-        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("staging")))
+        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("staging"))
+    )
     driver.client.controller.ControllerUnpublishVolume(
-        pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID))
+        pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID)
+    )
     driver.client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
 
 
@@ -101,7 +120,8 @@ def test_whole_life_keeps_data_and_cleans_up(driver, kind):
         write_data(target, kind, payload)
         assert read_digest(target, kind, len(payload)) == hashlib.sha256(payload).hexdigest()
         stats = driver.client.node.NodeGetVolumeStats(
-            pb.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=target))
+            pb.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=target)
+        )
         byte_usage = [u for u in stats.usage if u.unit == pb.VolumeUsage.BYTES][0]
         assert 0 < byte_usage.total <= SIZES[kind]
         if kind != "block":
@@ -138,9 +158,15 @@ def test_readonly_publish_refuses_writes(driver):
     rw, ro = driver.path("rw"), driver.path("ro")
     stage_and_publish(driver, vid, "ext4", rw)
     cap = capability("ext4")
-    driver.client.node.NodePublishVolume(pb.NodePublishVolumeRequest(
-        volume_id=vid, staging_target_path=driver.path("staging"), target_path=ro,
-        volume_capability=cap, readonly=True))
+    driver.client.node.NodePublishVolume(
+        pb.NodePublishVolumeRequest(
+            volume_id=vid,
+            staging_target_path=driver.path("staging"),
+            target_path=ro,
+            volume_capability=cap,
+            readonly=True,
+        )
+    )
     try:
         write_data(rw, "ext4", b"hello")
         assert open(os.path.join(ro, "data.bin"), "rb").read() == b"hello"
@@ -162,11 +188,14 @@ def test_restage_of_formatted_volume_keeps_data(driver):
     teardown_keep = [target]
     for t in teardown_keep:
         driver.client.node.NodeUnpublishVolume(
-            pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=t))
+            pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=t)
+        )
     driver.client.node.NodeUnstageVolume(
-        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("staging")))
+        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("staging"))
+    )
     driver.client.controller.ControllerUnpublishVolume(
-        pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID))
+        pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID)
+    )
     stage_and_publish(driver, vid, "xfs", target)
     try:
         assert read_digest(target, "xfs", len(payload)) == hashlib.sha256(payload).hexdigest()
@@ -191,14 +220,25 @@ def test_restart_keeps_published_volumes_usable(driver, kind):
             cap = capability(kind)
             stage = driver.path(f"staging{i}")
             target = driver.path(f"target{i}")
-            driver.client.controller.ControllerPublishVolume(pb.ControllerPublishVolumeRequest(
-                volume_id=vid, node_id=NODE_ID, volume_capability=cap))
-            driver.client.node.NodeStageVolume(pb.NodeStageVolumeRequest(
-                volume_id=vid, staging_target_path=stage, volume_capability=cap))
+            driver.client.controller.ControllerPublishVolume(
+                pb.ControllerPublishVolumeRequest(
+                    volume_id=vid, node_id=NODE_ID, volume_capability=cap
+                )
+            )
+            driver.client.node.NodeStageVolume(
+                pb.NodeStageVolumeRequest(
+                    volume_id=vid, staging_target_path=stage, volume_capability=cap
+                )
+            )
             staged.append((vid, stage))
-            driver.client.node.NodePublishVolume(pb.NodePublishVolumeRequest(
-                volume_id=vid, staging_target_path=stage, target_path=target,
-                volume_capability=cap))
+            driver.client.node.NodePublishVolume(
+                pb.NodePublishVolumeRequest(
+                    volume_id=vid,
+                    staging_target_path=stage,
+                    target_path=target,
+                    volume_capability=cap,
+                )
+            )
             targets.append((vid, target))
             write_data(target, kind, payload)
 
@@ -210,24 +250,36 @@ def test_restart_keeps_published_volumes_usable(driver, kind):
             assert read_digest(target, kind, len(payload)) == digest
             # Repeating the calls kubelet would repeat is still a success.
             cap = capability(kind)
-            driver.client.node.NodeStageVolume(pb.NodeStageVolumeRequest(
-                volume_id=vid, staging_target_path=driver.path(f"staging{i}"),
-                volume_capability=cap))
-            driver.client.node.NodePublishVolume(pb.NodePublishVolumeRequest(
-                volume_id=vid, staging_target_path=driver.path(f"staging{i}"),
-                target_path=target, volume_capability=cap))
+            driver.client.node.NodeStageVolume(
+                pb.NodeStageVolumeRequest(
+                    volume_id=vid,
+                    staging_target_path=driver.path(f"staging{i}"),
+                    volume_capability=cap,
+                )
+            )
+            driver.client.node.NodePublishVolume(
+                pb.NodePublishVolumeRequest(
+                    volume_id=vid,
+                    staging_target_path=driver.path(f"staging{i}"),
+                    target_path=target,
+                    volume_capability=cap,
+                )
+            )
             listed = driver.client.controller.ListVolumes(pb.ListVolumesRequest())
             assert vid in {e.volume.volume_id for e in listed.entries}
     finally:
         for vid, target in targets:
             driver.client.node.NodeUnpublishVolume(
-                pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
+                pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target)
+            )
         for vid, stage in staged:
             driver.client.node.NodeUnstageVolume(
-                pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=stage))
+                pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=stage)
+            )
         for vid in vids:
             driver.client.controller.ControllerUnpublishVolume(
-                pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID))
+                pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID)
+            )
             driver.client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
     assert os.listdir(os.path.join(driver.pool, "volumes")) == []
 
@@ -253,13 +305,19 @@ def test_stage_refuses_a_device_holding_another_filesystem(driver):
     target = driver.path("target")
     stage_and_publish(driver, vid, "xfs", target)
     driver.client.node.NodeUnpublishVolume(
-        pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
+        pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target)
+    )
     driver.client.node.NodeUnstageVolume(
-        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("staging")))
+        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("staging"))
+    )
     with pytest.raises(grpc.RpcError) as err:
-        driver.client.node.NodeStageVolume(pb.NodeStageVolumeRequest(
-            volume_id=vid, staging_target_path=driver.path("staging"),
-            volume_capability=mount_capability("ext4")))
+        driver.client.node.NodeStageVolume(
+            pb.NodeStageVolumeRequest(
+                volume_id=vid,
+                staging_target_path=driver.path("staging"),
+                volume_capability=mount_capability("ext4"),
+            )
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "xfs" in err.value.details() and vid in err.value.details()
     teardown(driver, vid, [])

@@ -27,8 +27,13 @@ def test_check_string_limits_bytes_not_characters():
 
 
 def test_check_string_refuses_control_characters_and_empty():
-    with pytest.raises(InvalidArgument, match="control"):
-        v.check_string("a\nb", "name")
+    # The CSI spec bans U+0000-U+0008, U+000B, U+000C, U+000E-U+001F, U+007F-U+009F.
+    for bad in ("a\x07b", "a\x0bb", "a\x7fb", "a\x85b"):
+        with pytest.raises(InvalidArgument, match="control"):
+            v.check_string(bad, "name")
+    # ...and allows the common whitespace: tab, LF and CR.
+    for good in ("a\tb", "a\nb", "a\rb"):
+        assert v.check_string(good, "name") == good
     with pytest.raises(InvalidArgument, match="required"):
         v.check_string("", "name")
 

@@ -1,0 +1,138 @@
+"""Helpers for the per-RPC conformance tests: error assertions, small volumes, and a
+node session that always unpublishes and unstages what a test set up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+from csi_py._proto import csi_pb2 as pb
+from csi_py.rpc.client import mount_capability
+
+MiB = 1024 * 1024
+SMALL = 32 * MiB  # ext4 and block volumes: cheap to format, sparse on disk
+XFS_MIN = 300 * MiB  # xfsprogs refuses anything smaller
+
+def expect_error(
+    call: Callable[..., Any], request: Any, code: grpc.StatusCode, *words: str
+) -> str:
+    """Call `call(request)`, assert it fails with `code` and that the status message
+    names every one of `words` (case-insensitive). Returns the message."""
+    try:
+        response = call(request, timeout=60)
+    except grpc.RpcError as exc:
+        message = exc.details() or ""
+        assert exc.code() == code, (
+            f"expected {code.name}, got {exc.code().name}: {message}"
+        )
+        for word in words:
+            assert word.lower() in message.lower(), (
+                f"{code.name} message does not name {word!r}: {message!r}"
+            )
+        return message
+    raise AssertionError(f"expected {code.name}, the call succeeded: {response}")
+
+
+def create_request(
+    name: str,
+    size: int = SMALL,
+    caps: list[pb.VolumeCapability] | None = None,
+    params: dict[str, str] | None = None,
+    limit: int = 0,
+) -> pb.CreateVolumeRequest:
+    return pb.CreateVolumeRequest(
+        name=name,
+        capacity_range=pb.CapacityRange(required_bytes=size, limit_bytes=limit),
+        volume_capabilities=caps if caps is not None else [mount_capability("ext4")],
+        parameters=params or {},
+    )
+
+
+def create(driver: Any, name: str, size: int = SMALL, **kwargs: Any) -> pb.Volume:
+    """Create a small volume and return it."""
+    return driver.client.controller.CreateVolume(
+        create_request(name, size, **kwargs), timeout=60
+    ).volume
+
+
+def volume_files(driver: Any) -> set[str]:
+    """The files in the pool's volumes directory (backing images and temp files)."""
+    return set(os.listdir(os.path.join(driver.pool, "volumes")))
+
+
+def unknown_volume_id() -> str:
+    """An id of the right shape that no volume has."""
+    return "vol-" + "0" * 32
+
+
+class NodeSession:
+    """Stages and publishes through gRPC and remembers what it did, so `close()` can
+    undo it (unpublish every target, then unstage) even when the test failed."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.node = driver.client.node
+        self.targets: list[tuple[str, str]] = []
+        self.stagings: list[tuple[str, str]] = []
+
+    def stage(self, volume_id: str, path: str, cap: pb.VolumeCapability,
+              publish_context: dict[str, str] | None = None) -> None:
+        self.stagings.append((volume_id, path))
+        self.node.NodeStageVolume(
+            pb.NodeStageVolumeRequest(
+                volume_id=volume_id, staging_target_path=path, volume_capability=cap,
+                publish_context=publish_context or {},
+            ),
+            timeout=120,
+        )
+
+    def publish(self, volume_id: str, staging: str, target: str,
+                cap: pb.VolumeCapability, readonly: bool = False) -> None:
+        self.targets.append((volume_id, target))
+        self.node.NodePublishVolume(self.publish_request(volume_id, staging, target, cap,
+                                                         readonly), timeout=60)
+
+    @staticmethod
+    def publish_request(volume_id: str, staging: str, target: str,
+                        cap: pb.VolumeCapability, readonly: bool = False
+                        ) -> pb.NodePublishVolumeRequest:
+        return pb.NodePublishVolumeRequest(
+            volume_id=volume_id, staging_target_path=staging, target_path=target,
+            volume_capability=cap, readonly=readonly,
+        )
+
+    def close(self) -> None:
+        errors = []
+        for volume_id, target in reversed(self.targets):
+            try:
+                self.node.NodeUnpublishVolume(
+                    pb.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target),
+                    timeout=60,
+                )
+            except grpc.RpcError as exc:
+                errors.append(f"unpublish {volume_id} {target}: {exc.details()}")
+        for volume_id, path in reversed(self.stagings):
+            try:
+                self.node.NodeUnstageVolume(
+                    pb.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=path),
+                    timeout=60,
+                )
+            except grpc.RpcError as exc:
+                errors.append(f"unstage {volume_id} {path}: {exc.details()}")
+        # A cleanup failure is reported by the workdir fixture's leak check too; say why.
+        if errors:
+            print("node session cleanup:", *errors, sep="\n  ")
+
+
+@contextmanager
+def node_session(driver: Any) -> Iterator[NodeSession]:
+    session = NodeSession(driver)
+    try:
+        yield session
+    finally:
+        session.close()
+
