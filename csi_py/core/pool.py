@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 
 from csi_py.core.errors import InvalidArgument
-from csi_py.core.validation import is_volume_id
+from csi_py.core.validation import is_snapshot_id, is_volume_id
 
 
 class PoolError(Exception):
@@ -22,6 +22,16 @@ class Pool:
     @property
     def volumes_dir(self) -> str:
         return os.path.join(self.root, "volumes")
+
+    @property
+    def snapshots_dir(self) -> str:
+        return os.path.join(self.root, "snapshots")
+
+    def snapshot_path(self, snapshot_id: str) -> str:
+        """The image file of a snapshot. Raises InvalidArgument for a malformed id."""
+        if not is_snapshot_id(snapshot_id):
+            raise InvalidArgument(f"snapshot id {snapshot_id!r} is malformed")
+        return os.path.join(self.snapshots_dir, snapshot_id + ".img")
 
     @property
     def catalog_path(self) -> str:
@@ -63,3 +73,4 @@ class Pool:
                 f"pool {self.root} resolves to {os.path.realpath(self.root)}; give that path"
             )
         os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)

@@ -1,0 +1,326 @@
+"""Snapshot logic: create, delete, list and get snapshots, and group snapshots.
+
+Every operation records its intent in the catalog first (state CREATING or DELETING),
+acts on the pool, then commits, so start-up reconciliation can finish or undo it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from csi_py.core import validation as v
+from csi_py.core.capture import Capturer, Progress
+from csi_py.core.controller import IGNORED_PARAMETER_PREFIXES, MAX_PAGE, ControllerCore
+from csi_py.core.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.model import GroupSnapshot, Snapshot, SnapshotState, Volume
+from csi_py.core.pool import Pool
+from csi_py.linux import Host, files
+from csi_py.state.catalog import Catalog, NameTaken
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotListing:
+    snapshots: tuple[Snapshot, ...]
+    next_token: str
+
+
+def _check_parameters(parameters: dict[str, str], what: str) -> None:
+    v.check_map(parameters, "parameters")
+    unknown = sorted(k for k in parameters if not k.startswith(IGNORED_PARAMETER_PREFIXES))
+    if unknown:
+        raise InvalidArgument(f"{what}: unknown parameter(s) {unknown}; snapshots take none")
+
+
+def _no_space(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class SnapshotCore:
+    def __init__(
+        self,
+        catalog: Catalog,
+        pool: Pool,
+        host: Host,
+        locks: KeyedTryLock,
+        controller: ControllerCore,
+    ) -> None:
+        self.catalog = catalog
+        self.pool = pool
+        self.host = host
+        self.locks = locks
+        self.controller = controller
+        self.capturer = Capturer(catalog, pool, host)
+
+    # --- space -------------------------------------------------------------------------
+
+    def _check_room(self, what: str, volumes: list[Volume]) -> None:
+        """A copy needs the sources' allocated bytes; a reflink needs (almost) none."""
+        if files.supports_reflink(self.pool.snapshots_dir):
+            return
+        needed = sum(files.allocated_bytes(self.pool.image_path(vol.id)) for vol in volumes)
+        _, free = files.space(self.pool.snapshots_dir)
+        if needed > max(0, free - self.controller.config.reserve_bytes):
+            raise ResourceExhausted(
+                f"{what}: copying {needed} allocated bytes needs more than the {free} bytes"
+                f" free in {self.pool.root}"
+            )
+
+    # --- CreateSnapshot ----------------------------------------------------------------
+
+    def create(
+        self,
+        source_volume_id: str,
+        name: str,
+        parameters: dict[str, str],
+        progress: Progress | None = None,
+    ) -> Snapshot:
+        """Cut a snapshot of a volume. Idempotent by name.
+
+        Raises InvalidArgument, NotFound (source), AlreadyExists (name taken by a
+        snapshot of another volume), ResourceExhausted (no room), Aborted.
+        """
+        v.check_string(name, "name")
+        v.require(source_volume_id, "source_volume_id")
+        _check_parameters(parameters, f"snapshot {name!r}")
+        with self.locks.hold("snapshot-name:" + name, "CreateSnapshot"):
+            existing = self.catalog.get_snapshot_by_name(name)
+            if existing is not None:
+                if existing.source_volume_id != source_volume_id:
+                    raise AlreadyExists(
+                        f"snapshot {name!r} exists ({existing.id}) for volume"
+                        f" {existing.source_volume_id}, not {source_volume_id}"
+                    )
+                if existing.state is SnapshotState.DELETING:
+                    raise Aborted(f"snapshot {name!r} ({existing.id}) is being deleted; retry")
+                if existing.state is SnapshotState.READY:
+                    return existing
+                # CREATING: a capture died half way (reconciliation normally removes it).
+                self._forget(existing)
+            with self.locks.hold(source_volume_id, "CreateSnapshot"):
+                source = self.controller.get_ready_volume(source_volume_id)
+                self._check_room(f"snapshot {name!r}", [source])
+                snap = self._record(name, source, group_id="")
+                try:
+                    (method,) = self.capturer.capture(
+                        [(self.pool.image_path(source.id), self.pool.snapshot_path(snap.id))],
+                        [source.id],
+                        progress,
+                    )
+                except OSError as exc:
+                    self.catalog.delete_snapshot(snap.id)
+                    if _no_space(exc):
+                        raise ResourceExhausted(
+                            f"snapshot {name!r} of volume {source.id}: the pool ran out of space"
+                        ) from exc
+                    raise
+                except BaseException:
+                    self.catalog.delete_snapshot(snap.id)
+                    raise
+                self.catalog.update_snapshot(snap.id, SnapshotState.READY, method)
+                log.info("snapshot %s (%s) of %s cut by %s", snap.id, name, source.id, method)
+                return Snapshot(**{**snap.__dict__, "state": SnapshotState.READY,
+                                   "method": method})
+
+    def _record(self, name: str, source: Volume, group_id: str) -> Snapshot:
+        snap = Snapshot(
+            id=v.new_snapshot_id(),
+            name=name,
+            source_volume_id=source.id,
+            size_bytes=source.capacity_bytes,
+            created_at=time.time(),
+            state=SnapshotState.CREATING,
+            fs_type=source.fs_type,
+            group_id=group_id,
+        )
+        try:
+            return self.catalog.insert_snapshot(snap)
+        except NameTaken:
+            raise AlreadyExists(f"snapshot name {name!r} is already recorded") from None
+
+    def _forget(self, snap: Snapshot) -> None:
+        self.catalog.update_snapshot(snap.id, SnapshotState.DELETING)
+        files.remove_file(self.pool.snapshot_path(snap.id))
+        self.catalog.delete_snapshot(snap.id)
+
+    # --- DeleteSnapshot ----------------------------------------------------------------
+
+    def delete(self, snapshot_id: str) -> None:
+        """Delete a snapshot. Idempotent: an unknown id is success.
+
+        Raises InvalidArgument (empty id, or a member of a group snapshot), Aborted.
+        """
+        v.require(snapshot_id, "snapshot_id")
+        if not v.is_snapshot_id(snapshot_id):
+            return
+        with self.locks.hold(snapshot_id, "DeleteSnapshot"):
+            snap = self.catalog.get_snapshot(snapshot_id)
+            if snap is None:
+                return
+            if snap.group_id:
+                raise InvalidArgument(
+                    f"snapshot {snapshot_id} is part of group snapshot {snap.group_id};"
+                    " delete the group with DeleteVolumeGroupSnapshot"
+                )
+            self._forget(snap)
+            log.info("deleted snapshot %s (%s)", snap.id, snap.name)
+
+    # --- ListSnapshots / GetSnapshot ---------------------------------------------------
+
+    def list(
+        self, max_entries: int, starting_token: str, source_volume_id: str, snapshot_id: str
+    ) -> SnapshotListing:
+        """A page of ready snapshots, optionally filtered. Raises InvalidArgument,
+        Aborted (a token this catalog never issued)."""
+        if max_entries < 0:
+            raise InvalidArgument("max_entries must not be negative")
+        after = 0
+        if starting_token:
+            if not starting_token.isdigit() or \
+                    int(starting_token) > self.catalog.highest_snapshot_seq_issued():
+                raise Aborted(f"starting_token {starting_token!r} is not one this driver issued;"
+                              " list again from the start")
+            after = int(starting_token)
+        if snapshot_id and not v.is_snapshot_id(snapshot_id):
+            return SnapshotListing((), "")
+        limit = min(max_entries or MAX_PAGE, MAX_PAGE)
+        page = self.catalog.list_snapshots(after, limit + 1, source_volume_id=source_volume_id,
+                                           snapshot_id=snapshot_id)
+        more = len(page) > limit
+        page = page[:limit]
+        ready = tuple(s for s in page if s.ready)
+        return SnapshotListing(ready, str(page[-1].seq) if more and page else "")
+
+    def get(self, snapshot_id: str) -> Snapshot:
+        """A ready snapshot. Raises InvalidArgument (empty), NotFound."""
+        v.require(snapshot_id, "snapshot_id")
+        snap = self.catalog.get_snapshot(snapshot_id) if v.is_snapshot_id(snapshot_id) else None
+        if snap is None or not snap.ready:
+            raise NotFound(f"snapshot {snapshot_id!r} does not exist")
+        return snap
+
+    # --- group snapshots ---------------------------------------------------------------
+
+    def create_group(
+        self, name: str, source_volume_ids: list[str], parameters: dict[str, str]
+    ) -> GroupSnapshot:
+        """Snapshot several volumes at one instant: all their filesystems are frozen
+        together, captured, then thawed. Idempotent by name and source set.
+
+        Raises InvalidArgument, NotFound, AlreadyExists, ResourceExhausted, Aborted.
+        """
+        v.check_string(name, "name")
+        if not source_volume_ids:
+            raise InvalidArgument(f"group snapshot {name!r}: source_volume_ids are required")
+        if len(set(source_volume_ids)) != len(source_volume_ids):
+            raise InvalidArgument(f"group snapshot {name!r}: source_volume_ids repeat a volume")
+        _check_parameters(parameters, f"group snapshot {name!r}")
+        with self.locks.hold("group-name:" + name, "CreateVolumeGroupSnapshot"):
+            existing = self.catalog.get_group_by_name(name)
+            if existing is not None:
+                sources = sorted(self.catalog.get_snapshot(s).source_volume_id  # type: ignore
+                                 for s in existing.snapshot_ids)
+                if sources != sorted(source_volume_ids):
+                    raise AlreadyExists(
+                        f"group snapshot {name!r} exists ({existing.id}) for volumes {sources}"
+                    )
+                if existing.state is SnapshotState.READY:
+                    return existing
+                self._forget_group(existing)
+            held = []
+            try:
+                for vid in sorted(source_volume_ids):  # sorted: no lock-order surprises
+                    cm = self.locks.hold(vid, "CreateVolumeGroupSnapshot")
+                    cm.__enter__()
+                    held.append(cm)
+                return self._cut_group(name, source_volume_ids)
+            finally:
+                for cm in reversed(held):
+                    cm.__exit__(None, None, None)
+
+    def _cut_group(self, name: str, source_volume_ids: list[str]) -> GroupSnapshot:
+        sources = [self.controller.get_ready_volume(vid) for vid in source_volume_ids]
+        self._check_room(f"group snapshot {name!r}", sources)
+        group = GroupSnapshot(v.new_group_id(), name, time.time(), SnapshotState.CREATING)
+        try:
+            self.catalog.insert_group(group)
+        except NameTaken:
+            raise AlreadyExists(f"group snapshot name {name!r} is already recorded") from None
+        snaps = [self._record(f"{group.id}/{src.id}", src, group.id) for src in sources]
+        try:
+            methods = self.capturer.capture(
+                [(self.pool.image_path(src.id), self.pool.snapshot_path(s.id))
+                 for src, s in zip(sources, snaps, strict=True)],
+                [src.id for src in sources],
+            )
+        except BaseException as exc:
+            self.catalog.delete_group(group.id)
+            if isinstance(exc, OSError) and _no_space(exc):
+                raise ResourceExhausted(
+                    f"group snapshot {name!r}: the pool ran out of space") from exc
+            raise
+        for snap, method in zip(snaps, methods, strict=True):
+            self.catalog.update_snapshot(snap.id, SnapshotState.READY, method)
+        self.catalog.set_group_state(group.id, SnapshotState.READY)
+        log.info("group snapshot %s (%s) of %s cut", group.id, name, source_volume_ids)
+        result = self.catalog.get_group(group.id)
+        assert result is not None
+        return result
+
+    def _forget_group(self, group: GroupSnapshot) -> None:
+        self.catalog.set_group_state(group.id, SnapshotState.DELETING)
+        for sid in group.snapshot_ids:
+            files.remove_file(self.pool.snapshot_path(sid))
+        self.catalog.delete_group(group.id)
+
+    def delete_group(self, group_id: str, snapshot_ids: list[str]) -> None:
+        """Delete a group snapshot and its members. Idempotent: unknown is success.
+
+        Raises InvalidArgument (empty id), FailedPrecondition (snapshot_ids given and
+        not exactly the group's members), Aborted.
+        """
+        v.require(group_id, "group_snapshot_id")
+        if not v.is_group_id(group_id):
+            return
+        with self.locks.hold(group_id, "DeleteVolumeGroupSnapshot"):
+            group = self.catalog.get_group(group_id)
+            if group is None:
+                return
+            if snapshot_ids and sorted(snapshot_ids) != sorted(group.snapshot_ids):
+                raise FailedPrecondition(
+                    f"group snapshot {group_id} holds {sorted(group.snapshot_ids)}, not"
+                    f" {sorted(snapshot_ids)}"
+                )
+            self._forget_group(group)
+
+    def get_group(self, group_id: str, snapshot_ids: list[str]) -> GroupSnapshot:
+        """A ready group snapshot. Raises InvalidArgument, NotFound, FailedPrecondition."""
+        v.require(group_id, "group_snapshot_id")
+        group = self.catalog.get_group(group_id) if v.is_group_id(group_id) else None
+        if group is None or group.state is not SnapshotState.READY:
+            raise NotFound(f"group snapshot {group_id!r} does not exist")
+        if snapshot_ids and sorted(snapshot_ids) != sorted(group.snapshot_ids):
+            raise FailedPrecondition(
+                f"group snapshot {group_id} holds {sorted(group.snapshot_ids)}, not"
+                f" {sorted(snapshot_ids)}"
+            )
+        return group
+
+    def snapshot_file(self, snapshot_id: str) -> str:
+        path = self.pool.snapshot_path(snapshot_id)
+        if not os.path.exists(path):
+            raise NotFound(f"snapshot {snapshot_id}: its image {path} is missing")
+        return path
