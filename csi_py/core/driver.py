@@ -129,10 +129,8 @@ def reconcile(driver: Driver) -> ReconcileReport:
             if record.device != dev.path and record.state is StagingState.STAGED:
                 catalog.put_staging(_replace_device(record, dev.path))
             continue
-        st_rdev = os.stat(dev.path).st_rdev
-        numbers = (os.major(st_rdev), os.minor(st_rdev))
         for m in reversed(host.mounts.list_mounts()):
-            if mount_is_of(m, dev.path, numbers):
+            if mount_is_of(m, dev.path):
                 if _quietly(report, host.mounts.unmount, m.mount_point):
                     report.unmounted_leaks.append(m.mount_point)
         if _quietly(report, host.loops.detach, dev.path):

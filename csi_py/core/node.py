@@ -49,13 +49,18 @@ STAGE_BASE_FLAGS = ("nosuid", "nodev")
 BIND_FLAGS = frozenset({"ro", "nosuid", "nodev", "noexec"})
 
 
-def mount_is_of(entry: MountEntry, device: str, numbers: tuple[int, int]) -> bool:
-    """Whether a mount shows `device`: its filesystem (ext4 and xfs report the loop
-    device's numbers; btrfs reports an anonymous device but names the source), or the
-    device node itself bind-mounted onto a file (a published block volume)."""
-    if (entry.major, entry.minor) == numbers or entry.source == device:
+def mount_is_of(entry: MountEntry, device: str) -> bool:
+    """Whether a mount shows `device`: a filesystem on it (its mount table entry names
+    the device as source, also for bind mounts of it and for btrfs, whose device numbers
+    are anonymous), or the device node itself bind-mounted onto a file (a published
+    block volume: a devtmpfs entry whose root is the node's name)."""
+    if entry.source == device:
         return True
     return entry.root == "/" + os.path.basename(device) and entry.fs_type in ("devtmpfs", "tmpfs")
+
+
+def mount_is_of_any(entry: MountEntry, devices: list[LoopDevice]) -> bool:
+    return any(mount_is_of(entry, d.path) for d in devices)
 
 
 class NodeCore:
@@ -88,15 +93,19 @@ class NodeCore:
             if dev is not None and dev.backing_file == path and not dev.backing_deleted:
                 return dev
         found = [d for d in self.host.loops.find_by_backing_file(path) if not d.backing_deleted]
+        # A writable device is the staged one; read-only extras serve read-only publishes.
+        found.sort(key=lambda d: d.read_only)
         return found[0] if found else None
 
     def _mount_at(self, path: str) -> MountEntry | None:
         entries = self.host.mounts.mounts_at(path)
         return entries[-1] if entries else None
 
-    def _device_numbers(self, device: str) -> tuple[int, int]:
-        st = os.stat(device)
-        return os.major(st.st_rdev), os.minor(st.st_rdev)
+    def _devices_of(self, volume_id: str) -> list[LoopDevice]:
+        """Every loop device on this volume's backing file: the staged one and any
+        read-only ones made for read-only block publishes."""
+        path = self.pool.image_path(volume_id)
+        return [d for d in self.host.loops.find_by_backing_file(path) if not d.backing_deleted]
 
     def _fs_type_for(self, volume: Volume, cap: Capability) -> str:
         return cap.fs_type or volume.fs_type or self.config.default_fs_type
@@ -151,8 +160,12 @@ class NodeCore:
             self.catalog.put_staging(wanted if previous is None else
                                      _with(previous, state=StagingState.STAGING))
             if device is None:
+                # A read-only block stage gets a read-only device: nothing can write
+                # through it. A read-only filesystem is enforced by its mount instead
+                # (the device stays writable so a blank volume can still be formatted).
                 device = self.host.loops.attach(
-                    self.pool.image_path(volume_id), direct_io=self.config.direct_io
+                    self.pool.image_path(volume_id), direct_io=self.config.direct_io,
+                    read_only=readonly and cap.access_type is AccessType.BLOCK,
                 )
                 log.info("volume %s attached to %s (direct_io=%s)", volume_id, device.path,
                          device.direct_io)
@@ -194,9 +207,8 @@ class NodeCore:
         readonly: bool,
     ) -> None:
         current = self._mount_at(staging_path)
-        numbers = self._device_numbers(device.path)
         if current is not None:
-            if mount_is_of(current, device.path, numbers):
+            if mount_is_of(current, device.path):
                 return  # already mounted: the retry of a stage that finished
             raise AlreadyExists(
                 f"staging path {staging_path} already has {current.source} mounted on it,"
@@ -245,21 +257,19 @@ class NodeCore:
                 log.warning("volume %s: unstage at %s, but it is staged at %s; nothing done",
                             volume_id, staging_path, record.staging_path)
                 return
-            device = self._device_for(volume_id, record.device if record else "")
-            if device is not None:
-                numbers = self._device_numbers(device.path)
-                users = [m for m in self.host.mounts.list_mounts()
-                         if mount_is_of(m, device.path, numbers)
-                         and m.mount_point != staging_path]
-                if users:
-                    raise FailedPrecondition(
-                        f"volume {volume_id} is still published at"
-                        f" {', '.join(m.mount_point for m in users)}; unpublish it first"
-                    )
+            devices = self._devices_of(volume_id)
+            users = [m for m in self.host.mounts.list_mounts()
+                     if mount_is_of_any(m, devices) and m.mount_point != staging_path]
+            if users:
+                raise FailedPrecondition(
+                    f"volume {volume_id} is still published at"
+                    f" {', '.join(m.mount_point for m in users)}; unpublish it first"
+                )
             if record is not None:
                 self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
-            if device is not None:
+            for device in devices:
                 self._unmount_ours(staging_path, volume_id, device)
+            for device in devices:
                 try:
                     self.host.loops.detach(device.path)
                 except DeviceBusy as exc:
@@ -271,8 +281,7 @@ class NodeCore:
     def _holds(self, path: str, device: LoopDevice) -> bool:
         """Whether the topmost mount at `path` is of `device` (this volume)."""
         entry = self._mount_at(path)
-        return entry is not None and mount_is_of(entry, device.path,
-                                                 self._device_numbers(device.path))
+        return entry is not None and mount_is_of(entry, device.path)
 
     def _unmount_ours(self, path: str, volume_id: str, device: LoopDevice) -> None:
         """Take this volume's mounts off `path`, never another volume's."""
@@ -339,17 +348,16 @@ class NodeCore:
                     f"volume {volume_id} is staged but its loop device is gone (node"
                     " restarted?); stage it again"
                 )
-            numbers = self._device_numbers(device.path)
+            devices = self._devices_of(volume_id)
             if cap.access_type is AccessType.MOUNT:
                 staged = self._mount_at(staging_path)
-                if staged is None or not mount_is_of(staged, device.path, numbers):
+                if staged is None or not mount_is_of(staged, device.path):
                     raise FailedPrecondition(
                         f"volume {volume_id}: {staging_path} is not mounted; stage it again"
                     )
             current = self._mount_at(target_path)
             if current is not None:
-                if mount_is_of(current, device.path, numbers) and \
-                        current.read_only == readonly:
+                if mount_is_of_any(current, devices) and current.read_only == readonly:
                     return
                 raise AlreadyExists(
                     f"target {target_path} already has {current.source}"
@@ -363,7 +371,7 @@ class NodeCore:
                 # targets: COs that predate SINGLE_NODE_MULTI_WRITER send them for
                 # ReadWriteOnce, which lets several pods on one node share the volume.
                 others = [m.mount_point for m in self.host.mounts.list_mounts()
-                          if mount_is_of(m, device.path, numbers)
+                          if mount_is_of_any(m, devices)
                           and m.mount_point not in (staging_path, target_path)]
                 if others:
                     raise FailedPrecondition(
@@ -378,11 +386,22 @@ class NodeCore:
             else:
                 self._make_file(target_path)
                 source = device.path
+                if readonly and not device.read_only:
+                    # A read-only bind mount does not stop writes through a device node;
+                    # only a read-only block device does. So a read-only publish of a
+                    # volume staged read-write gets a read-only loop device of its own
+                    # (direct I/O on both keeps them coherent).
+                    source = self.host.loops.attach(
+                        self.pool.image_path(volume_id), direct_io=self.config.direct_io,
+                        read_only=True,
+                    ).path
             try:
                 self.host.mounts.bind_mount(source, target_path, read_only=readonly,
                                             extra_flags=bind_flags)
             except LinuxError:
                 _remove_target(target_path)
+                if source != device.path and source.startswith("/dev/"):
+                    self.host.loops.detach(source)
                 raise
 
     @staticmethod
@@ -425,9 +444,13 @@ class NodeCore:
             if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
                 raise NotFound(f"volume {volume_id!r} does not exist")
             record = self.catalog.get_staging(volume_id)
-            device = self._device_for(volume_id, record.device if record else "")
-            if device is not None:
+            staged = record.device if record else ""
+            for device in self._devices_of(volume_id):
+                held = self._holds(target_path, device)
                 self._unmount_ours(target_path, volume_id, device)
+                if held and device.path != staged and device.read_only:
+                    # The read-only device made for this block publish goes with it.
+                    self.host.loops.detach(device.path)
             if self._mount_at(target_path) is not None:
                 # Another volume's mount: this volume is not published here.
                 log.warning("volume %s: unpublish at %s, which holds another mount; left"
@@ -451,14 +474,13 @@ class NodeCore:
             # A path that cannot be ours is simply not where the volume is (the spec's
             # NOT_FOUND); it is never touched.
             raise NotFound(f"volume {volume_id} is not published at {volume_path!r}") from None
-        record = self.catalog.get_staging(volume_id)
-        device = self._device_for(volume_id, record.device if record else "")
-        if device is None:
+        devices = self._devices_of(volume_id)
+        if not devices:
             raise NotFound(f"volume {volume_id} is not staged on this node")
         entry = self._mount_at(volume_path)
-        if entry is None or not mount_is_of(entry, device.path,
-                                            self._device_numbers(device.path)):
+        if entry is None or not mount_is_of_any(entry, devices):
             raise NotFound(f"volume {volume_id} is not mounted at {volume_path}")
+        device = devices[0]
         if stat.S_ISBLK(os.stat(volume_path).st_mode):
             size = self.host.fs.block_device_size(device.path)
             return VolumeStats(total_bytes=size, available_bytes=0, used_bytes=0, is_block=True)

@@ -321,3 +321,37 @@ def test_stage_refuses_a_device_holding_another_filesystem(driver):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "xfs" in err.value.details() and vid in err.value.details()
     teardown(driver, vid, [])
+
+
+@pytest.mark.integration
+def test_readonly_block_publish_cannot_write_the_device(driver):
+    """A read-only bind mount does not protect a device node; the read-only publish of a
+    block volume must therefore give the pod a read-only device."""
+    vid = create(driver, "ro-block", "block").volume_id
+    rw, ro = driver.path("rw"), driver.path("ro")
+    stage_and_publish(driver, vid, "block", rw)
+    driver.client.node.NodePublishVolume(pb.NodePublishVolumeRequest(
+        volume_id=vid, staging_target_path=driver.path("staging"), target_path=ro,
+        volume_capability=capability("block"), readonly=True))
+    try:
+        payload = os.urandom(MiB)
+        write_data(rw, "block", payload)
+        assert read_digest(ro, "block", len(payload)) == hashlib.sha256(payload).hexdigest()
+        with pytest.raises(OSError) as err:
+            fd = os.open(ro, os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"x" * 4096, 0)
+            finally:
+                os.close(fd)
+        assert err.value.errno in (1, 13, 30)  # EPERM, EACCES or EROFS: read-only device
+        assert read_digest(rw, "block", len(payload)) == hashlib.sha256(payload).hexdigest()
+        # Publishing again is idempotent and makes no extra device.
+        driver.client.node.NodePublishVolume(pb.NodePublishVolumeRequest(
+            volume_id=vid, staging_target_path=driver.path("staging"), target_path=ro,
+            volume_capability=capability("block"), readonly=True))
+        image = os.path.join(driver.pool, "volumes", vid + ".img")
+        assert len(driver.server.driver.host.loops.find_by_backing_file(image)) == 2
+    finally:
+        teardown(driver, vid, [ro, rw])
+    image = os.path.join(driver.pool, "volumes", vid + ".img")
+    assert driver.server.driver.host.loops.find_by_backing_file(image) == []
