@@ -19,6 +19,7 @@ import grpc
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
 from csi_py.rpc.controller import ControllerService
+from csi_py.rpc.group_controller import GroupControllerService
 from csi_py.rpc.identity import IdentityService
 from csi_py.rpc.node import NodeService
 
@@ -102,6 +103,9 @@ class Server:
         node = NodeService(driver)  # type: ignore[abstract]
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, self._grpc)
         csi_pb2_grpc.add_NodeServicer_to_server(node, self._grpc)
+        csi_pb2_grpc.add_GroupControllerServicer_to_server(
+            GroupControllerService(driver), self._grpc
+        )
         self._stopped = threading.Event()
 
     def start(self) -> None:

@@ -13,8 +13,11 @@ the changes it made (successful calls only), and ``fail_next(op, exc)`` makes th
 next call of ``op`` raise ``exc`` before doing anything.
 
 What they do NOT model: the kernel's mount propagation, renames of a backing file
-(real sysfs follows the rename, the fake does not), and signatures other than
-ext2/3/4, xfs, btrfs and the fake marker.
+(real sysfs follows the rename, the fake does not), signatures other than
+ext2/3/4, xfs, btrfs and the fake marker, writers blocking on a frozen filesystem
+(the frozen state is only recorded in ``FakeKernel.frozen``), and filesystem errors
+(``FakeFilesystems.inject_error`` sets what ``errors()`` reports). Image files
+need no fake: tests use csi_py.linux.files on real temporary files.
 """
 
 from __future__ import annotations
@@ -26,12 +29,28 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from csi_py.linux import Host
-from csi_py.linux.errors import CommandError, DeviceBusy, LinuxError, LoopError, MountError
-from csi_py.linux.fs import SUPPORTED_FS, FsStats, probe_superblock, validate_label
-from csi_py.linux.loop import LoopDevice
+from csi_py.linux.errors import (
+    CommandError,
+    DeviceBusy,
+    FreezeError,
+    GrowNotPermitted,
+    LinuxError,
+    LoopError,
+    MountError,
+)
+from csi_py.linux.fs import (
+    EXT_TYPES,
+    SUPPORTED_FS,
+    FsStats,
+    hold_frozen,
+    probe_superblock,
+    validate_label,
+)
+from csi_py.linux.loop import READ_AHEAD_MAX_KIB, LoopDevice
 from csi_py.linux.mount import (
     ATIME_FLAGS,
     FLAG_WORDS,
@@ -55,6 +74,10 @@ FAKE_MAGIC = b"CSIPY-FAKEFS\n"
 _WIPE_BYTES = 65536 + 72
 _MOUNTABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs"}
 _DEVTMPFS_MINOR = 6
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+# What a fresh loop device reads ahead (the kernel's default of 128 KiB; the real
+# value varies with the kernel and the backing device).
+DEFAULT_READ_AHEAD_KIB = 128
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,7 @@ class _Loop:
     direct_io: bool
     read_only: bool
     logical_block_size: int
+    read_ahead_kb: int = DEFAULT_READ_AHEAD_KIB
 
     @property
     def path(self) -> str:
@@ -108,6 +132,11 @@ class FakeKernel:
     mounts: list[_Mount] = field(default_factory=list)
     holders: Counter[str] = field(default_factory=Counter)
     next_mount_id: int = 1000
+    # Devices whose filesystem is frozen; like a real superblock, it stays frozen
+    # when unmounted (and then keeps the device busy) until mounted and thawed.
+    frozen: set[str] = field(default_factory=set)
+    # Device -> the error text FakeFilesystems.errors() reports (inject_error()).
+    fs_errors: dict[str, str] = field(default_factory=dict)
 
     def loop_at(self, path: str) -> _Loop | None:
         m = _FAKE_DEV.fullmatch(path)
@@ -222,10 +251,10 @@ class FakeLoopManager(_FakeBase):
                         device=device_path,
                         path=m.target,
                     )
-            if self.kernel.holders[device_path]:
+            if self.kernel.holders[device_path] or device_path in self.kernel.frozen:
                 raise DeviceBusy(
                     f"{device_path} (backing file {loop.backing_file}) is still open by "
-                    "another process; not detached",
+                    "another process (or by a frozen filesystem); not detached",
                     device=device_path,
                     path=loop.backing_file,
                 )
@@ -260,6 +289,25 @@ class FakeLoopManager(_FakeBase):
             self._check_fault("set_direct_io")
             self._require(device_path).direct_io = enabled
             self._log("set_direct_io", device_path, detail=str(enabled))
+
+    def set_read_ahead(self, device_path: str, kib: int) -> None:
+        if isinstance(kib, bool) or not isinstance(kib, int) or not 0 <= kib <= READ_AHEAD_MAX_KIB:
+            raise ValueError(f"read-ahead must be 0 to {READ_AHEAD_MAX_KIB} KiB, not {kib!r}")
+        with self.kernel.lock:
+            self._check_fault("set_read_ahead")
+            loop = self._require(device_path)
+            loop.read_ahead_kb = kib // _PAGE_KIB * _PAGE_KIB  # kept in pages, as the kernel
+            self._log("set_read_ahead", device_path, detail=str(kib))
+
+    def get_read_ahead(self, device_path: str) -> int:
+        with self.kernel.lock:
+            return self._require(device_path).read_ahead_kb
+
+    def flush(self, device_path: str) -> None:
+        with self.kernel.lock:
+            self._check_fault("flush")
+            self._require(device_path)
+            self._log("flush", device_path)
 
     # -- test helpers --
 
@@ -574,6 +622,8 @@ class FakeFilesystems(_FakeBase):
     def __init__(self, kernel: FakeKernel):
         super().__init__(kernel)
         self.missing: list[str] = []
+        # Whether this "process" may resize a mounted ext4 (CAP_SYS_RESOURCE).
+        self.online_resize = True
 
     def detect(self, device: str) -> str | None:
         with self.kernel.lock:
@@ -669,12 +719,130 @@ class FakeFilesystems(_FakeBase):
                 top = self.kernel.top_mount(normalize(str(mount_point)))
                 if top is None or top.source != device:
                     raise CommandError(argv, 1, f"{mount_point} is not a mounted {fs_type}")
+            elif (
+                not self.online_resize
+                and loop.size_bytes > int(marker["size"])
+                and any(m.source == device for m in self.kernel.mounts)
+            ):
+                raise GrowNotPermitted(
+                    f"cannot grow the {fs_type} filesystem on {device} (mounted): online "
+                    "ext4 resize needs CAP_SYS_RESOURCE, which this process lacks",
+                    device=device,
+                    mount_point=mount_point,
+                    fs_type=fs_type,
+                )
             marker["size"] = str(loop.size_bytes)
             _write_marker(loop.backing_file, marker)
             self._log("grow", device, detail=f"{fs_type} {loop.size_bytes}")
 
     def missing_tools(self) -> list[str]:
         return list(self.missing)
+
+    def can_grow_online(self, fs_type: str) -> bool:
+        if fs_type in EXT_TYPES:
+            return self.online_resize
+        return fs_type in ("xfs", "btrfs")
+
+    def needs_grow(self, device: str, mount_point: str | None, fs_type: str) -> bool:
+        ext = fs_type in EXT_TYPES
+        if not ext and fs_type not in SUPPORTED_FS:
+            raise ValueError(f"cannot grow filesystem type {fs_type!r}")
+        if not ext and not mount_point:
+            raise ValueError(f"to grow {fs_type} on {device} it must be mounted: no mount point")
+        with self.kernel.lock:
+            loop, marker = self._filesystem(device, mount_point, fs_type, ext)
+            return loop.size_bytes > int(marker["size"])
+
+    def filesystem_size(self, mount_point: str) -> int:
+        return self.statfs(mount_point).total_bytes
+
+    def freeze(self, mount_point: str) -> None:
+        with self.kernel.lock:
+            self._check_fault("freeze")
+            device = self._freezable(mount_point, "freeze")
+            if device not in self.kernel.frozen:
+                self.kernel.frozen.add(device)
+                self._log("freeze", normalize(mount_point), device)
+
+    def thaw(self, mount_point: str) -> None:
+        with self.kernel.lock:
+            self._check_fault("thaw")
+            device = self._freezable(mount_point, "thaw")
+            if device in self.kernel.frozen:
+                self.kernel.frozen.discard(device)
+                self._log("thaw", normalize(mount_point), device)
+
+    def frozen(self, mount_points: Sequence[str]) -> AbstractContextManager[None]:
+        return hold_frozen(self, mount_points)
+
+    def errors(self, device: str, mount_point: str | None, fs_type: str) -> str | None:
+        ext = fs_type in EXT_TYPES
+        if not ext and fs_type not in SUPPORTED_FS:
+            raise ValueError(f"cannot check filesystem type {fs_type!r}")
+        if not ext and not mount_point:
+            raise ValueError(f"to check {fs_type} on {device} it must be mounted: no mount point")
+        with self.kernel.lock:
+            self._check_fault("errors")
+            self._filesystem(device, mount_point, fs_type, ext)
+            found = self.kernel.fs_errors.get(device)
+        if found is None:
+            return None
+        where = f" mounted at {mount_point}" if mount_point else ""
+        return f"{fs_type} on {device}{where}: {found}"
+
+    # -- test helpers --
+
+    def inject_error(self, device: str, message: str | None) -> None:
+        """Make :meth:`errors` report ``message`` for ``device`` (None: healthy)."""
+        with self.kernel.lock:
+            if message is None:
+                self.kernel.fs_errors.pop(device, None)
+            else:
+                self.kernel.fs_errors[device] = message
+
+    def _filesystem(
+        self, device: str, mount_point: str | None, fs_type: str, ext: bool
+    ) -> tuple[_Loop, dict[str, str]]:
+        """The device and its marker, checked the way the real reads would fail."""
+        loop = self.kernel.loop_at(device)
+        if loop is None:
+            raise LinuxError(f"cannot open {device}: no such device", device=device)
+        marker = _read_marker(loop.backing_file)
+        if marker is None or marker["type"] != fs_type:
+            raise LinuxError(f"{device} holds no {fs_type} filesystem", device=device)
+        if not ext:
+            top = self.kernel.top_mount(normalize(str(mount_point)))
+            if top is None or top.source != device:
+                raise LinuxError(
+                    f"{mount_point} is not a mounted {fs_type} filesystem of {device}",
+                    path=mount_point,
+                )
+        return loop, marker
+
+    def _freezable(self, mount_point: str, op: str) -> str:
+        """The device whose filesystem is mounted at ``mount_point``; the errors of
+        the real freeze()/thaw() otherwise."""
+        tgt = normalize(mount_point)
+
+        def fail(err: int, why: str) -> FreezeError:
+            return FreezeError(
+                f"cannot {op} {mount_point}: {errno.errorcode[err]} ({os.strerror(err)}){why}",
+                path=mount_point,
+                errno=err,
+            )
+
+        if os.path.islink(tgt):
+            raise fail(errno.ENOTDIR, "")  # as O_DIRECTORY|O_NOFOLLOW answers
+        if not os.path.exists(tgt):
+            raise fail(errno.ENOENT, "")
+        if not os.path.isdir(tgt):
+            raise fail(errno.ENOTDIR, "")
+        top = self.kernel.top_mount(tgt)
+        if top is None:
+            raise fail(errno.EINVAL, "; it is not a mount point")
+        if top.major != 7 or top.fs_type not in _MOUNTABLE:
+            raise fail(errno.EOPNOTSUPP, "; this filesystem type cannot be frozen")
+        return top.source
 
     def block_device_size(self, device: str) -> int:
         with self.kernel.lock:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from csi_py.config import MIN_FS_BYTES, Config
 from csi_py.core import validation as v
+from csi_py.core.capture import Capturer
 from csi_py.core.errors import (
     Aborted,
     AlreadyExists,
@@ -30,6 +31,7 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
+from csi_py.core.mutable import apply_mutable, check_mutable
 from csi_py.core.pool import Pool
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog, NameTaken
@@ -46,6 +48,31 @@ PUBLISH_CONTEXT_NODE = "node"
 PUBLISH_CONTEXT_READONLY = "readonly"
 MAX_PAGE = 1000
 _TOKEN = re.compile(r"[1-9][0-9]{0,18}")
+
+
+@dataclass(frozen=True)
+class ContentSource:
+    """Where a new volume's data comes from: ("snapshot", id) or ("volume", id)."""
+
+    kind: str
+    id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A resolved content source: the file to copy and what it holds."""
+
+    source: ContentSource
+    image: str
+    size_bytes: int
+    fs_type: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +120,7 @@ class ControllerCore:
         self.pool = pool
         self.host = host
         self.locks = locks
+        self.capturer = Capturer(catalog, pool, host)
 
     # --- sizes and parameters ----------------------------------------------------------
 
@@ -132,7 +160,9 @@ class ControllerCore:
             ) from None
         return fs_type, provisioning
 
-    def resolve_size(self, rng: CapacityRange, fs_type: str, mount: bool) -> int:
+    def resolve_size(
+        self, rng: CapacityRange, fs_type: str, mount: bool, at_least: int = 0
+    ) -> int:
         """The size to create for `rng`: the default when unset, at least the filesystem's
         minimum, rounded up to the granularity, and within the limit.
 
@@ -145,7 +175,12 @@ class ControllerCore:
         if lim and req > lim:
             raise InvalidArgument(f"required_bytes {req} is larger than limit_bytes {lim}")
         gran = self.config.size_granularity_bytes
-        floor = MIN_FS_BYTES.get(fs_type, gran) if mount else gran
+        floor = max(MIN_FS_BYTES.get(fs_type, gran) if mount else gran, at_least)
+        if lim and at_least > lim:
+            raise OutOfRange(
+                f"limit_bytes {lim} is smaller than the source's {at_least} bytes; a volume"
+                " made from a snapshot or a volume is at least as large as its source"
+            )
         want = req or (min(self.config.default_size_bytes, lim) if lim else
                        self.config.default_size_bytes)
         size = -(-max(want, floor) // gran) * gran
@@ -174,25 +209,34 @@ class ControllerCore:
         parameters: dict[str, str],
         mutable_parameters: dict[str, str],
         requisite: list[dict[str, str]],
+        source: ContentSource | None = None,
     ) -> Volume:
-        """Create (or find, by name) a volume. Idempotent by name.
+        """Create (or find, by name) a volume, empty or from a snapshot or a volume.
+        Idempotent by name.
 
-        Raises InvalidArgument, AlreadyExists (same name, incompatible request),
-        OutOfRange, ResourceExhausted (pool full or topology elsewhere), Aborted.
+        Raises InvalidArgument, NotFound (the source), AlreadyExists (same name,
+        incompatible request), OutOfRange, ResourceExhausted (pool full or topology
+        elsewhere), Aborted.
         """
         v.check_string(name, "name")
         if not caps:
             raise InvalidArgument(f"volume {name!r}: volume_capabilities are required")
         for cap in caps:
             check_capability(cap, self.config.filesystems)
-        if mutable_parameters:
-            raise InvalidArgument(
-                f"volume {name!r}: mutable_parameters {sorted(mutable_parameters)} are not"
-                " supported by this driver"
-            )
+        mutable = check_mutable(mutable_parameters, f"volume {name!r}")
         fs_type, provisioning = self._parse_parameters(parameters, caps)
+        origin = self._resolve_source(name, source) if source else None
+        if origin is not None and origin.fs_type and origin.fs_type != fs_type:
+            asked = parameters.get(PARAM_FS_TYPE) or next(
+                (c.fs_type for c in caps if c.fs_type), "")
+            if asked:
+                raise InvalidArgument(
+                    f"volume {name!r}: its source {source} holds {origin.fs_type}, not {asked}"
+                )
+            fs_type = origin.fs_type
         wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
-        size = self.resolve_size(capacity, fs_type, wants_mount)
+        size = self.resolve_size(capacity, fs_type, wants_mount,
+                                 at_least=origin.size_bytes if origin else 0)
         if requisite and not any(
             topology_matches(t, self.config.topology_key, self.config.node_id) for t in requisite
         ):
@@ -204,7 +248,7 @@ class ControllerCore:
             existing = self.catalog.get_volume_by_name(name)
             if existing is not None:
                 return self._existing_for_create(existing, capacity, fs_type, provisioning,
-                                                 parameters)
+                                                 parameters, source)
             self._check_space(name, size, provisioning)
             volume = Volume(
                 id=v.new_volume_id(),
@@ -215,17 +259,25 @@ class ControllerCore:
                 parameters=tuple(sorted(parameters.items())),
                 state=VolumeState.CREATING,
                 created_at=time.time(),
+                content_source=source.label if source else "",
+                mutable_parameters=tuple(sorted(mutable.items())),
             )
             try:
                 volume = self.catalog.insert_volume(volume)
             except NameTaken:  # only if someone wrote the catalog behind our back
                 raise AlreadyExists(f"volume name {name!r} is already recorded") from None
             path = self.pool.image_path(volume.id)
+            thick = provisioning is Provisioning.THICK
             try:
-                files.create_image(path, size, preallocate=provisioning is Provisioning.THICK)
-            except OSError as exc:
+                if origin is None:
+                    files.create_image(path, size, preallocate=thick)
+                else:
+                    self._fill_from(origin, path)
+                    files.grow_image(path, size, preallocate=thick)
+            except BaseException as exc:
+                files.remove_file(path)
                 self.catalog.delete_volume(volume.id)
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise ResourceExhausted(
                         f"volume {name!r}: the pool {self.pool.root} has no room for"
                         f" {size} bytes ({provisioning.value})"
@@ -243,6 +295,7 @@ class ControllerCore:
         fs_type: str,
         provisioning: Provisioning,
         parameters: dict[str, str],
+        source: ContentSource | None,
     ) -> Volume:
         name = existing.name
         if existing.state is not VolumeState.READY:
@@ -262,11 +315,40 @@ class ControllerCore:
             problems.append(f"it is {existing.provisioning.value}, not {provisioning.value}")
         if existing.parameter_map != parameters:
             problems.append("it was created with other parameters")
+        wanted_source = source.label if source else ""
+        if existing.content_source != wanted_source:
+            problems.append(f"it was made from {existing.content_source or 'nothing'},"
+                            f" not {wanted_source or 'nothing'}")
         if problems:
             raise AlreadyExists(
                 f"volume {name!r} exists ({existing.id}) but " + "; ".join(problems)
             )
         return existing
+
+    def _resolve_source(self, name: str, source: ContentSource) -> Origin:
+        """The snapshot or volume a new volume is made from. Raises InvalidArgument,
+        NotFound."""
+        if source.kind == "snapshot":
+            snap = self.catalog.get_snapshot(source.id) if v.is_snapshot_id(source.id) else None
+            if snap is None or not snap.ready:
+                raise NotFound(f"volume {name!r}: source snapshot {source.id!r} does not exist")
+            return Origin(source, self.pool.snapshot_path(snap.id), snap.size_bytes,
+                          snap.fs_type)
+        if source.kind == "volume":
+            vol = self.catalog.get_volume(source.id) if v.is_volume_id(source.id) else None
+            if vol is None or vol.state is not VolumeState.READY:
+                raise NotFound(f"volume {name!r}: source volume {source.id!r} does not exist")
+            return Origin(source, self.pool.image_path(vol.id), vol.capacity_bytes,
+                          vol.fs_type)
+        raise InvalidArgument(f"volume {name!r}: unknown content source kind {source.kind!r}")
+
+    def _fill_from(self, origin: Origin, path: str) -> None:
+        """Copy the source's data into a new image at `path` (reflink where possible)."""
+        if origin.source.kind == "volume":
+            with self.locks.hold(origin.source.id, "CreateVolume (clone source)"):
+                self.capturer.capture([(origin.image, path)], [origin.source.id])
+        else:
+            files.clone_file(origin.image, path)
 
     def _check_space(self, name: str, size: int, provisioning: Provisioning) -> None:
         report = self.capacity(provisioning)
@@ -414,6 +496,74 @@ class ControllerCore:
         except InvalidArgument:
             return CapacityReport(0, 0, 0)
         return self.capacity(provisioning)
+
+    # --- ControllerExpandVolume ------------------------------------------------------
+
+    def expand(
+        self, volume_id: str, capacity: CapacityRange, cap: Capability | None
+    ) -> tuple[int, bool]:
+        """Grow a volume's backing file (and its loop device, if attached here) to the
+        requested size. Returns (new capacity, whether the node must grow the
+        filesystem). Idempotent: a volume already that large is left alone.
+
+        Raises InvalidArgument, NotFound, OutOfRange (shrinking, or over the limit),
+        ResourceExhausted (no room for a thick volume), Aborted.
+        """
+        v.require(volume_id, "volume_id")
+        if capacity.required_bytes <= 0 and capacity.limit_bytes <= 0:
+            raise InvalidArgument(f"volume {volume_id}: capacity_range is required")
+        if cap is not None:
+            check_capability(cap, self.config.filesystems)
+        with self.locks.hold(volume_id, "ControllerExpandVolume"):
+            volume = self.get_ready_volume(volume_id)
+            if capacity.limit_bytes and capacity.limit_bytes < volume.capacity_bytes:
+                raise OutOfRange(
+                    f"volume {volume_id} has {volume.capacity_bytes} bytes; shrinking it to"
+                    f" at most {capacity.limit_bytes} is not supported"
+                )
+            # A filesystem must be grown by the node (NodeExpandVolume, or the next
+            # NodeStageVolume, which grows a filesystem smaller than its device).
+            needs_node = cap is None or cap.access_type is AccessType.MOUNT
+            if capacity.required_bytes <= volume.capacity_bytes:
+                return volume.capacity_bytes, needs_node
+            size = self.resolve_size(capacity, volume.fs_type, False)
+            thick = volume.provisioning is Provisioning.THICK
+            grow_by = size - volume.capacity_bytes
+            report = self.capacity(volume.provisioning)
+            if grow_by > report.available_bytes:
+                raise ResourceExhausted(
+                    f"volume {volume_id}: growing by {grow_by} bytes does not fit; the pool"
+                    f" {self.pool.root} can offer {report.available_bytes} bytes"
+                )
+            path = self.pool.image_path(volume_id)
+            try:
+                files.grow_image(path, size, preallocate=thick)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceExhausted(
+                        f"volume {volume_id}: the pool ran out of space growing to {size}"
+                    ) from exc
+                raise
+            for device in self.host.loops.find_by_backing_file(path):
+                self.host.loops.refresh_capacity(device.path)
+            self.catalog.set_volume_capacity(volume_id, size)
+            log.info("volume %s grown from %d to %d bytes", volume_id, volume.capacity_bytes,
+                     size)
+            return size, needs_node
+
+    # --- ControllerModifyVolume ----------------------------------------------------------
+
+    def modify(self, volume_id: str, mutable_parameters: dict[str, str]) -> None:
+        """Change a volume's mutable parameters; a loop device attached here changes at
+        once. Idempotent. Raises InvalidArgument, NotFound, Aborted."""
+        v.require(volume_id, "volume_id")
+        with self.locks.hold(volume_id, "ControllerModifyVolume"):
+            volume = self.get_ready_volume(volume_id)
+            values = check_mutable(mutable_parameters, f"volume {volume_id}")
+            merged = {**volume.mutable_parameter_map, **values}
+            for device in self.host.loops.find_by_backing_file(self.pool.image_path(volume_id)):
+                apply_mutable(self.host, device.path, values)
+            self.catalog.set_mutable_parameters(volume_id, merged)
 
     # --- ControllerPublish / Unpublish -----------------------------------------------
 

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from csi_py.config import Config
 from csi_py.core.controller import ControllerCore
 from csi_py.core.errors import Unavailable
+from csi_py.core.health import HealthChecker
 from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import StagingState, VolumeState
+from csi_py.core.model import SnapshotState, StagingState, VolumeState
 from csi_py.core.node import NodeCore, mount_is_of
 from csi_py.core.pool import Pool
+from csi_py.core.snapshots import SnapshotCore
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
@@ -37,6 +39,7 @@ class ReconcileReport:
 
     rolled_back_creates: list[str] = field(default_factory=list)
     finished_deletes: list[str] = field(default_factory=list)
+    rolled_back_snapshots: list[str] = field(default_factory=list)
     detached_leaks: list[str] = field(default_factory=list)
     unmounted_leaks: list[str] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
@@ -60,6 +63,8 @@ class Driver:
         self.locks = KeyedTryLock()
         self.controller = ControllerCore(config, self.catalog, self.pool, host, self.locks)
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
+        self.snapshots = SnapshotCore(self.catalog, self.pool, host, self.locks, self.controller)
+        self.health = HealthChecker(config, self.catalog, self.pool, host)
         self._ready = threading.Event()
         self.last_reconcile: ReconcileReport | None = None
 
@@ -100,6 +105,8 @@ def reconcile(driver: Driver) -> ReconcileReport:
     - volumes left CREATING are rolled back (file and record removed): the caller never
       got an answer and will retry CreateVolume;
     - volumes left DELETING are finished;
+    - snapshots and group snapshots left CREATING or DELETING are removed (a caller
+      that never got an answer retries; one that asked for a delete wanted it gone);
     - loop devices on our backing files with no staging record are leaks: their mounts
       are taken off and they are detached;
     - temp files from interrupted creates are removed;
@@ -117,6 +124,18 @@ def reconcile(driver: Driver) -> ReconcileReport:
         _quietly(report, files.remove_file, pool.image_path(vol.id))
         catalog.delete_volume(vol.id)
         report.finished_deletes.append(vol.id)
+
+    for group in catalog.groups_in_state(SnapshotState.CREATING) + \
+            catalog.groups_in_state(SnapshotState.DELETING):
+        for sid in group.snapshot_ids:
+            _quietly(report, files.remove_file, pool.snapshot_path(sid))
+        catalog.delete_group(group.id)
+        report.rolled_back_snapshots.append(group.id)
+    for snap in catalog.snapshots_in_state(SnapshotState.CREATING) + \
+            catalog.snapshots_in_state(SnapshotState.DELETING):
+        _quietly(report, files.remove_file, pool.snapshot_path(snap.id))
+        catalog.delete_snapshot(snap.id)
+        report.rolled_back_snapshots.append(snap.id)
 
     staged = {s.volume_id: s for s in catalog.list_stagings()}
     for dev in host.loops.list_attached():
@@ -144,6 +163,12 @@ def reconcile(driver: Driver) -> ReconcileReport:
             continue
         volume_id = pool.volume_id_of_image(entry.path)
         if volume_id is None or volume_id not in known:
+            report.unknown_images.append(entry.path)
+    for entry in os.scandir(pool.snapshots_dir):
+        if entry.name.startswith("."):
+            _quietly(report, files.remove_file, entry.path)
+            report.removed_temp_files.append(entry.path)
+        elif catalog.get_snapshot(entry.name.removesuffix(".img")) is None:
             report.unknown_images.append(entry.path)
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)

@@ -34,6 +34,7 @@ from csi_py.core.model import (
     Volume,
     VolumeStats,
 )
+from csi_py.core.mutable import DIRECT_IO, apply_mutable, direct_io_wanted
 from csi_py.core.pool import Pool
 from csi_py.linux import Host
 from csi_py.linux.errors import DeviceBusy, LinuxError
@@ -163,10 +164,14 @@ class NodeCore:
                 # A read-only block stage gets a read-only device: nothing can write
                 # through it. A read-only filesystem is enforced by its mount instead
                 # (the device stays writable so a blank volume can still be formatted).
+                mutable = volume.mutable_parameter_map
                 device = self.host.loops.attach(
-                    self.pool.image_path(volume_id), direct_io=self.config.direct_io,
+                    self.pool.image_path(volume_id),
+                    direct_io=direct_io_wanted(mutable, self.config.direct_io),
                     read_only=readonly and cap.access_type is AccessType.BLOCK,
                 )
+                apply_mutable(self.host, device.path,
+                              {k: val for k, val in mutable.items() if k != DIRECT_IO})
                 log.info("volume %s attached to %s (direct_io=%s)", volume_id, device.path,
                          device.direct_io)
             if cap.access_type is AccessType.MOUNT:
@@ -223,6 +228,11 @@ class NodeCore:
                 f"volume {volume.id} already holds a {found} filesystem; it was asked to be"
                 f" staged as {fs_type}. Its data is left untouched."
             )
+        elif fs_type == "ext4" and not readonly and \
+                self.host.fs.needs_grow(device.path, None, fs_type):
+            # Expanded (or restored into a bigger volume) while not staged: ext4 grows
+            # best before it is mounted (no CAP_SYS_RESOURCE needed).
+            self.host.fs.grow(device.path, None, fs_type)
         os.makedirs(staging_path, mode=0o750, exist_ok=True)
         options = list(dict.fromkeys(STAGE_BASE_FLAGS + flags))
         if fs_type == "xfs":
@@ -230,6 +240,9 @@ class NodeCore:
             # to mount two filesystems with one UUID unless told otherwise.
             options.append("nouuid")
         self.host.mounts.mount(device.path, staging_path, fs_type, options, read_only=readonly)
+        if fs_type in ("xfs", "btrfs") and not readonly and \
+                self.host.fs.needs_grow(device.path, staging_path, fs_type):
+            self.host.fs.grow(device.path, staging_path, fs_type)
 
     def _detach_quietly(self, device: LoopDevice) -> None:
         try:
@@ -457,6 +470,48 @@ class NodeCore:
                             " alone", volume_id, target_path)
                 return
             _remove_target(target_path)
+
+    # --- NodeExpandVolume --------------------------------------------------------------
+
+    def expand(self, volume_id: str, volume_path: str, staging_path: str) -> int:
+        """Make the node see the volume's new size: refresh its loop devices and grow
+        its filesystem online. Returns the volume's capacity. Idempotent.
+
+        Raises InvalidArgument, NotFound (unknown volume, or not at volume_path),
+        FailedPrecondition (the filesystem cannot be grown online here), Aborted.
+        """
+        v.require(volume_id, "volume_id")
+        v.require(volume_path, "volume_path")
+        with self.locks.hold(volume_id, "NodeExpandVolume"):
+            volume = self.controller.get_ready_volume(volume_id)
+            try:
+                volume_path = v.check_absolute_path(volume_path, "volume_path")
+            except InvalidArgument:
+                raise NotFound(
+                    f"volume {volume_id} is not published at {volume_path!r}") from None
+            devices = self._devices_of(volume_id)
+            entry = self._mount_at(volume_path)
+            if not devices or entry is None or not mount_is_of_any(entry, devices):
+                raise NotFound(f"volume {volume_id} is not staged or published at {volume_path}")
+            for device in devices:
+                self.host.loops.refresh_capacity(device.path)
+            record = self.catalog.get_staging(volume_id)
+            if record is None or record.access_type is AccessType.BLOCK or not record.fs_type:
+                return volume.capacity_bytes
+            staged = self._device_for(volume_id, record.device) or devices[0]
+            mount_point = record.staging_path
+            if not self.host.fs.needs_grow(staged.path, mount_point, record.fs_type):
+                return volume.capacity_bytes
+            if not self.host.fs.can_grow_online(record.fs_type):
+                raise FailedPrecondition(
+                    f"volume {volume_id}: growing a mounted {record.fs_type} filesystem needs"
+                    " CAP_SYS_RESOURCE, which this driver process lacks; run the node plugin"
+                    " privileged, or the filesystem is grown at the volume's next stage"
+                )
+            self.host.fs.grow(staged.path, mount_point, record.fs_type)
+            log.info("volume %s: %s grown online to fill %d bytes", volume_id, record.fs_type,
+                     volume.capacity_bytes)
+            return volume.capacity_bytes
 
     # --- NodeGetVolumeStats ------------------------------------------------------------
 

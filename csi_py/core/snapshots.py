@@ -180,7 +180,7 @@ class SnapshotCore:
 
     # --- ListSnapshots / GetSnapshot ---------------------------------------------------
 
-    def list(
+    def list_page(
         self, max_entries: int, starting_token: str, source_volume_id: str, snapshot_id: str
     ) -> SnapshotListing:
         """A page of ready snapshots, optionally filtered. Raises InvalidArgument,

@@ -13,6 +13,7 @@ from functools import cache
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 STATX_DIOALIGN = 0x2000
+STATX_ATTR_MOUNT_ROOT = 0x2000
 RENAME_NOREPLACE = 1
 
 
@@ -110,6 +111,19 @@ def dio_offset_align(fd: int) -> int | None:
     if rc != 0 or not (buf.stx_mask & STATX_DIOALIGN):
         return None
     return int(buf.stx_dio_offset_align)
+
+
+def is_mount_root(fd: int) -> bool | None:
+    """Whether ``fd`` is the root of a mount (statx STATX_ATTR_MOUNT_ROOT, Linux
+    5.8+), or None when the kernel or libc cannot say. Never raises."""
+    fn = getattr(libc(), "statx", None)
+    if fn is None:
+        return None
+    buf = Statx()
+    rc = fn(fd, b"", AT_EMPTY_PATH, 0, ctypes.byref(buf))
+    if rc != 0 or not (buf.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT):
+        return None
+    return bool(buf.stx_attributes & STATX_ATTR_MOUNT_ROOT)
 
 
 def renameat2_noreplace(src: str, dst: str) -> int:

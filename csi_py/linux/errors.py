@@ -115,6 +115,37 @@ class DeviceBusy(LinuxError):
     errno = _errno.EBUSY
 
 
+class GrowNotPermitted(LinuxError):
+    """Growing a mounted filesystem needs a capability this process lacks: ext4's
+    online resize (EXT4_IOC_RESIZE_FS) demands CAP_SYS_RESOURCE. Retrying will not
+    help; growing it while unmounted, or running the node plugin with the
+    capability (privileged), will."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        device: str,
+        mount_point: str | None,
+        fs_type: str,
+        capability: str = "CAP_SYS_RESOURCE",
+    ):
+        self.mount_point = mount_point
+        self.fs_type = fs_type
+        self.capability = capability
+        super().__init__(message, path=mount_point, device=device)
+
+
+class FreezeError(LinuxError):
+    """FIFREEZE/FITHAW refused, or the path is not a mount point that may be frozen.
+    ``errno`` is the kernel's (EINVAL for "not a mount point", EOPNOTSUPP for a
+    filesystem that cannot freeze, EPERM without CAP_SYS_ADMIN)."""
+
+    def __init__(self, message: str, *, path: str, errno: int | None):
+        self.errno = errno
+        super().__init__(message, path=path)
+
+
 def _tail(text: str, limit: int = 400) -> str:
     """The last non-empty lines of a tool's output, at most ``limit`` characters."""
     text = text.strip()

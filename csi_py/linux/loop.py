@@ -50,6 +50,8 @@ _ATTACH_ATTEMPTS = 32
 _DETACH_WAIT = 2.0
 # How long to wait for devtmpfs/udev to create /dev/loopN before making it ourselves.
 _NODE_WAIT = 0.5
+# Bounds of set_read_ahead(), in KiB (64 MiB is far beyond any useful read-ahead).
+READ_AHEAD_MAX_KIB = 65536
 
 
 @dataclass(frozen=True)
@@ -403,6 +405,57 @@ class LoopManager:
                 errno=_errno.EINVAL,
                 backing_file=dev.backing_file,
             )
+
+    def set_read_ahead(self, device_path: str, kib: int) -> None:
+        """Set the device's read-ahead to ``kib`` KiB (sysfs queue/read_ahead_kb).
+
+        The kernel keeps it in pages, so it reads back rounded down to the page size
+        (4 KiB). It belongs to the device, not the backing file, and outlives the
+        attachment: a new one starts at the larger of what the last user left and
+        the queue's default (recent kernels, e.g. 6.18, never lower it when they
+        apply queue limits), so set it after every attach when it matters.
+        Idempotent. Raises ValueError unless 0 <= kib <= 65536,
+        LoopError if the device is not attached (ENXIO) or sysfs refuses the write.
+        """
+        if isinstance(kib, bool) or not isinstance(kib, int) or not 0 <= kib <= READ_AHEAD_MAX_KIB:
+            raise ValueError(f"read-ahead must be 0 to {READ_AHEAD_MAX_KIB} KiB, not {kib!r}")
+        number = self._require(device_path)
+        try:
+            with open(self._read_ahead_path(number), "w") as f:
+                f.write(str(kib))
+        except OSError as exc:
+            raise self._error("setting read_ahead_kb", number, None, exc.errno) from None
+
+    def get_read_ahead(self, device_path: str) -> int:
+        """The device's read-ahead in KiB (sysfs queue/read_ahead_kb). Read-only.
+        Raises LoopError if the device is not attached (ENXIO)."""
+        number = self._require(device_path)
+        value = _read(self._read_ahead_path(number))
+        if value is None or not value.isdigit():
+            raise self._error("reading read_ahead_kb", number, None, _errno.ENXIO)
+        return int(value)
+
+    def flush(self, device_path: str) -> None:
+        """Make writes to the device reach its backing file, e.g. before copying
+        the file for a snapshot of a block volume: fsync on the device flushes its
+        page cache into the loop driver and then sends it a flush, which the loop
+        driver turns into an fsync of the backing file. (BLKFLSBUF would also drop
+        the device's clean cache and needs CAP_SYS_ADMIN, for nothing more here.)
+        For a mounted filesystem use Filesystems.freeze instead: this does not
+        flush the filesystem's own dirty data. Idempotent. Raises LoopError if the
+        device is not attached (ENXIO) or the flush fails (EIO).
+        """
+        number = self._require(device_path)
+        dfd = self._open_node(number, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        except OSError as exc:
+            raise self._error("fsync", number, None, exc.errno) from None
+        finally:
+            os.close(dfd)
+
+    def _read_ahead_path(self, number: int) -> str:
+        return os.path.join(self._sys, f"loop{number}", "queue", "read_ahead_kb")
 
     def _require(self, device_path: str) -> int:
         number = self._number(device_path)

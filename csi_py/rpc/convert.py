@@ -12,6 +12,8 @@ from csi_py.core.model import (
     AccessType,
     Capability,
     CapacityRange,
+    GroupSnapshot,
+    Snapshot,
     Volume,
 )
 
@@ -69,3 +71,23 @@ def timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
+
+
+def snapshot(snap: Snapshot) -> pb.Snapshot:
+    return pb.Snapshot(
+        size_bytes=snap.size_bytes,
+        snapshot_id=snap.id,
+        source_volume_id=snap.source_volume_id,
+        creation_time=timestamp(snap.created_at),
+        ready_to_use=snap.ready,
+        group_snapshot_id=snap.group_id,
+    )
+
+
+def group_snapshot(group: GroupSnapshot, members: list[Snapshot]) -> pb.VolumeGroupSnapshot:
+    return pb.VolumeGroupSnapshot(
+        group_snapshot_id=group.id,
+        snapshots=[snapshot(s) for s in members],
+        creation_time=timestamp(group.created_at),
+        ready_to_use=all(s.ready for s in members) and bool(members),
+    )

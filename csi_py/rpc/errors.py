@@ -42,15 +42,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def with_subject(request: Any, message: str) -> str:
-    """`message`, prefixed with the volume the request is about (its `volume_id`, or the
-    `name` of a CreateVolume) unless the message already names it, so that every error
-    tells the user which volume it concerns."""
+    """`message`, prefixed with what the request is about (the volume, snapshot or group
+    snapshot: its id, or the name being created) unless the message already names it,
+    so that every error tells the user which object it concerns."""
     fields = request.DESCRIPTOR.fields_by_name
-    key = "volume_id" if "volume_id" in fields else "name" if "name" in fields else None
+    kind = request.DESCRIPTOR.name
+    keys: tuple[str, ...]
+    if "GroupSnapshot" in kind:
+        noun, keys = "group snapshot", ("group_snapshot_id", "name")
+    elif "Snapshot" in kind:
+        noun, keys = "snapshot", ("snapshot_id", "name", "source_volume_id")
+    else:
+        noun, keys = "volume", ("volume_id", "name")
+    key = next((k for k in keys if k in fields and getattr(request, k)), None)
     value = getattr(request, key) if key else ""
     if not value or value in message:
         return message
-    return f"volume {value!r}: {message}"
+    if key == "source_volume_id":
+        noun = "volume"
+    return f"{noun} {value!r}: {message}"
 
 
 def rpc_method(func: F) -> F:

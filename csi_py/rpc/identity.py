@@ -32,6 +32,8 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
             capabilities=[
                 Cap(service=Cap.Service(type=Cap.Service.CONTROLLER_SERVICE)),
                 Cap(service=Cap.Service(type=Cap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+                Cap(service=Cap.Service(type=Cap.Service.GROUP_CONTROLLER_SERVICE)),
+                Cap(volume_expansion=Cap.VolumeExpansion(type=Cap.VolumeExpansion.ONLINE)),
             ]
         )
 

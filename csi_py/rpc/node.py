@@ -12,6 +12,8 @@ NodeRPC = pb.NodeServiceCapability.RPC
 NODE_CAPABILITIES = (
     NodeRPC.STAGE_UNSTAGE_VOLUME,
     NodeRPC.GET_VOLUME_STATS,
+    NodeRPC.EXPAND_VOLUME,
+    NodeRPC.VOLUME_CONDITION,
     NodeRPC.SINGLE_NODE_MULTI_WRITER,
 )
 
@@ -66,7 +68,22 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not stats.is_block and stats.total_inodes:
             usage.append(Usage(unit=Usage.INODES, total=stats.total_inodes,
                                available=stats.free_inodes, used=stats.used_inodes))
-        return pb.NodeGetVolumeStatsResponse(usage=usage)
+        vol = self.driver.controller.get_ready_volume(request.volume_id)
+        condition = self.driver.health.check(vol)
+        return pb.NodeGetVolumeStatsResponse(
+            usage=usage,
+            volume_condition=pb.VolumeCondition(
+                abnormal=condition.abnormal, message=condition.message
+            ),
+        )
+
+    @rpc_method
+    def NodeExpandVolume(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        size = self.core.expand(
+            request.volume_id, request.volume_path, request.staging_target_path
+        )
+        return pb.NodeExpandVolumeResponse(capacity_bytes=size)
 
     @rpc_method
     def NodeGetCapabilities(self, request, context):  # noqa: N802

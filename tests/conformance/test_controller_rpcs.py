@@ -68,29 +68,12 @@ def test_controller_capabilities_are_exactly_what_is_served(driver):
     assert advertised == {
         RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES,
         RPC.GET_CAPACITY, RPC.LIST_VOLUMES_PUBLISHED_NODES, RPC.PUBLISH_READONLY,
-        RPC.SINGLE_NODE_MULTI_WRITER,
+        RPC.SINGLE_NODE_MULTI_WRITER, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS,
+        RPC.CLONE_VOLUME, RPC.EXPAND_VOLUME, RPC.GET_VOLUME, RPC.VOLUME_CONDITION,
+        RPC.MODIFY_VOLUME,
     }
-    for missing in (RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME,
-                    RPC.EXPAND_VOLUME, RPC.GET_VOLUME, RPC.VOLUME_CONDITION,
-                    RPC.MODIFY_VOLUME, RPC.GET_SNAPSHOT):
-        assert missing not in advertised, RPC.Type.Name(missing)
-
-
-@pytest.mark.parametrize(
-    "method, request_type",
-    [
-        ("CreateSnapshot", pb.CreateSnapshotRequest),
-        ("DeleteSnapshot", pb.DeleteSnapshotRequest),
-        ("ListSnapshots", pb.ListSnapshotsRequest),
-        ("GetSnapshot", pb.GetSnapshotRequest),
-        ("ControllerExpandVolume", pb.ControllerExpandVolumeRequest),
-        ("ControllerGetVolume", pb.ControllerGetVolumeRequest),
-        ("ControllerModifyVolume", pb.ControllerModifyVolumeRequest),
-    ],
-)
-def test_unadvertised_controller_rpcs_are_unimplemented(driver, method, request_type):
-    expect_error(getattr(driver.client.controller, method), request_type(),
-                 Code.UNIMPLEMENTED)
+    # Served, but not advertised: csi-sanity v5.4.0 fails on capabilities it does not know.
+    assert RPC.GET_SNAPSHOT not in advertised
 
 
 # --- CreateVolume: required fields and invalid fields -----------------------------------
@@ -179,27 +162,23 @@ def test_create_volume_refuses_bad_parameter_values(driver, params, words):
     assert volume_files(driver) == set()
 
 
-def test_create_volume_refuses_mutable_parameters(driver):
-    """mutable_parameters "SHALL NOT be specified unless the SP has the MODIFY_VOLUME
-    plugin capability", which we do not advertise."""
+def test_create_volume_refuses_unknown_mutable_parameters(driver):
     request = create_request("pvc-mutable")
     request.mutable_parameters["iops"] = "100"
     expect_error(driver.client.controller.CreateVolume, request,
-                 Code.INVALID_ARGUMENT, "pvc-mutable", "mutable_parameters", "iops")
+                 Code.INVALID_ARGUMENT, "pvc-mutable", "iops")
     assert volume_files(driver) == set()
 
 
 @pytest.mark.parametrize("source", ["snapshot", "volume"])
-def test_create_volume_from_a_source_is_refused(driver, source):
-    """Source incompatible or not supported -> INVALID_ARGUMENT (CLONE_VOLUME and
-    CREATE_DELETE_SNAPSHOT are not advertised yet)."""
+def test_create_volume_from_a_missing_source_is_not_found(driver, source):
     request = create_request("pvc-src")
     if source == "snapshot":
-        request.volume_content_source.snapshot.snapshot_id = "snap-1"
+        request.volume_content_source.snapshot.snapshot_id = "snap-" + "0" * 32
     else:
         request.volume_content_source.volume.volume_id = unknown_volume_id()
     expect_error(driver.client.controller.CreateVolume, request,
-                 Code.INVALID_ARGUMENT, "pvc-src", source, "not supported")
+                 Code.NOT_FOUND, "pvc-src", source, "does not exist")
     assert volume_files(driver) == set()
 
 

@@ -39,10 +39,10 @@ def test_get_plugin_capabilities(driver):
     assert Cap.Service.CONTROLLER_SERVICE in services
     # Volumes live on one node, so the plugin must tell the CO where they are.
     assert Cap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in services
-    # Not implemented yet, so not advertised.
-    assert Cap.Service.GROUP_CONTROLLER_SERVICE not in services
+    assert Cap.Service.GROUP_CONTROLLER_SERVICE in services
+    # Not implemented, so not advertised.
     assert Cap.Service.SNAPSHOT_METADATA_SERVICE not in services
-    assert expansion == [], "volume expansion is advertised but not implemented"
+    assert [c.volume_expansion.type for c in expansion] == [Cap.VolumeExpansion.ONLINE]
 
 
 def test_probe_ready(driver):
@@ -85,23 +85,6 @@ def test_probe_missing_dependency_is_failed_precondition(driver, monkeypatch):
     )
     expect_error(driver.client.identity.Probe, pb.ProbeRequest(),
                  grpc.StatusCode.FAILED_PRECONDITION, "mkfs.xfs", "missing")
-
-
-@pytest.mark.parametrize(
-    "stub, method, request_type",
-    [
-        ("GroupController", "GroupControllerGetCapabilities",
-         pb.GroupControllerGetCapabilitiesRequest),
-        ("GroupController", "CreateVolumeGroupSnapshot", pb.CreateVolumeGroupSnapshotRequest),
-        ("GroupController", "DeleteVolumeGroupSnapshot", pb.DeleteVolumeGroupSnapshotRequest),
-        ("GroupController", "GetVolumeGroupSnapshot", pb.GetVolumeGroupSnapshotRequest),
-    ],
-)
-def test_services_not_advertised_are_unimplemented(driver, stub, method, request_type):
-    stubs = getattr(csi_pb2_grpc, stub + "Stub")(driver.client.channel)
-    with pytest.raises(grpc.RpcError) as err:
-        getattr(stubs, method)(request_type(), timeout=10)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.parametrize("method, request_type", [

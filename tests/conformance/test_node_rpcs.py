@@ -87,17 +87,16 @@ def test_node_capabilities_are_exactly_what_is_served(driver):
     rsp = driver.client.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest(), timeout=10)
     advertised = {c.rpc.type for c in rsp.capabilities}
     assert advertised == {NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS,
-                          NodeRPC.SINGLE_NODE_MULTI_WRITER}
-    for missing in (NodeRPC.EXPAND_VOLUME, NodeRPC.VOLUME_CONDITION,
-                    NodeRPC.VOLUME_MOUNT_GROUP):
-        assert missing not in advertised
+                          NodeRPC.SINGLE_NODE_MULTI_WRITER, NodeRPC.EXPAND_VOLUME,
+                          NodeRPC.VOLUME_CONDITION}
+    assert NodeRPC.VOLUME_MOUNT_GROUP not in advertised
 
 
-def test_node_expand_volume_is_unimplemented(driver, vol):
+def test_node_expand_volume_of_an_unpublished_volume_is_not_found(driver, vol):
     expect_error(driver.client.node.NodeExpandVolume,
                  pb.NodeExpandVolumeRequest(volume_id=vol.volume_id,
                                             volume_path=driver.path("tgt")),
-                 Code.UNIMPLEMENTED)
+                 Code.NOT_FOUND, vol.volume_id)
 
 
 def test_node_get_info(driver):

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from csi_py.linux import Host
-from csi_py.linux.errors import DeviceBusy, LinuxError, LoopError, MountError
-from tests.fakes import fake_host
+from csi_py.linux.errors import (
+    DeviceBusy,
+    FreezeError,
+    GrowNotPermitted,
+    LinuxError,
+    LoopError,
+    MountError,
+)
+from tests.fakes import FakeHost, fake_host
 
 MiB = 1 << 20
 
@@ -28,6 +37,7 @@ class Env:
     host: Host
     root: Path
     real: bool
+    writers: list[threading.Event] = field(default_factory=list)
 
     def image(self, name: str = "vol.img", size: int = 64 * MiB) -> str:
         path = self.root / name
@@ -45,15 +55,66 @@ class Env:
         path.touch()
         return str(path)
 
+    def staged(self, fs_type: str = "ext4", size: int = 64 * MiB, name: str = "mnt"):
+        """A fresh device with a ``fs_type`` filesystem mounted at root/<name>."""
+        dev = self.host.loops.attach(self.image(f"{name}.img", size))
+        self.host.fs.format(dev.path, fs_type)
+        mnt = self.dir(name)
+        self.host.mounts.mount(dev.path, mnt, fs_type)
+        return dev, mnt
+
+    def is_frozen(self, mnt: str) -> bool:
+        """Real: a write under ``mnt`` blocks (it completes at the thaw). Fake: the
+        fake kernel says so."""
+        if isinstance(self.host, FakeHost):
+            top = self.host.kernel.top_mount(mnt)
+            return top is not None and top.source in self.host.kernel.frozen
+        done = threading.Event()
+
+        def write() -> None:
+            with open(os.path.join(mnt, f"probe-{len(self.writers)}"), "wb") as f:
+                f.write(b"x")
+            done.set()
+
+        self.writers.append(done)
+        threading.Thread(target=write, daemon=True).start()
+        return not done.wait(0.5)
+
+    def record_fs_error(self, dev) -> None:
+        """Make the kernel (or the fake) record an error on an ext4 of ``dev``."""
+        if isinstance(self.host, FakeHost):
+            self.host.fs.inject_error(dev.path, "1 error(s) recorded")  # type: ignore[attr-defined]
+            return
+        with open(f"/sys/fs/ext4/{os.path.basename(dev.path)}/trigger_fs_error", "w") as f:
+            f.write("csi-py contract test")
+
 
 @pytest.fixture(params=[pytest.param("real", marks=pytest.mark.integration), "fake"])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     if request.param == "real":
         kit = request.getfixturevalue("kit")  # cleans up what a failing test left
-        yield Env(host=Host(loops=kit.loops, mounts=kit.mounts, fs=kit.fs), root=tmp_path,
-                  real=True)  # fmt: skip
+        e = Env(host=Host(loops=kit.loops, mounts=kit.mounts, fs=kit.fs), root=tmp_path,
+                real=True)  # fmt: skip
+        yield e
+        # Before kit's cleanup: a frozen filesystem outlives its unmount and keeps
+        # its device busy, and blocked writers keep files open.
+        for entry in kit.mounts.mounts_under(os.path.realpath(tmp_path)):
+            try:
+                kit.fs.thaw(entry.mount_point)
+            except Exception:
+                pass
+        for done in e.writers:
+            done.wait(10)
     else:
         yield Env(host=fake_host(), root=tmp_path, real=False)
+
+
+def has_cap_sys_resource() -> bool:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False
 
 
 def test_attach_list_find_get_detach(env):
@@ -332,3 +393,219 @@ def test_missing_tools_and_sizes(env):
         h.fs.block_device_size(str(env.root / "nope"))
     with pytest.raises(LinuxError):
         h.fs.detect(str(env.root / "nope"))
+
+
+# ---- read-ahead, direct I/O, flush ----------------------------------------------------
+
+
+def test_read_ahead(env):
+    h = env.host
+    dev = h.loops.attach(env.image(size=MiB))
+    default = h.loops.get_read_ahead(dev.path)
+    h.loops.set_read_ahead(dev.path, 256)
+    assert h.loops.get_read_ahead(dev.path) == 256
+    h.loops.set_read_ahead(dev.path, 6)
+    assert h.loops.get_read_ahead(dev.path) == 4  # whole pages
+    for bad in (-1, 65537, True):
+        with pytest.raises(ValueError):
+            h.loops.set_read_ahead(dev.path, bad)
+    h.loops.set_read_ahead(dev.path, default)
+    h.loops.detach(dev.path)
+    for call in (lambda: h.loops.get_read_ahead(dev.path),
+                 lambda: h.loops.set_read_ahead(dev.path, 128)):  # fmt: skip
+        with pytest.raises(LoopError) as exc:
+            call()
+        assert exc.value.errno == errno.ENXIO
+
+
+def test_get_sees_set_direct_io(env):
+    h = env.host
+    dev = h.loops.attach(env.image(size=MiB))
+    h.loops.set_direct_io(dev.path, False)
+    assert h.loops.get(dev.path).direct_io is False
+    assert [d.direct_io for d in h.loops.find_by_backing_file(dev.backing_file)] == [False]
+    h.loops.set_direct_io(dev.path, True)
+    assert h.loops.get(dev.path).direct_io is True
+    h.loops.detach(dev.path)
+
+
+def test_flush(env):
+    h = env.host
+    dev = h.loops.attach(env.image(size=MiB))
+    h.loops.flush(dev.path)
+    h.loops.flush(dev.path)
+    h.loops.detach(dev.path)
+    with pytest.raises(LoopError) as exc:
+        h.loops.flush(dev.path)
+    assert exc.value.errno == errno.ENXIO
+
+
+# ---- freeze / thaw ------------------------------------------------------------------
+
+
+def test_freeze_thaw_idempotent(env):
+    h = env.host
+    dev, mnt = env.staged()
+    h.fs.thaw(mnt)  # not frozen: fine
+    h.fs.freeze(mnt)
+    h.fs.freeze(mnt)  # already frozen: fine
+    assert env.is_frozen(mnt)
+    h.fs.thaw(mnt)
+    h.fs.thaw(mnt)
+    assert not env.is_frozen(mnt)
+    # Through a bind mount of it, too.
+    pub = env.dir("pub")
+    h.mounts.bind_mount(mnt, pub)
+    h.fs.freeze(pub)
+    assert env.is_frozen(mnt)
+    h.fs.thaw(pub)
+    assert not env.is_frozen(mnt)
+    h.mounts.unmount(pub)
+    h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+
+
+def test_freeze_errors(env):
+    h = env.host
+    dev, mnt = env.staged()
+    sub = os.path.join(mnt, "sub")
+    os.makedirs(sub, exist_ok=True)
+    for path, err in (
+        (sub, errno.EINVAL),
+        (env.dir("plain"), errno.EINVAL),
+        (str(env.root / "missing"), errno.ENOENT),
+        (env.file("f"), errno.ENOTDIR),
+    ):
+        for op in (h.fs.freeze, h.fs.thaw):
+            with pytest.raises(FreezeError) as exc:
+                op(path)
+            assert exc.value.errno == err
+    assert not env.is_frozen(mnt)
+    h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+
+
+def test_frozen_context(env):
+    h = env.host
+    first_dev, first = env.staged(name="first")
+    second_dev, second = env.staged(name="second")
+    with h.fs.frozen([first, second]):
+        assert env.is_frozen(first) and env.is_frozen(second)
+    assert not env.is_frozen(first) and not env.is_frozen(second)
+    with pytest.raises(KeyError):
+        with h.fs.frozen([first]):
+            raise KeyError("body failed")
+    assert not env.is_frozen(first)
+    # A later freeze fails: the earlier ones are thawed, the error is raised.
+    with pytest.raises(FreezeError):
+        with h.fs.frozen([first, second, env.dir("nomount")]):
+            pytest.fail("the body must not run")
+    assert not env.is_frozen(first) and not env.is_frozen(second)
+    for mnt, dev in ((first, first_dev), (second, second_dev)):
+        h.mounts.unmount(mnt)
+        h.loops.detach(dev.path)
+
+
+def test_frozen_filesystem_outlives_its_unmount(env):
+    h = env.host
+    dev, mnt = env.staged()
+    h.fs.freeze(mnt)
+    h.mounts.unmount(mnt)
+    with pytest.raises(DeviceBusy):
+        h.loops.detach(dev.path)
+    h.mounts.mount(dev.path, mnt, "ext4")
+    assert env.is_frozen(mnt)
+    h.fs.thaw(mnt)
+    for done in env.writers:
+        assert done.wait(10)
+    h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+
+
+# ---- sizes and growing ----------------------------------------------------------------
+
+
+def test_filesystem_size_and_needs_grow(env):
+    h = env.host
+    dev, mnt = env.staged()
+    assert h.fs.filesystem_size(mnt) == h.fs.statfs(mnt).total_bytes
+    assert 0 < h.fs.filesystem_size(mnt) <= 64 * MiB
+    assert h.fs.needs_grow(dev.path, mnt, "ext4") is False
+    assert h.fs.needs_grow(dev.path, None, "ext4") is False
+    with open(dev.backing_file, "r+b") as f:
+        f.truncate(128 * MiB)
+    h.loops.refresh_capacity(dev.path)
+    assert h.fs.needs_grow(dev.path, mnt, "ext4") is True
+    with pytest.raises(ValueError):
+        h.fs.needs_grow(dev.path, None, "xfs")
+    with pytest.raises(ValueError):
+        h.fs.needs_grow(dev.path, mnt, "vfat")
+    with pytest.raises(LinuxError):
+        h.fs.needs_grow(dev.path, mnt, "xfs")  # not an xfs
+    h.mounts.unmount(mnt)
+    h.fs.grow(dev.path, None, "ext4")
+    assert h.fs.needs_grow(dev.path, None, "ext4") is False
+    h.mounts.mount(dev.path, mnt, "ext4")
+    assert h.fs.filesystem_size(mnt) > 64 * MiB
+    h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+
+
+def test_online_ext4_grow_needs_the_capability(env):
+    h = env.host
+    if not env.real:
+        h.fs.online_resize = has_cap_sys_resource()  # type: ignore[attr-defined]
+    assert h.fs.can_grow_online("xfs") and h.fs.can_grow_online("btrfs")
+    assert not h.fs.can_grow_online("vfat")
+    dev, mnt = env.staged()
+    h.fs.grow(dev.path, mnt, "ext4")  # nothing to grow: fine either way
+    with open(dev.backing_file, "r+b") as f:
+        f.truncate(128 * MiB)
+    h.loops.refresh_capacity(dev.path)
+    if h.fs.can_grow_online("ext4"):
+        h.fs.grow(dev.path, mnt, "ext4")
+        assert not h.fs.needs_grow(dev.path, mnt, "ext4")
+    else:
+        with pytest.raises(GrowNotPermitted) as exc:
+            h.fs.grow(dev.path, mnt, "ext4")
+        assert exc.value.device == dev.path and "CAP_SYS_RESOURCE" in str(exc.value)
+        assert h.fs.needs_grow(dev.path, mnt, "ext4")
+    h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+
+
+# ---- health ---------------------------------------------------------------------------
+
+
+def test_errors_healthy_then_recorded(env):
+    h = env.host
+    dev, mnt = env.staged()
+    assert h.fs.errors(dev.path, mnt, "ext4") is None
+    assert h.fs.errors(dev.path, None, "ext4") is None
+    env.record_fs_error(dev)
+    deadline = time.monotonic() + 10
+    while (report := h.fs.errors(dev.path, mnt, "ext4")) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert report is not None
+    assert report.startswith(f"ext4 on {dev.path} mounted at {mnt}: ")
+    assert "1 error(s) recorded" in report
+    h.mounts.unmount(mnt)
+    report = h.fs.errors(dev.path, None, "ext4")
+    assert report is not None and report.startswith(f"ext4 on {dev.path}: ")
+    h.loops.detach(dev.path)
+
+
+def test_errors_arguments(env):
+    h = env.host
+    dev, mnt = env.staged()
+    for fs_type in ("xfs", "btrfs"):
+        with pytest.raises(ValueError):
+            h.fs.errors(dev.path, None, fs_type)
+    with pytest.raises(ValueError):
+        h.fs.errors(dev.path, mnt, "vfat")
+    h.mounts.unmount(mnt)
+    h.loops.detach(dev.path)
+    blank = h.loops.attach(env.image("blank.img", size=MiB))
+    with pytest.raises(LinuxError):
+        h.fs.errors(blank.path, None, "ext4")
+    h.loops.detach(blank.path)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import pytest
 
 from csi_py.linux import exec as exec_mod
 from csi_py.linux import fs as fs_mod
-from csi_py.linux.errors import CommandError, LinuxError, ToolMissing
+from csi_py.linux.errors import CommandError, GrowNotPermitted, LinuxError, ToolMissing
 from csi_py.linux.exec import run
 from csi_py.linux.fs import MIN_FS_BYTES, SUPPORTED_FS, TOOLS, Filesystems, probe_superblock
 
@@ -178,14 +179,120 @@ def test_grow_online(kit, fs_type):
 def test_grow_ext4_online_without_cap_sys_resource_fails_clearly(kit):
     if has_capability(CAP_SYS_RESOURCE):
         pytest.skip("this process has CAP_SYS_RESOURCE")
+    assert kit.fs.can_grow_online("ext4") is False
     dev = kit.device(SIZE["ext4"])
     kit.fs.format(dev.path, "ext4")
     mnt = kit.dir("mnt")
     kit.mounts.mount(dev.path, mnt, "ext4")
+    kit.fs.grow(dev.path, mnt, "ext4")  # nothing to do: fine without the capability
     _grow_image_and_device(kit, dev, 2 * SIZE["ext4"])
-    with pytest.raises(CommandError) as exc:
-        kit.fs.grow(dev.path, mnt, "ext4")
-    assert "CAP_SYS_RESOURCE" in str(exc.value)
+    for mount_point in (mnt, None):  # resize2fs finds the mount either way
+        with pytest.raises(GrowNotPermitted) as exc:
+            kit.fs.grow(dev.path, mount_point, "ext4")
+        err = exc.value
+        assert isinstance(err, LinuxError) and not isinstance(err, CommandError)
+        assert "CAP_SYS_RESOURCE" in str(err) and dev.path in str(err)
+        assert err.device == dev.path and err.fs_type == "ext4"
+        assert err.capability == "CAP_SYS_RESOURCE"
+    assert kit.fs.needs_grow(dev.path, mnt, "ext4")
+    kit.mounts.unmount(mnt)
+    kit.fs.grow(dev.path, None, "ext4")  # offline needs no capability
+    assert not kit.fs.needs_grow(dev.path, None, "ext4")
+
+
+def test_can_grow_online(kit):
+    assert kit.fs.can_grow_online("ext4") is has_capability(CAP_SYS_RESOURCE)
+    assert kit.fs.can_grow_online("ext3") is has_capability(CAP_SYS_RESOURCE)
+    assert kit.fs.can_grow_online("xfs") is True
+    assert kit.fs.can_grow_online("btrfs") is True
+    assert kit.fs.can_grow_online("vfat") is False
+
+
+@pytest.mark.parametrize("fs_type", SUPPORTED_FS)
+def test_needs_grow_and_filesystem_size(kit, fs_type):
+    size = SIZE[fs_type]
+    dev = kit.device(size)
+    kit.fs.format(dev.path, fs_type)
+    mnt = kit.dir("mnt")
+    kit.mounts.mount(dev.path, mnt, fs_type)
+    assert kit.fs.filesystem_size(mnt) == kit.fs.statfs(mnt).total_bytes
+    assert 0 < kit.fs.filesystem_size(mnt) <= size
+    assert kit.fs.needs_grow(dev.path, mnt, fs_type) is False
+    _grow_image_and_device(kit, dev, 2 * size)
+    assert kit.fs.needs_grow(dev.path, mnt, fs_type) is True
+    assert kit.fs.needs_grow(dev.path, mnt, fs_type) is True  # read-only
+    if kit.fs.can_grow_online(fs_type):
+        kit.fs.grow(dev.path, mnt, fs_type)
+    else:
+        kit.mounts.unmount(mnt)
+        kit.fs.grow(dev.path, None, fs_type)
+        kit.mounts.mount(dev.path, mnt, fs_type)
+    assert kit.fs.needs_grow(dev.path, mnt, fs_type) is False
+    assert kit.fs.filesystem_size(mnt) > size
+    kit.mounts.unmount(mnt)
+
+
+# (growth in bytes, whether the grow tool uses it), in order, from SIZE bytes.
+TAILS = {
+    # 1 KiB blocks: resize2fs grows in whole pages (4 blocks); 8 MiB groups, and
+    # block 0 is in none, so 4 more blocks complete the last group and start a new
+    # one of 3 blocks. A new group needs room for its inode table (512 KiB) and
+    # bitmaps plus 50 blocks, else resize2fs leaves it off; once there, it grows
+    # in any (page) step.
+    "ext4": [(1024, False), (3072, True), (256 * 1024, False), (MiB, True), (4096, True)],
+    # 4 KiB blocks: a new allocation group under 64 blocks (256 KiB) is left off.
+    "xfs": [(128 * 1024, False), (192 * 1024, True), (4096, True)],
+    # Anything from one 4 KiB sector on.
+    "btrfs": [(2048, False), (2048, True)],
+}
+
+
+def ext_block_count(device: str) -> int:
+    out = run(["dumpe2fs", "-h", device]).stdout.decode()
+    return int(re.search(r"^Block count:\s+(\d+)", out, re.M).group(1))
+
+
+@pytest.mark.parametrize("fs_type", SUPPORTED_FS)
+def test_needs_grow_knows_what_the_grow_tools_leave_unused(kit, fs_type):
+    dev = kit.device(SIZE[fs_type])
+    kit.fs.format(dev.path, fs_type)
+    mnt = kit.dir("mnt")
+    online = fs_type != "ext4"
+    point = mnt if online else None
+
+    def fs_size() -> int:
+        return kit.fs.filesystem_size(mnt) if online else ext_block_count(dev.path)
+
+    size = SIZE[fs_type]
+    for growth, used in TAILS[fs_type]:
+        size += growth
+        _grow_image_and_device(kit, dev, size)
+        if online:
+            kit.mounts.mount(dev.path, mnt, fs_type)
+        assert kit.fs.needs_grow(dev.path, point, fs_type) is used, growth
+        before = fs_size()
+        kit.fs.grow(dev.path, point, fs_type)
+        assert (fs_size() > before) is used, growth
+        assert kit.fs.needs_grow(dev.path, point, fs_type) is False, growth
+        if online:
+            kit.mounts.unmount(mnt)
+
+
+def test_needs_grow_errors(kit):
+    dev = kit.device(SIZE["ext4"])
+    with pytest.raises(LinuxError, match="no ext2/3/4"):
+        kit.fs.needs_grow(dev.path, None, "ext4")  # blank device
+    with pytest.raises(ValueError, match="mounted"):
+        kit.fs.needs_grow(dev.path, None, "xfs")
+    with pytest.raises(ValueError):
+        kit.fs.needs_grow(dev.path, "/x", "vfat")
+    kit.fs.format(dev.path, "ext4")
+    mnt = kit.dir("mnt")
+    kit.mounts.mount(dev.path, mnt, "ext4")
+    with pytest.raises(LinuxError):
+        kit.fs.needs_grow(dev.path, mnt, "xfs")  # it is not an xfs
+    with pytest.raises(LinuxError):
+        kit.fs.needs_grow(kit.path("nope"), None, "ext4")
     kit.mounts.unmount(mnt)
 
 

@@ -19,7 +19,7 @@ PAIRS = [
     (Filesystems, FakeFilesystems, FilesystemService),
 ]
 # Test-only helpers the fakes add on top of the real API.
-FAKE_EXTRAS = {"fail_next", "hold_open", "release"}
+FAKE_EXTRAS = {"fail_next", "hold_open", "release", "inject_error"}
 
 
 def public_methods(cls: type) -> dict[str, inspect.Signature]:

@@ -1,0 +1,51 @@
+"""CSI GroupController service: consistent snapshots of several volumes at once."""
+
+from __future__ import annotations
+
+from csi_py._proto import csi_pb2 as pb
+from csi_py._proto import csi_pb2_grpc
+from csi_py.core.driver import Driver
+from csi_py.rpc import convert
+from csi_py.rpc.errors import rpc_method
+
+GroupRPC = pb.GroupControllerServiceCapability.RPC
+
+
+class GroupControllerService(csi_pb2_grpc.GroupControllerServicer):
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.core = driver.snapshots
+
+    def _response(self, group):  # type: ignore[no-untyped-def]
+        members = [self.driver.catalog.get_snapshot(sid) for sid in group.snapshot_ids]
+        return convert.group_snapshot(group, [m for m in members if m is not None])
+
+    @rpc_method
+    def GroupControllerGetCapabilities(self, request, context):  # noqa: N802
+        return pb.GroupControllerGetCapabilitiesResponse(
+            capabilities=[
+                pb.GroupControllerServiceCapability(
+                    rpc=GroupRPC(type=GroupRPC.CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT)
+                )
+            ]
+        )
+
+    @rpc_method
+    def CreateVolumeGroupSnapshot(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        group = self.core.create_group(
+            request.name, list(request.source_volume_ids), dict(request.parameters)
+        )
+        return pb.CreateVolumeGroupSnapshotResponse(group_snapshot=self._response(group))
+
+    @rpc_method
+    def DeleteVolumeGroupSnapshot(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        self.core.delete_group(request.group_snapshot_id, list(request.snapshot_ids))
+        return pb.DeleteVolumeGroupSnapshotResponse()
+
+    @rpc_method
+    def GetVolumeGroupSnapshot(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        group = self.core.get_group(request.group_snapshot_id, list(request.snapshot_ids))
+        return pb.GetVolumeGroupSnapshotResponse(group_snapshot=self._response(group))
