@@ -79,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
         vsub.add_parser("list", help="list volumes")
         delete = vsub.add_parser("delete", help="delete a volume by id")
         delete.add_argument("volume_id")
+        for verb, source_help in (("restore", "snapshot id to restore"),
+                                  ("clone", "volume id to clone")):
+            made = vsub.add_parser(verb, help=f"create a volume from a {verb} source")
+            made.add_argument("source", help=source_help)
+            made.add_argument("name")
+            made.add_argument("--size", type=_size, default=0,
+                              help="at least the source's size (default: the source's)")
+            made.add_argument("--block", action="store_true", help="request raw block access")
+
+    snap = sub.add_parser("snapshot", help="manage snapshots on a running driver")
+    snap.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    ssub = snap.add_subparsers(dest="action", required=True)
+    screate = ssub.add_parser("create", help="snapshot a volume (shows a copy's progress)")
+    screate.add_argument("volume_id")
+    screate.add_argument("name")
+    slist = ssub.add_parser("list", help="list snapshots")
+    slist.add_argument("--volume", default="", help="only snapshots of this volume id")
+    sdelete = ssub.add_parser("delete", help="delete a snapshot by id")
+    sdelete.add_argument("snapshot_id")
 
     info = sub.add_parser("info", help="print a running driver's identity and capacity")
     info.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
@@ -117,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "volume":
         return commands.volume(args)
+    if args.command == "snapshot":
+        return commands.snapshot(args)
     if args.command == "info":
         return commands.info(args)
     return 2

@@ -71,6 +71,7 @@ class Capturer:
         pairs: Sequence[tuple[str, str]],
         volume_ids: Sequence[str],
         progress: Progress | None = None,
+        allow_reflink: bool = True,
     ) -> list[str]:
         """Copy each (source image, destination) pair while `volume_ids` are quiesced.
 
@@ -82,7 +83,8 @@ class Capturer:
         try:
             with self.quiesced(volume_ids):
                 for src, dst in pairs:
-                    methods.append(files.clone_file(src, dst, progress=progress))
+                    methods.append(files.clone_file(src, dst, progress=progress,
+                                                    allow_reflink=allow_reflink))
                     made.append(dst)
         except BaseException:
             for path in made:

@@ -272,7 +272,7 @@ class ControllerCore:
                 if origin is None:
                     files.create_image(path, size, preallocate=thick)
                 else:
-                    self._fill_from(origin, path)
+                    self._fill_from(origin, path, thick)
                     files.grow_image(path, size, preallocate=thick)
             except BaseException as exc:
                 files.remove_file(path)
@@ -342,13 +342,15 @@ class ControllerCore:
                           vol.fs_type)
         raise InvalidArgument(f"volume {name!r}: unknown content source kind {source.kind!r}")
 
-    def _fill_from(self, origin: Origin, path: str) -> None:
-        """Copy the source's data into a new image at `path` (reflink where possible)."""
+    def _fill_from(self, origin: Origin, path: str, thick: bool) -> None:
+        """Copy the source's data into a new image at `path`: a reflink where possible,
+        except for a thick volume, whose blocks must be its own (never copy-on-write)."""
         if origin.source.kind == "volume":
             with self.locks.hold(origin.source.id, "CreateVolume (clone source)"):
-                self.capturer.capture([(origin.image, path)], [origin.source.id])
+                self.capturer.capture([(origin.image, path)], [origin.source.id],
+                                      allow_reflink=not thick)
         else:
-            files.clone_file(origin.image, path)
+            files.clone_file(origin.image, path, allow_reflink=not thick)
 
     def _check_space(self, name: str, size: int, provisioning: Provisioning) -> None:
         report = self.capacity(provisioning)

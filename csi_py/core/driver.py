@@ -13,7 +13,7 @@ from csi_py.core.controller import ControllerCore
 from csi_py.core.errors import Unavailable
 from csi_py.core.health import HealthChecker
 from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import SnapshotState, StagingState, VolumeState
+from csi_py.core.model import AccessType, SnapshotState, StagingState, VolumeState
 from csi_py.core.node import NodeCore, mount_is_of
 from csi_py.core.pool import Pool
 from csi_py.core.snapshots import SnapshotCore
@@ -138,6 +138,12 @@ def reconcile(driver: Driver) -> ReconcileReport:
         report.rolled_back_snapshots.append(snap.id)
 
     staged = {s.volume_id: s for s in catalog.list_stagings()}
+    for staging in staged.values():
+        # A capture killed between freeze and thaw leaves its filesystem frozen, and
+        # every writer of that volume hung: thaw what is staged (harmless otherwise).
+        if staging.access_type is AccessType.MOUNT and host.mounts.is_mounted(
+                staging.staging_path):
+            _quietly(report, host.fs.thaw, staging.staging_path)
     for dev in host.loops.list_attached():
         volume_id = pool.volume_id_of_image(dev.backing_file)
         if volume_id is None:

@@ -10,6 +10,9 @@ DIRECT_IO = "directIO"  # "true" / "false": the loop device's direct I/O mode
 READ_AHEAD_KIB = "readAheadKiB"  # 0..65536: the loop device's read-ahead window
 MUTABLE_KEYS = (DIRECT_IO, READ_AHEAD_KIB)
 MAX_READ_AHEAD_KIB = 65536
+# The kernel's usual read-ahead window (VM_READAHEAD_PAGES), set on every attach unless a
+# volume asks for another.
+DEFAULT_READ_AHEAD_KIB = 128
 
 
 def check_mutable(values: dict[str, str], subject: str) -> dict[str, str]:

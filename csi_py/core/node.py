@@ -34,7 +34,12 @@ from csi_py.core.model import (
     Volume,
     VolumeStats,
 )
-from csi_py.core.mutable import DIRECT_IO, apply_mutable, direct_io_wanted
+from csi_py.core.mutable import (
+    DEFAULT_READ_AHEAD_KIB,
+    READ_AHEAD_KIB,
+    apply_mutable,
+    direct_io_wanted,
+)
 from csi_py.core.pool import Pool
 from csi_py.linux import Host
 from csi_py.linux.errors import DeviceBusy, LinuxError
@@ -170,8 +175,10 @@ class NodeCore:
                     direct_io=direct_io_wanted(mutable, self.config.direct_io),
                     read_only=readonly and cap.access_type is AccessType.BLOCK,
                 )
-                apply_mutable(self.host, device.path,
-                              {k: val for k, val in mutable.items() if k != DIRECT_IO})
+                # Read-ahead outlives a detach and the next user of the device inherits
+                # it, so every attach sets it: the volume's own value or the default.
+                read_ahead = mutable.get(READ_AHEAD_KIB, str(DEFAULT_READ_AHEAD_KIB))
+                apply_mutable(self.host, device.path, {READ_AHEAD_KIB: read_ahead})
                 log.info("volume %s attached to %s (direct_io=%s)", volume_id, device.path,
                          device.direct_io)
             if cap.access_type is AccessType.MOUNT:
@@ -244,6 +251,12 @@ class NodeCore:
                 self.host.fs.needs_grow(device.path, staging_path, fs_type):
             self.host.fs.grow(device.path, staging_path, fs_type)
 
+    def _thaw_quietly(self, mount_point: str) -> None:
+        try:
+            self.host.fs.thaw(mount_point)
+        except LinuxError as exc:
+            log.warning("could not thaw %s: %s", mount_point, exc)
+
     def _detach_quietly(self, device: LoopDevice) -> None:
         try:
             self.host.loops.detach(device.path)
@@ -280,6 +293,11 @@ class NodeCore:
                 )
             if record is not None:
                 self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
+            if record is not None and record.access_type is AccessType.MOUNT and \
+                    self._mount_at(staging_path) is not None:
+                # A filesystem frozen by a capture that died stays frozen after its
+                # unmount and keeps the device busy; thawing is harmless otherwise.
+                self._thaw_quietly(staging_path)
             for device in devices:
                 self._unmount_ours(staging_path, volume_id, device)
             for device in devices:

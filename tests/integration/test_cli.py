@@ -84,3 +84,37 @@ def test_volume_commands_create_list_delete(driver, capsys):
 def test_serve_refuses_bad_flags(capsys):
     assert main(["serve", "--endpoint", "tcp://x", "--pool", "/tmp/x", "--node-id", "n"]) == 2
     assert "--endpoint" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_snapshot_restore_and_clone_commands(driver, capsys):
+    endpoint = "unix://" + driver.socket
+    assert main(["volume", "--endpoint", endpoint, "create", "src", "--size", "64Mi"]) == 0
+    vid = capsys.readouterr().out.split("\t")[0]
+    image = f"{driver.pool}/volumes/{vid}.img"
+    with open(image, "r+b") as fh:  # some data, so a copy has something to move
+        fh.seek(8 << 20)
+        fh.write(b"csi-py" * 100000)
+
+    assert main(["snapshot", "--endpoint", endpoint, "create", vid, "snap-1"]) == 0
+    sid, size, ready = capsys.readouterr().out.strip().split("\t")
+    assert sid.startswith("snap-") and size == str(64 << 20) and ready == "ready=True"
+
+    assert main(["snapshot", "--endpoint", endpoint, "list", "--volume", vid]) == 0
+    assert sid in capsys.readouterr().out
+
+    assert main(["volume", "--endpoint", endpoint, "restore", sid, "restored",
+                 "--size", "128Mi"]) == 0
+    restored = capsys.readouterr().out.split("\t")
+    assert restored[1] == str(128 << 20)
+    assert main(["volume", "--endpoint", endpoint, "clone", vid, "cloned"]) == 0
+    cloned = capsys.readouterr().out.split("\t")
+    for other in (restored[0], cloned[0]):
+        with open(f"{driver.pool}/volumes/{other}.img", "rb") as fh:
+            fh.seek(8 << 20)
+            assert fh.read(600000) == b"csi-py" * 100000
+
+    assert main(["snapshot", "--endpoint", endpoint, "delete", sid]) == 0
+    assert f"deleted {sid}" in capsys.readouterr().out
+    for volume_id in (vid, restored[0], cloned[0]):
+        assert main(["volume", "--endpoint", endpoint, "delete", volume_id]) == 0

@@ -56,13 +56,13 @@ def test_whole_life_makes_and_undoes_each_kernel_change_once(env):
     driver.node.stage(vol.id, stage, MOUNT, {})  # idempotent: nothing more happens
     driver.node.publish(vol.id, target, stage, MOUNT, False)
     driver.node.publish(vol.id, target, stage, MOUNT, False)
-    assert sorted(ops(host)) == ["attach", "bind_mount", "format", "mount"]
+    assert sorted(ops(host)) == ["attach", "bind_mount", "format", "mount", "set_read_ahead"]
     driver.node.unpublish(vol.id, target)
     driver.node.unpublish(vol.id, target)
     driver.node.unstage(vol.id, stage)
     driver.node.unstage(vol.id, stage)
     assert sorted(ops(host)) == ["attach", "bind_mount", "detach", "format", "mount",
-                                 "unmount", "unmount"]
+                                 "set_read_ahead", "unmount", "unmount"]
     assert not os.path.exists(target)
     driver.controller.delete_volume(vol.id)
     assert not os.path.exists(driver.pool.image_path(vol.id))
