@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from csi_py.core.crashpoints import crash_point
 from csi_py.core.model import AccessType, StagingState
 from csi_py.core.pool import Pool
 from csi_py.linux import Host, files
@@ -58,6 +59,7 @@ class Capturer:
             for point in mounts:
                 self.host.fs.freeze(point)
                 frozen.append(point)
+            crash_point("snapshot.frozen")
             yield
         finally:
             for point in reversed(frozen):

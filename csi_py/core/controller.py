@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from csi_py.config import MIN_FS_BYTES, Config
 from csi_py.core import validation as v
 from csi_py.core.capture import Capturer
+from csi_py.core.crashpoints import crash_point
 from csi_py.core.errors import (
     Aborted,
     AlreadyExists,
@@ -268,12 +269,15 @@ class ControllerCore:
                 raise AlreadyExists(f"volume name {name!r} is already recorded") from None
             path = self.pool.image_path(volume.id)
             thick = provisioning is Provisioning.THICK
+            step = "create" if origin is None else "restore"
+            crash_point(f"{step}.recorded")
             try:
                 if origin is None:
                     files.create_image(path, size, preallocate=thick)
                 else:
                     self._fill_from(origin, path, thick)
                     files.grow_image(path, size, preallocate=thick)
+                crash_point("create.image_written" if origin is None else "restore.filled")
             except BaseException as exc:
                 files.remove_file(path)
                 self.catalog.delete_volume(volume.id)
@@ -284,6 +288,7 @@ class ControllerCore:
                     ) from exc
                 raise
             self.catalog.set_volume_state(volume.id, VolumeState.READY)
+            crash_point(f"{step}.committed")
             log.info("created volume %s name=%s size=%d fs=%s %s", volume.id, name, size,
                      fs_type, provisioning.value)
             return Volume(**{**volume.__dict__, "state": VolumeState.READY})
@@ -391,7 +396,9 @@ class ControllerCore:
                     " unstage it before deleting"
                 )
             self.catalog.set_volume_state(volume_id, VolumeState.DELETING)
+            crash_point("delete.marked")
             files.remove_file(path)
+            crash_point("delete.file_removed")
             self.catalog.delete_volume(volume_id)
             log.info("deleted volume %s name=%s", volume_id, volume.name)
 
@@ -540,6 +547,7 @@ class ControllerCore:
             path = self.pool.image_path(volume_id)
             try:
                 files.grow_image(path, size, preallocate=thick)
+                crash_point("expand.file_grown")
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise ResourceExhausted(
@@ -548,7 +556,9 @@ class ControllerCore:
                 raise
             for device in self.host.loops.find_by_backing_file(path):
                 self.host.loops.refresh_capacity(device.path)
+            crash_point("expand.device_refreshed")
             self.catalog.set_volume_capacity(volume_id, size)
+            crash_point("expand.committed")
             log.info("volume %s grown from %d to %d bytes", volume_id, volume.capacity_bytes,
                      size)
             return size, needs_node
@@ -614,6 +624,7 @@ class ControllerCore:
                     f"node {node_id} already has {limit} volumes published, its maximum"
                 )
             self.catalog.put_attachment(wanted)
+            crash_point("attach.recorded")
             return context
 
     def unpublish(self, volume_id: str, node_id: str) -> None:
@@ -626,4 +637,5 @@ class ControllerCore:
             for att in self.catalog.attachments_of(volume_id):
                 if not node_id or att.node_id == node_id:
                     self.catalog.remove_attachment(volume_id, att.node_id)
+                    crash_point("detach.removed")
 

@@ -17,6 +17,7 @@ from csi_py.core.controller import (
     ControllerCore,
     check_capability,
 )
+from csi_py.core.crashpoints import crash_point
 from csi_py.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -165,6 +166,7 @@ class NodeCore:
             device = self._device_for(volume_id, previous.device if previous else "")
             self.catalog.put_staging(wanted if previous is None else
                                      _with(previous, state=StagingState.STAGING))
+            crash_point("stage.recorded")
             if device is None:
                 # A read-only block stage gets a read-only device: nothing can write
                 # through it. A read-only filesystem is enforced by its mount instead
@@ -181,6 +183,7 @@ class NodeCore:
                 apply_mutable(self.host, device.path, {READ_AHEAD_KIB: read_ahead})
                 log.info("volume %s attached to %s (direct_io=%s)", volume_id, device.path,
                          device.direct_io)
+            crash_point("stage.attached")
             if cap.access_type is AccessType.MOUNT:
                 try:
                     self._mount_staging(volume, device, staging_path, fs_type, flags, readonly)
@@ -192,6 +195,7 @@ class NodeCore:
                         self.catalog.delete_staging(volume_id)
                     raise
             self.catalog.put_staging(_with(wanted, device=device.path, state=StagingState.STAGED))
+            crash_point("stage.committed")
 
     def _check_compatible_staging(self, previous: Staging, wanted: Staging) -> None:
         if previous.state is not StagingState.STAGED:
@@ -230,6 +234,7 @@ class NodeCore:
         if found is None:
             log.info("volume %s: formatting %s as %s", volume.id, device.path, fs_type)
             self.host.fs.format(device.path, fs_type)
+            crash_point("stage.formatted")
         elif found != fs_type:
             raise FailedPrecondition(
                 f"volume {volume.id} already holds a {found} filesystem; it was asked to be"
@@ -247,6 +252,7 @@ class NodeCore:
             # to mount two filesystems with one UUID unless told otherwise.
             options.append("nouuid")
         self.host.mounts.mount(device.path, staging_path, fs_type, options, read_only=readonly)
+        crash_point("stage.mounted")
         if fs_type in ("xfs", "btrfs") and not readonly and \
                 self.host.fs.needs_grow(device.path, staging_path, fs_type):
             self.host.fs.grow(device.path, staging_path, fs_type)
@@ -293,6 +299,7 @@ class NodeCore:
                 )
             if record is not None:
                 self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
+                crash_point("unstage.marked")
             if record is not None and record.access_type is AccessType.MOUNT and \
                     self._mount_at(staging_path) is not None:
                 # A filesystem frozen by a capture that died stays frozen after its
@@ -300,6 +307,7 @@ class NodeCore:
                 self._thaw_quietly(staging_path)
             for device in devices:
                 self._unmount_ours(staging_path, volume_id, device)
+            crash_point("unstage.unmounted")
             for device in devices:
                 try:
                     self.host.loops.detach(device.path)
@@ -307,6 +315,7 @@ class NodeCore:
                     raise FailedPrecondition(
                         f"volume {volume_id}: loop device {device.path} is still in use ({exc})"
                     ) from exc
+            crash_point("unstage.detached")
             self.catalog.delete_staging(volume_id)
 
     def _holds(self, path: str, device: LoopDevice) -> bool:
@@ -426,9 +435,11 @@ class NodeCore:
                         self.pool.image_path(volume_id), direct_io=self.config.direct_io,
                         read_only=True,
                     ).path
+            crash_point("publish.target_made")
             try:
                 self.host.mounts.bind_mount(source, target_path, read_only=readonly,
                                             extra_flags=bind_flags)
+                crash_point("publish.bound")
             except LinuxError:
                 _remove_target(target_path)
                 if source != device.path and source.startswith("/dev/"):
@@ -482,6 +493,7 @@ class NodeCore:
                 if held and device.path != staged and device.read_only:
                     # The read-only device made for this block publish goes with it.
                     self.host.loops.detach(device.path)
+            crash_point("unpublish.unmounted")
             if self._mount_at(target_path) is not None:
                 # Another volume's mount: this volume is not published here.
                 log.warning("volume %s: unpublish at %s, which holds another mount; left"
@@ -513,6 +525,7 @@ class NodeCore:
                 raise NotFound(f"volume {volume_id} is not staged or published at {volume_path}")
             for device in devices:
                 self.host.loops.refresh_capacity(device.path)
+            crash_point("node_expand.refreshed")
             record = self.catalog.get_staging(volume_id)
             if record is None or record.access_type is AccessType.BLOCK or not record.fs_type:
                 return volume.capacity_bytes
@@ -527,6 +540,7 @@ class NodeCore:
                     " privileged, or the filesystem is grown at the volume's next stage"
                 )
             self.host.fs.grow(staged.path, mount_point, record.fs_type)
+            crash_point("node_expand.grown")
             log.info("volume %s: %s grown online to fill %d bytes", volume_id, record.fs_type,
                      volume.capacity_bytes)
             return volume.capacity_bytes

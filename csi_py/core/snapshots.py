@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from csi_py.core import validation as v
 from csi_py.core.capture import Capturer, Progress
 from csi_py.core.controller import IGNORED_PARAMETER_PREFIXES, MAX_PAGE, ControllerCore
+from csi_py.core.crashpoints import crash_point
 from csi_py.core.errors import (
     Aborted,
     AlreadyExists,
@@ -152,6 +153,7 @@ class SnapshotCore:
                 self._check_room(f"snapshot {name!r}", [source])
                 snap = self._record(name, source, group_id="")
                 report = progress or ProgressFile(self.progress_path(name))
+                crash_point("snapshot.recorded")
                 try:
                     (method,) = self.capturer.capture(
                         [(self.pool.image_path(source.id), self.pool.snapshot_path(snap.id))],
@@ -171,7 +173,9 @@ class SnapshotCore:
                 finally:
                     if isinstance(report, ProgressFile):
                         report.remove()
+                crash_point("snapshot.captured")
                 self.catalog.update_snapshot(snap.id, SnapshotState.READY, method)
+                crash_point("snapshot.committed")
                 log.info("snapshot %s (%s) of %s cut by %s", snap.id, name, source.id, method)
                 return Snapshot(**{**snap.__dict__, "state": SnapshotState.READY,
                                    "method": method})
@@ -194,7 +198,9 @@ class SnapshotCore:
 
     def _forget(self, snap: Snapshot) -> None:
         self.catalog.update_snapshot(snap.id, SnapshotState.DELETING)
+        crash_point("snapshot_delete.marked")
         files.remove_file(self.pool.snapshot_path(snap.id))
+        crash_point("snapshot_delete.file_removed")
         self.catalog.delete_snapshot(snap.id)
 
     # --- DeleteSnapshot ----------------------------------------------------------------
@@ -301,6 +307,7 @@ class SnapshotCore:
         except NameTaken:
             raise AlreadyExists(f"group snapshot name {name!r} is already recorded") from None
         snaps = [self._record(f"{group.id}/{src.id}", src, group.id) for src in sources]
+        crash_point("group.recorded")
         try:
             methods = self.capturer.capture(
                 [(self.pool.image_path(src.id), self.pool.snapshot_path(s.id))
@@ -313,9 +320,11 @@ class SnapshotCore:
                 raise ResourceExhausted(
                     f"group snapshot {name!r}: the pool ran out of space") from exc
             raise
+        crash_point("group.captured")
         for snap, method in zip(snaps, methods, strict=True):
             self.catalog.update_snapshot(snap.id, SnapshotState.READY, method)
         self.catalog.set_group_state(group.id, SnapshotState.READY)
+        crash_point("group.committed")
         log.info("group snapshot %s (%s) of %s cut", group.id, name, source_volume_ids)
         result = self.catalog.get_group(group.id)
         assert result is not None
