@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-direct-io", action="store_true",
                        help="attach loop devices with buffered I/O instead of direct I/O")
     serve.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve.add_argument("--metrics-address", default="",
+                       help="serve Prometheus metrics at http://ADDRESS/metrics, e.g. :9810"
+                            " (default: off)")
     serve.add_argument("--log-level", default="INFO",
                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -120,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_volumes_per_node=args.max_volumes_per_node,
         direct_io=not args.no_direct_io,
         grpc_workers=args.workers,
+        metrics_address=args.metrics_address,
         log_level=args.log_level,
     ).validated()
 

@@ -39,6 +39,8 @@ class Config:
     max_volumes_per_node: int = 0
     direct_io: bool = True
     grpc_workers: int = 16
+    # "host:port" or ":port" for the Prometheus endpoint; "" turns it off.
+    metrics_address: str = ""
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -77,6 +79,10 @@ class Config:
             raise ConfigError("--default-size must be positive")
         if self.thin_overcommit < 1.0:
             raise ConfigError("--thin-overcommit must be at least 1.0")
+        if self.metrics_address and not re.fullmatch(r"[^:]*:\d{1,5}", self.metrics_address):
+            raise ConfigError(
+                f"--metrics-address {self.metrics_address!r} must look like :9810 or 0.0.0.0:9810"
+            )
         if self.max_volumes_per_node < 0:
             raise ConfigError("--max-volumes-per-node must be >= 0 (0: no limit)")
         return self

@@ -18,6 +18,7 @@ import grpc
 
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
+from csi_py.observability.metrics import Metrics
 from csi_py.rpc.controller import ControllerService
 from csi_py.rpc.group_controller import GroupControllerService
 from csi_py.rpc.identity import IdentityService
@@ -57,28 +58,40 @@ def clear_stale_socket(path: str) -> None:
     raise SocketInUse(f"another process is serving on {path}; stop it first")
 
 
-class _Timing(grpc.ServerInterceptor):
-    """Logs each RPC's method and duration at debug level. Requests are not logged:
-    some fields hold secrets."""
+class _Observer(grpc.ServerInterceptor):
+    """Counts each RPC by method and status code and times it (Prometheus), and logs
+    the time at debug level. Requests are never logged: some fields hold secrets."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or not log.isEnabledFor(logging.DEBUG):
+        if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
+        metrics = self.metrics
 
-        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
+            code = "OK"
             try:
                 return inner(request, context)
+            except BaseException:
+                status = context.code()  # set by context.abort()
+                code = status.name if status is not None else "UNKNOWN"
+                raise
             finally:
-                log.debug("%s took %.2f ms", method, (time.perf_counter() - start) * 1e3)
+                took = time.perf_counter() - start
+                metrics.observe(method, code, took)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s -> %s in %.2f ms", method, code, took * 1e3)
 
         return grpc.unary_unary_rpc_method_handler(
-            timed,
+            observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -90,11 +103,13 @@ class Server:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.path = driver.config.socket_path
+        self.metrics = Metrics(driver)
+        self.metrics_port = 0
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=driver.config.grpc_workers, thread_name_prefix="csi"
             ),
-            interceptors=[_Timing()],
+            interceptors=[_Observer(self.metrics)],
         )
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(driver), self._grpc)
         # The generated stubs mark every RPC abstract; at run time the base class answers
@@ -123,6 +138,8 @@ class Server:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
+        if self.driver.config.metrics_address:
+            self.metrics_port = self.metrics.serve(self.driver.config.metrics_address)
         log.info("serving %s on unix://%s (node %s, pool %s)", self.driver.config.driver_name,
                  self.path, self.driver.config.node_id, self.driver.config.pool)
         self.driver.start()
@@ -134,6 +151,7 @@ class Server:
             return
         self._stopped.set()
         self._grpc.stop(grace).wait()
+        self.metrics.close()
         self.driver.close()
         try:
             os.unlink(self.path)

@@ -266,6 +266,9 @@ class Catalog:
     def volume_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM volumes")[0][0])  # type: ignore[call-overload]
 
+    def snapshot_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM snapshots")[0][0])  # type: ignore[call-overload]
+
     def provisioned_bytes(self) -> int:
         """Sum of every recorded volume's capacity: what has been promised. Read-only."""
         rows = self._query("SELECT COALESCE(SUM(capacity_bytes),0) FROM volumes")
