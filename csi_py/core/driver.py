@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from csi_py.config import Config
 from csi_py.core.controller import ControllerCore
+from csi_py.core.ephemeral import EphemeralVolumes
 from csi_py.core.errors import Unavailable
 from csi_py.core.health import HealthChecker
 from csi_py.core.locks import KeyedTryLock
@@ -65,6 +66,7 @@ class Driver:
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
         self.snapshots = SnapshotCore(self.catalog, self.pool, host, self.locks, self.controller)
         self.health = HealthChecker(config, self.catalog, self.pool, host)
+        self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller, self.node)
         self._ready = threading.Event()
         self.last_reconcile: ReconcileReport | None = None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
+from csi_py.core.ephemeral import is_ephemeral
+from csi_py.core.validation import is_volume_id
 from csi_py.rpc import convert
 from csi_py.rpc.errors import rpc_method
 
@@ -43,6 +45,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc_method
     def NodePublishVolume(self, request, context):  # noqa: N802
         self.driver.require_ready()
+        if is_ephemeral(dict(request.volume_context)):
+            self.driver.ephemeral.publish(
+                request.volume_id,
+                request.target_path,
+                convert.optional_capability(request),
+                request.readonly,
+                dict(request.volume_context),
+            )
+            return pb.NodePublishVolumeResponse()
         self.core.publish(
             request.volume_id,
             request.target_path,
@@ -55,6 +66,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc_method
     def NodeUnpublishVolume(self, request, context):  # noqa: N802
         self.driver.require_ready()
+        # kubelet names inline volumes itself ("csi-<hash>"), never like ours ("vol-...").
+        if not is_volume_id(request.volume_id) and request.volume_id and \
+                self.driver.ephemeral.find(request.volume_id) is not None:
+            self.driver.ephemeral.unpublish(request.volume_id, request.target_path)
+            return pb.NodeUnpublishVolumeResponse()
         self.core.unpublish(request.volume_id, request.target_path)
         return pb.NodeUnpublishVolumeResponse()
 
