@@ -16,6 +16,7 @@ from csi_py.core.controller import (
     PUBLISH_CONTEXT_READONLY,
     ControllerCore,
     check_capability,
+    check_volume_capability,
 )
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.errors import (
@@ -24,12 +25,14 @@ from csi_py.core.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    OutOfRange,
 )
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import (
     AccessMode,
     AccessType,
     Capability,
+    CapacityRange,
     Staging,
     StagingState,
     Volume,
@@ -108,10 +111,15 @@ class NodeCore:
         entries = self.host.mounts.mounts_at(path)
         return entries[-1] if entries else None
 
-    def _devices_of(self, volume_id: str) -> list[LoopDevice]:
+    def _devices_of(self, volume_id: str, record: Staging | None = None) -> list[LoopDevice]:
         """Every loop device on this volume's backing file: the staged one and any
-        read-only ones made for read-only block publishes."""
+        read-only ones made for read-only block publishes. A staged filesystem has
+        only its staged device, read with one sysfs lookup instead of a scan."""
         path = self.pool.image_path(volume_id)
+        if record is not None and record.access_type is AccessType.MOUNT and record.device:
+            dev = self.host.loops.get(record.device)
+            if dev is not None and dev.backing_file == path and not dev.backing_deleted:
+                return [dev]
         return [d for d in self.host.loops.find_by_backing_file(path) if not d.backing_deleted]
 
     def _fs_type_for(self, volume: Volume, cap: Capability) -> str:
@@ -388,7 +396,8 @@ class NodeCore:
                     f"volume {volume_id} is staged but its loop device is gone (node"
                     " restarted?); stage it again"
                 )
-            devices = self._devices_of(volume_id)
+            devices = [device] if cap.access_type is AccessType.MOUNT else \
+                self._devices_of(volume_id)
             if cap.access_type is AccessType.MOUNT:
                 staged = self._mount_at(staging_path)
                 if staged is None or not mount_is_of(staged, device.path):
@@ -485,33 +494,50 @@ class NodeCore:
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
             if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
                 raise NotFound(f"volume {volume_id!r} does not exist")
-            record = self.catalog.get_staging(volume_id)
-            staged = record.device if record else ""
-            for device in self._devices_of(volume_id):
-                held = self._holds(target_path, device)
-                self._unmount_ours(target_path, volume_id, device)
-                if held and device.path != staged and device.read_only:
+            entry = self._mount_at(target_path)
+            if entry is not None:
+                record = self.catalog.get_staging(volume_id)
+                owner = next((d for d in self._devices_of(volume_id, record)
+                              if mount_is_of(entry, d.path)), None)
+                if owner is None:
+                    # Another volume's mount: this volume is not published here.
+                    log.warning("volume %s: unpublish at %s, which holds another mount;"
+                                " left alone", volume_id, target_path)
+                    return
+                self._unmount_ours(target_path, volume_id, owner)
+                if owner.read_only and (record is None or owner.path != record.device):
                     # The read-only device made for this block publish goes with it.
-                    self.host.loops.detach(device.path)
-            crash_point("unpublish.unmounted")
-            if self._mount_at(target_path) is not None:
-                # Another volume's mount: this volume is not published here.
-                log.warning("volume %s: unpublish at %s, which holds another mount; left"
-                            " alone", volume_id, target_path)
-                return
+                    self.host.loops.detach(owner.path)
+                crash_point("unpublish.unmounted")
+                if self._mount_at(target_path) is not None:
+                    log.warning("volume %s: %s still holds another mount; left alone",
+                                volume_id, target_path)
+                    return
             _remove_target(target_path)
 
     # --- NodeExpandVolume --------------------------------------------------------------
 
-    def expand(self, volume_id: str, volume_path: str, staging_path: str) -> int:
+    def expand(
+        self,
+        volume_id: str,
+        volume_path: str,
+        staging_path: str,
+        capacity: CapacityRange | None = None,
+        cap: Capability | None = None,
+    ) -> int:
         """Make the node see the volume's new size: refresh its loop devices and grow
         its filesystem online. Returns the volume's capacity. Idempotent.
 
-        Raises InvalidArgument, NotFound (unknown volume, or not at volume_path),
-        FailedPrecondition (the filesystem cannot be grown online here), Aborted.
+        Raises InvalidArgument (missing fields; a capability the volume does not have,
+        the spec's "Exceeds capabilities"), NotFound (unknown volume, or not at
+        volume_path), OutOfRange (a capacity_range the volume's size, which
+        ControllerExpandVolume set, does not satisfy), FailedPrecondition (the
+        filesystem cannot be grown online here), Aborted.
         """
         v.require(volume_id, "volume_id")
         v.require(volume_path, "volume_path")
+        if cap is not None:
+            check_capability(cap, self.config.filesystems)
         with self.locks.hold(volume_id, "NodeExpandVolume"):
             volume = self.controller.get_ready_volume(volume_id)
             try:
@@ -523,10 +549,19 @@ class NodeCore:
             entry = self._mount_at(volume_path)
             if not devices or entry is None or not mount_is_of_any(entry, devices):
                 raise NotFound(f"volume {volume_id} is not staged or published at {volume_path}")
+            record = self.catalog.get_staging(volume_id)
+            if cap is not None:
+                if record is not None and record.access_type is not cap.access_type:
+                    raise InvalidArgument(
+                        f"volume {volume_id} is staged for {record.access_type.value} access,"
+                        f" not {cap.access_type.value}"
+                    )
+                check_volume_capability(volume, cap)
+            if capacity is not None:
+                _check_node_capacity(volume, capacity)
             for device in devices:
                 self.host.loops.refresh_capacity(device.path)
             crash_point("node_expand.refreshed")
-            record = self.catalog.get_staging(volume_id)
             if record is None or record.access_type is AccessType.BLOCK or not record.fs_type:
                 return volume.capacity_bytes
             staged = self._device_for(volume_id, record.device) or devices[0]
@@ -579,6 +614,28 @@ class NodeCore:
             total_inodes=fs.total_inodes,
             free_inodes=fs.free_inodes,
             used_inodes=fs.used_inodes,
+        )
+
+
+def _check_node_capacity(volume: Volume, rng: CapacityRange) -> None:
+    """NodeExpandVolume only makes the node see the size ControllerExpandVolume gave the
+    volume; a range that size does not satisfy is the spec's "Unsupported capacity_range"
+    (OUT_OF_RANGE). Raises InvalidArgument for a malformed range."""
+    req, lim, size = rng.required_bytes, rng.limit_bytes, volume.capacity_bytes
+    if req < 0 or lim < 0:
+        raise InvalidArgument(f"volume {volume.id}: capacity_range bytes must not be negative")
+    if lim and req > lim:
+        raise InvalidArgument(
+            f"volume {volume.id}: required_bytes {req} is larger than limit_bytes {lim}")
+    if req > size:
+        raise OutOfRange(
+            f"volume {volume.id} has {size} bytes, less than the required {req};"
+            " grow it with ControllerExpandVolume first"
+        )
+    if lim and lim < size:
+        raise OutOfRange(
+            f"volume {volume.id} has {size} bytes, more than the limit {lim}; volumes"
+            " cannot shrink"
         )
 
 

@@ -110,7 +110,17 @@ def _unescape(field: str) -> str:
     # The kernel escapes space, tab, newline and backslash as \ooo (mangle() in
     # fs/proc_namespace.c). Work on bytes so a path that is not valid UTF-8
     # round-trips through os.fsencode/os.fsdecode unchanged.
+    if "\\" not in field:
+        return field  # the common case, and the hot path of every publish
     raw = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), os.fsencode(field))
+    return os.fsdecode(raw)
+
+
+def _escape(path: str) -> str:
+    """A path as mountinfo prints it (the inverse of _unescape)."""
+    raw = os.fsencode(path)
+    for ch in b"\\ \t\n":
+        raw = raw.replace(bytes([ch]), b"\\%03o" % ch)
     return os.fsdecode(raw)
 
 
@@ -216,8 +226,16 @@ class Mounter:
         """Entries whose mount point is exactly ``path`` after :func:`normalize`
         (symlinks in ``path`` are NOT resolved), bottom first: the last one is the
         visible (top) mount."""
-        norm = normalize(path)
-        return [m for m in self.list_mounts() if m.mount_point == norm]
+        # Only the lines whose mount point field matches are parsed: the publish path
+        # asks this several times, and a node can have hundreds of mounts.
+        wanted = _escape(normalize(path))
+        with open(self._mountinfo_path, "rb") as f:
+            text = os.fsdecode(f.read())
+        if " " + wanted + " " not in text:
+            return []
+        lines = [ln for ln in text.split("\n")
+                 if ln and ln.split(" ", 5)[4:5] == [wanted]]
+        return parse_mountinfo("\n".join(lines))
 
     def mounts_under(self, path: str) -> list[MountEntry]:
         """Entries at ``path`` or anywhere beneath it, deepest mount point first (the
