@@ -45,7 +45,7 @@ from csi_py.core.mutable import (
     direct_io_wanted,
 )
 from csi_py.core.pool import Pool
-from csi_py.linux import Host
+from csi_py.linux import Host, files
 from csi_py.linux.errors import DeviceBusy, LinuxError
 from csi_py.linux.loop import LoopDevice
 from csi_py.linux.mount import MountEntry
@@ -238,7 +238,10 @@ class NodeCore:
                 f"staging path {staging_path} already has {current.source} mounted on it,"
                 f" not volume {volume.id}"
             )
-        found = self.host.fs.detect(device.path)
+        # A backing file with no data at all is blank for sure; only otherwise is the
+        # device probed (blkid costs a fork, and most first stages are of new volumes).
+        image = self.pool.image_path(volume.id)
+        found = None if files.allocated_bytes(image) == 0 else self.host.fs.detect(device.path)
         if found is None:
             log.info("volume %s: formatting %s as %s", volume.id, device.path, fs_type)
             self.host.fs.format(device.path, fs_type)
