@@ -48,7 +48,10 @@ IGNORED_PARAMETER_PREFIXES = ("csi.storage.k8s.io/",)
 PUBLISH_CONTEXT_NODE = "node"
 PUBLISH_CONTEXT_READONLY = "readonly"
 MAX_PAGE = 1000
-_TOKEN = re.compile(r"[1-9][0-9]{0,18}")
+# The kernel refuses BTRFS_IOC_RESIZE to a size under 256 MiB (fs/btrfs/ioctl.c), so a
+# btrfs filesystem can only be grown to at least that.
+BTRFS_MIN_RESIZE_BYTES = 256 * 1024 * 1024
+TOKEN = re.compile(r"[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,31 @@ def check_capability(cap: Capability, filesystems: tuple[str, ...]) -> None:
     if cap.access_type is AccessType.BLOCK and cap.mount_flags:
         raise InvalidArgument("mount flags make no sense for a block volume")
     v.check_mount_flags(cap.mount_flags)
+
+
+def check_volume_capability(volume: Volume, cap: Capability) -> None:
+    """The spec's "Exceeds capabilities" for an existing volume: a capability naming
+    another filesystem than the volume holds. Raises InvalidArgument."""
+    if cap.access_type is AccessType.MOUNT and cap.fs_type and volume.fs_type and \
+            cap.fs_type != volume.fs_type:
+        raise InvalidArgument(
+            f"volume {volume.id} holds {volume.fs_type}, not {cap.fs_type}; the capability"
+            " does not fit it"
+        )
+
+
+def fit_growth(fs_type: str, mount: bool, old: int, size: int, limit: int, subject: str) -> int:
+    """`size` for a filesystem of `old` bytes that must grow to fill it, raised to what
+    the filesystem can grow to (btrfs: BTRFS_MIN_RESIZE_BYTES) when the limit allows.
+    Raises OutOfRange when it does not."""
+    if not mount or fs_type != "btrfs" or size <= old or size >= BTRFS_MIN_RESIZE_BYTES:
+        return size
+    if limit and limit < BTRFS_MIN_RESIZE_BYTES:
+        raise OutOfRange(
+            f"{subject}: a btrfs filesystem can only be grown to {BTRFS_MIN_RESIZE_BYTES}"
+            f" bytes or more (the kernel refuses smaller resizes); limit_bytes is {limit}"
+        )
+    return BTRFS_MIN_RESIZE_BYTES
 
 
 def topology_matches(segments: dict[str, str], key: str, node_id: str) -> bool:
@@ -182,8 +210,9 @@ class ControllerCore:
                 f"limit_bytes {lim} is smaller than the source's {at_least} bytes; a volume"
                 " made from a snapshot or a volume is at least as large as its source"
             )
-        want = req or (min(self.config.default_size_bytes, lim) if lim else
-                       self.config.default_size_bytes)
+        # Without a request, a copy of a snapshot or volume gets its source's size.
+        want = req or at_least or (min(self.config.default_size_bytes, lim) if lim else
+                                   self.config.default_size_bytes)
         size = -(-max(want, floor) // gran) * gran
         if lim and size > lim:
             # Rounding up broke the limit; a smaller multiple may still fit.
@@ -238,6 +267,9 @@ class ControllerCore:
         wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
         size = self.resolve_size(capacity, fs_type, wants_mount,
                                  at_least=origin.size_bytes if origin else 0)
+        if origin is not None:
+            size = fit_growth(fs_type, wants_mount, origin.size_bytes, size,
+                              capacity.limit_bytes, f"volume {name!r} (from {source})")
         if requisite and not any(
             topology_matches(t, self.config.topology_key, self.config.node_id) for t in requisite
         ):
@@ -452,7 +484,7 @@ class ControllerCore:
         after = 0
         if starting_token:
             # Only the exact form we issue (a positive decimal seq we handed out).
-            if not _TOKEN.fullmatch(starting_token) or int(starting_token) > \
+            if not TOKEN.fullmatch(starting_token) or int(starting_token) > \
                     self.catalog.highest_seq_issued():
                 raise Aborted(f"starting_token {starting_token!r} is not one this driver issued;"
                               " list again from the start")
@@ -519,12 +551,20 @@ class ControllerCore:
         ResourceExhausted (no room for a thick volume), Aborted.
         """
         v.require(volume_id, "volume_id")
-        if capacity.required_bytes <= 0 and capacity.limit_bytes <= 0:
+        req, lim = capacity.required_bytes, capacity.limit_bytes
+        if req < 0 or lim < 0:
+            raise InvalidArgument(f"volume {volume_id}: capacity_range bytes must not be negative")
+        if req == 0 and lim == 0:
             raise InvalidArgument(f"volume {volume_id}: capacity_range is required")
+        if lim and req > lim:
+            raise InvalidArgument(
+                f"volume {volume_id}: required_bytes {req} is larger than limit_bytes {lim}")
         if cap is not None:
             check_capability(cap, self.config.filesystems)
         with self.locks.hold(volume_id, "ControllerExpandVolume"):
             volume = self.get_ready_volume(volume_id)
+            if cap is not None:
+                check_volume_capability(volume, cap)
             if capacity.limit_bytes and capacity.limit_bytes < volume.capacity_bytes:
                 raise OutOfRange(
                     f"volume {volume_id} has {volume.capacity_bytes} bytes; shrinking it to"
@@ -536,6 +576,8 @@ class ControllerCore:
             if capacity.required_bytes <= volume.capacity_bytes:
                 return volume.capacity_bytes, needs_node
             size = self.resolve_size(capacity, volume.fs_type, False)
+            size = fit_growth(volume.fs_type, needs_node, volume.capacity_bytes, size,
+                              capacity.limit_bytes, f"volume {volume_id}")
             thick = volume.provisioning is Provisioning.THICK
             grow_by = size - volume.capacity_bytes
             report = self.capacity(volume.provisioning)

@@ -153,7 +153,13 @@ def reconcile(driver: Driver) -> ReconcileReport:
         record = staged.get(volume_id)
         if record is not None and not dev.backing_deleted and \
                 catalog.get_volume(volume_id) is not None:
-            if record.device != dev.path and record.state is StagingState.STAGED:
+            # Follow the staged device only if the recorded one is gone: a second,
+            # read-only device (made for a read-only block publish) must never
+            # become the staged one, or later read-write publishes get it.
+            recorded = host.loops.get(record.device) if record.device else None
+            if record.device != dev.path and record.state is StagingState.STAGED and \
+                    (recorded is None or recorded.backing_file != dev.backing_file) and \
+                    (record.readonly or not dev.read_only):
                 catalog.put_staging(_replace_device(record, dev.path))
             continue
         for m in reversed(host.mounts.list_mounts()):

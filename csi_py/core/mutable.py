@@ -3,6 +3,8 @@ checked, and how they are applied to a live loop device."""
 
 from __future__ import annotations
 
+import re
+
 from csi_py.core.errors import InvalidArgument
 from csi_py.linux import Host
 
@@ -10,6 +12,7 @@ DIRECT_IO = "directIO"  # "true" / "false": the loop device's direct I/O mode
 READ_AHEAD_KIB = "readAheadKiB"  # 0..65536: the loop device's read-ahead window
 MUTABLE_KEYS = (DIRECT_IO, READ_AHEAD_KIB)
 MAX_READ_AHEAD_KIB = 65536
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also takes '²'
 # The kernel's usual read-ahead window (VM_READAHEAD_PAGES), set on every attach unless a
 # volume asks for another.
 DEFAULT_READ_AHEAD_KIB = 128
@@ -32,7 +35,7 @@ def check_mutable(values: dict[str, str], subject: str) -> dict[str, str]:
         normalized[DIRECT_IO] = text
     if READ_AHEAD_KIB in values:
         text = values[READ_AHEAD_KIB].strip()
-        if not text.isdigit() or int(text) > MAX_READ_AHEAD_KIB:
+        if not _DIGITS.fullmatch(text) or int(text) > MAX_READ_AHEAD_KIB:
             raise InvalidArgument(
                 f"{subject}: {READ_AHEAD_KIB} must be a whole number from 0 to"
                 f" {MAX_READ_AHEAD_KIB}"

@@ -114,13 +114,25 @@ class NodeCore:
     def _devices_of(self, volume_id: str, record: Staging | None = None) -> list[LoopDevice]:
         """Every loop device on this volume's backing file: the staged one and any
         read-only ones made for read-only block publishes. A staged filesystem has
-        only its staged device, read with one sysfs lookup instead of a scan."""
+        only its staged device, read with one sysfs lookup instead of a scan.
+
+        Also a device whose backing file was deleted behind our back (ids are never
+        reused, so it is this volume's): its mounts must still be found, reported and
+        taken down."""
         path = self.pool.image_path(volume_id)
         if record is not None and record.access_type is AccessType.MOUNT and record.device:
             dev = self.host.loops.get(record.device)
-            if dev is not None and dev.backing_file == path and not dev.backing_deleted:
+            if dev is not None and dev.backing_file == path:
                 return [dev]
-        return [d for d in self.host.loops.find_by_backing_file(path) if not d.backing_deleted]
+        return self.host.loops.find_by_backing_file(path)
+
+    def _detached_device(self, record: Staging | None) -> str:
+        """The device a staged volume was attached to, when the kernel has detached it
+        since (LOOP_CLR_FD behind our back) and it is still free: the volume's mounts
+        (a published block device) still name it. "" otherwise."""
+        if record is None or not record.device or record.state is not StagingState.STAGED:
+            return ""
+        return record.device if self.host.loops.get(record.device) is None else ""
 
     def _fs_type_for(self, volume: Volume, cap: Capability) -> str:
         return cap.fs_type or volume.fs_type or self.config.default_fs_type
@@ -502,6 +514,19 @@ class NodeCore:
                 record = self.catalog.get_staging(volume_id)
                 owner = next((d for d in self._devices_of(volume_id, record)
                               if mount_is_of(entry, d.path)), None)
+                lost = self._detached_device(record)
+                if owner is None and lost and mount_is_of(entry, lost):
+                    # Its loop device was detached behind our back: the mount of the
+                    # dead device node is still ours to take down.
+                    try:
+                        self.host.mounts.unmount(target_path)
+                    except DeviceBusy as exc:
+                        raise FailedPrecondition(
+                            f"volume {volume_id}: {target_path} is busy (a process still uses"
+                            f" it): {exc}"
+                        ) from exc
+                    _remove_target(target_path)
+                    return
                 if owner is None:
                     # Another volume's mount: this volume is not published here.
                     log.warning("volume %s: unpublish at %s, which holds another mount;"
@@ -599,15 +624,18 @@ class NodeCore:
             # A path that cannot be ours is simply not where the volume is (the spec's
             # NOT_FOUND); it is never touched.
             raise NotFound(f"volume {volume_id} is not published at {volume_path!r}") from None
-        devices = self._devices_of(volume_id)
-        if not devices:
+        # A broken volume (its backing file deleted, its device detached) is still
+        # reported: its volume condition says what is wrong.
+        paths = [d.path for d in self._devices_of(volume_id)]
+        lost = self._detached_device(self.catalog.get_staging(volume_id))
+        paths += [lost] if lost else []
+        if not paths:
             raise NotFound(f"volume {volume_id} is not staged on this node")
         entry = self._mount_at(volume_path)
-        if entry is None or not mount_is_of_any(entry, devices):
+        if entry is None or not any(mount_is_of(entry, p) for p in paths):
             raise NotFound(f"volume {volume_id} is not mounted at {volume_path}")
-        device = devices[0]
         if stat.S_ISBLK(os.stat(volume_path).st_mode):
-            size = self.host.fs.block_device_size(device.path)
+            size = self.host.fs.block_device_size(paths[0])
             return VolumeStats(total_bytes=size, available_bytes=0, used_bytes=0, is_block=True)
         fs = self.host.fs.statfs(volume_path)
         return VolumeStats(

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 
 from csi_py.core import validation as v
 from csi_py.core.capture import Capturer, Progress
-from csi_py.core.controller import IGNORED_PARAMETER_PREFIXES, MAX_PAGE, ControllerCore
+from csi_py.core.controller import (
+    IGNORED_PARAMETER_PREFIXES,
+    MAX_PAGE,
+    TOKEN,
+    ControllerCore,
+)
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.errors import (
     Aborted,
     AlreadyExists,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -77,6 +81,17 @@ class ProgressFile:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _check_members(group: GroupSnapshot, snapshot_ids: list[str]) -> None:
+    """The spec's "Snapshot list mismatch" (INVALID_ARGUMENT) when `snapshot_ids` is given
+    and is not exactly the group's members. An empty list (csi-sanity sends none) is not
+    checked."""
+    if snapshot_ids and sorted(snapshot_ids) != sorted(group.snapshot_ids):
+        raise InvalidArgument(
+            f"group snapshot {group.id} holds snapshots {sorted(group.snapshot_ids)}, not"
+            f" {sorted(snapshot_ids)}"
+        )
 
 
 def _no_space(exc: OSError) -> bool:
@@ -236,7 +251,7 @@ class SnapshotCore:
             raise InvalidArgument("max_entries must not be negative")
         after = 0
         if starting_token:
-            if not starting_token.isdigit() or \
+            if not TOKEN.fullmatch(starting_token) or \
                     int(starting_token) > self.catalog.highest_snapshot_seq_issued():
                 raise Aborted(f"starting_token {starting_token!r} is not one this driver issued;"
                               " list again from the start")
@@ -272,8 +287,12 @@ class SnapshotCore:
         v.check_string(name, "name")
         if not source_volume_ids:
             raise InvalidArgument(f"group snapshot {name!r}: source_volume_ids are required")
-        if len(set(source_volume_ids)) != len(source_volume_ids):
-            raise InvalidArgument(f"group snapshot {name!r}: source_volume_ids repeat a volume")
+        repeated = sorted({vid for vid in source_volume_ids if source_volume_ids.count(vid) > 1})
+        if repeated:
+            raise InvalidArgument(
+                f"group snapshot {name!r}: source_volume_ids name volume(s) {repeated} more"
+                " than once"
+            )
         _check_parameters(parameters, f"group snapshot {name!r}")
         with self.locks.hold("group-name:" + name, "CreateVolumeGroupSnapshot"):
             existing = self.catalog.get_group_by_name(name)
@@ -339,8 +358,8 @@ class SnapshotCore:
     def delete_group(self, group_id: str, snapshot_ids: list[str]) -> None:
         """Delete a group snapshot and its members. Idempotent: unknown is success.
 
-        Raises InvalidArgument (empty id), FailedPrecondition (snapshot_ids given and
-        not exactly the group's members), Aborted.
+        Raises InvalidArgument (empty id, or snapshot_ids given and not exactly the
+        group's members: the spec's "Snapshot list mismatch"), Aborted.
         """
         v.require(group_id, "group_snapshot_id")
         if not v.is_group_id(group_id):
@@ -349,24 +368,17 @@ class SnapshotCore:
             group = self.catalog.get_group(group_id)
             if group is None:
                 return
-            if snapshot_ids and sorted(snapshot_ids) != sorted(group.snapshot_ids):
-                raise FailedPrecondition(
-                    f"group snapshot {group_id} holds {sorted(group.snapshot_ids)}, not"
-                    f" {sorted(snapshot_ids)}"
-                )
+            _check_members(group, snapshot_ids)
             self._forget_group(group)
 
     def get_group(self, group_id: str, snapshot_ids: list[str]) -> GroupSnapshot:
-        """A ready group snapshot. Raises InvalidArgument, NotFound, FailedPrecondition."""
+        """A ready group snapshot. Raises InvalidArgument (empty id, or a snapshot list
+        mismatch), NotFound."""
         v.require(group_id, "group_snapshot_id")
         group = self.catalog.get_group(group_id) if v.is_group_id(group_id) else None
         if group is None or group.state is not SnapshotState.READY:
             raise NotFound(f"group snapshot {group_id!r} does not exist")
-        if snapshot_ids and sorted(snapshot_ids) != sorted(group.snapshot_ids):
-            raise FailedPrecondition(
-                f"group snapshot {group_id} holds {sorted(group.snapshot_ids)}, not"
-                f" {sorted(snapshot_ids)}"
-            )
+        _check_members(group, snapshot_ids)
         return group
 
     def snapshot_file(self, snapshot_id: str) -> str:

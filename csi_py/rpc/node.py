@@ -97,7 +97,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def NodeExpandVolume(self, request, context):  # noqa: N802
         self.driver.require_ready()
         size = self.core.expand(
-            request.volume_id, request.volume_path, request.staging_target_path
+            request.volume_id,
+            request.volume_path,
+            request.staging_target_path,
+            capacity=convert.capacity_range(request.capacity_range)
+            if request.HasField("capacity_range") else None,
+            cap=convert.optional_capability(request),
         )
         return pb.NodeExpandVolumeResponse(capacity_bytes=size)
 

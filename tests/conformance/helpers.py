@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py._proto import csi_pb2_grpc
 from csi_py.rpc.client import mount_capability
 
 MiB = 1024 * 1024
@@ -136,3 +137,45 @@ def node_session(driver: Any) -> Iterator[NodeSession]:
     finally:
         session.close()
 
+
+
+# --- snapshots and group snapshots ---------------------------------------------------------
+
+
+def snapshot(driver: Any, source_volume_id: str, name: str) -> pb.Snapshot:
+    """Cut a snapshot and return it."""
+    return driver.client.controller.CreateSnapshot(
+        pb.CreateSnapshotRequest(source_volume_id=source_volume_id, name=name), timeout=120
+    ).snapshot
+
+
+def snapshot_files(driver: Any) -> set[str]:
+    """The files in the pool's snapshots directory (images and temp files)."""
+    return set(os.listdir(os.path.join(driver.pool, "snapshots")))
+
+
+def unknown_snapshot_id() -> str:
+    """An id of the right shape that no snapshot has."""
+    return "snap-" + "0" * 32
+
+
+def unknown_group_id() -> str:
+    """An id of the right shape that no group snapshot has."""
+    return "group-" + "0" * 32
+
+
+def group_stub(driver: Any) -> csi_pb2_grpc.GroupControllerStub:
+    """The GroupController service on the driver's channel."""
+    return csi_pb2_grpc.GroupControllerStub(driver.client.channel)
+
+
+def restore_request(name: str, snapshot_id: str = "", volume_id: str = "", size: int = 0,
+                    limit: int = 0, caps: list[pb.VolumeCapability] | None = None
+                    ) -> pb.CreateVolumeRequest:
+    """A CreateVolumeRequest from a snapshot (or, with volume_id, a clone of a volume)."""
+    request = create_request(name, size, caps=caps, limit=limit)
+    if snapshot_id:
+        request.volume_content_source.snapshot.snapshot_id = snapshot_id
+    if volume_id:
+        request.volume_content_source.volume.volume_id = volume_id
+    return request
