@@ -35,6 +35,7 @@ from csi_py.core.model import (
 from csi_py.core.mutable import apply_mutable, check_mutable
 from csi_py.core.pool import Pool
 from csi_py.linux import Host, files
+from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
 from csi_py.state.catalog import Catalog, NameTaken
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,6 @@ IGNORED_PARAMETER_PREFIXES = ("csi.storage.k8s.io/",)
 PUBLISH_CONTEXT_NODE = "node"
 PUBLISH_CONTEXT_READONLY = "readonly"
 MAX_PAGE = 1000
-# The kernel refuses BTRFS_IOC_RESIZE to a size under 256 MiB (fs/btrfs/ioctl.c), so a
-# btrfs filesystem can only be grown to at least that.
-BTRFS_MIN_RESIZE_BYTES = 256 * 1024 * 1024
 TOKEN = re.compile(r"[1-9][0-9]{0,18}")
 
 
@@ -255,10 +253,17 @@ class ControllerCore:
             check_capability(cap, self.config.filesystems)
         mutable = check_mutable(mutable_parameters, f"volume {name!r}")
         fs_type, provisioning = self._parse_parameters(parameters, caps)
+        asked = parameters.get(PARAM_FS_TYPE) or next((c.fs_type for c in caps if c.fs_type), "")
+        if source is not None:
+            made = self.catalog.get_volume_by_name(name)
+            if made is not None and made.content_source == source.label and \
+                    made.state is VolumeState.READY:
+                # The retry of a restore or clone that finished: answered from the
+                # record, even if the source has been deleted since.
+                return self._existing_for_create(made, capacity, asked or made.fs_type,
+                                                 provisioning, parameters, source)
         origin = self._resolve_source(name, source) if source else None
         if origin is not None and origin.fs_type and origin.fs_type != fs_type:
-            asked = parameters.get(PARAM_FS_TYPE) or next(
-                (c.fs_type for c in caps if c.fs_type), "")
             if asked:
                 raise InvalidArgument(
                     f"volume {name!r}: its source {source} holds {origin.fs_type}, not {asked}"

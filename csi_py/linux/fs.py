@@ -694,7 +694,16 @@ def _xfs_needs_grow(mount_point: str, device_bytes: int) -> bool:
     return bool(blocks > data_blocks)
 
 
+# The kernel refuses BTRFS_IOC_RESIZE to a size under 256 MiB (fs/btrfs/ioctl.c), so a
+# btrfs filesystem can only be grown to at least that.
+BTRFS_MIN_RESIZE_BYTES = 256 << 20
+
+
 def _btrfs_needs_grow(device: str, mount_point: str, device_bytes: int) -> bool:
+    if device_bytes < BTRFS_MIN_RESIZE_BYTES:
+        # The kernel refuses to resize btrfs below 256 MiB: a device that small is as
+        # grown as it can be.
+        return False
     info = bytearray(1024)
     try:
         _ioctl_dir(mount_point, BTRFS_IOC_FS_INFO, info)

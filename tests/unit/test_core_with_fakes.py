@@ -180,3 +180,20 @@ def test_unknown_volume_is_not_found_on_the_node(env):
     driver, _, tmp = env
     with pytest.raises(NotFound):
         driver.node.stage("vol-" + "0" * 32, str(tmp / "stage"), MOUNT, {})
+
+
+def test_a_retried_restore_succeeds_after_its_snapshot_is_gone(env):
+    """The CO may retry a CreateVolume that finished; by then the snapshot may have been
+    deleted. The answer comes from the record: the same volume."""
+    from csi_py.core.controller import ContentSource
+
+    driver, _, _ = env
+    vol = new_volume(driver, "src", cap=BLOCK)
+    snap = driver.snapshots.create(vol.id, "snap", {})
+    source = ContentSource("snapshot", snap.id)
+    first = driver.controller.create_volume("restored", CapacityRange(0, 0), [BLOCK], {}, {},
+                                            [], source=source)
+    driver.snapshots.delete(snap.id)
+    again = driver.controller.create_volume("restored", CapacityRange(0, 0), [BLOCK], {}, {},
+                                            [], source=source)
+    assert again.id == first.id and again.capacity_bytes == vol.capacity_bytes
