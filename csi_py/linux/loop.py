@@ -101,7 +101,25 @@ class LoopManager:
         through os.path.realpath). Usually zero or one; more than one means someone
         attached the file twice."""
         want = os.path.realpath(backing_file)
-        return [d for d in self.list_attached() if os.path.realpath(d.backing_file) == want]
+        found = []
+        # Only each device's backing_file is read; the rest of sysfs only for a match
+        # (the delete and stage paths ask this, and a node may have many devices).
+        for name in os.listdir(self._sys):
+            m = _NAME.fullmatch(name)
+            if not m:
+                continue
+            backing = _read(os.path.join(self._sys, name, "loop", "backing_file"),
+                            strip_all=False)
+            if backing is None:
+                continue
+            backing = backing.removesuffix(DELETED_SUFFIX)
+            # The kernel prints the path it resolved at attach time; realpath only
+            # for a path that does not already match (e.g. a symlinked pool).
+            if backing == want or os.path.realpath(backing) == want:
+                dev = self._describe(int(m.group(1)))
+                if dev is not None:
+                    found.append(dev)
+        return sorted(found, key=lambda d: d.number)
 
     def get(self, device_path: str) -> LoopDevice | None:
         """The attached loop device at ``device_path``, or None if it is not a loop

@@ -137,8 +137,14 @@ class Catalog:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction. `durable`: its commit is on disk before it returns (an
+        fsync of the WAL). Records the kernel can tell us again after a power loss
+        (stagings) or that the CO re-sends (attachments) commit without one; the
+        next durable commit carries them to disk too. A process crash loses
+        neither: WAL commits are atomic."""
         with self._lock:
+            self._db.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -289,7 +295,7 @@ class Catalog:
 
     def put_attachment(self, attachment: Attachment) -> None:
         """Record (or replace) an attachment. Idempotent."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute(
                 "INSERT OR REPLACE INTO attachments VALUES (?,?,?,?,?)",
                 (
@@ -303,7 +309,7 @@ class Catalog:
 
     def remove_attachment(self, volume_id: str, node_id: str) -> None:
         """Forget an attachment. Idempotent."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute(
                 "DELETE FROM attachments WHERE volume_id=? AND node_id=?", (volume_id, node_id)
             )
@@ -350,7 +356,7 @@ class Catalog:
 
     def put_staging(self, staging: Staging) -> None:
         """Record (or replace) a volume's staging. Idempotent."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute(
                 "INSERT OR REPLACE INTO stagings VALUES (?,?,?,?,?,?,?,?)",
                 (
@@ -371,7 +377,7 @@ class Catalog:
 
     def delete_staging(self, volume_id: str) -> None:
         """Forget a staging. Idempotent."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("DELETE FROM stagings WHERE volume_id=?", (volume_id,))
 
     def list_stagings(self) -> list[Staging]:
