@@ -19,6 +19,16 @@ def _fail(exc: grpc.RpcError) -> int:
     return 1
 
 
+def _create(client: Client, args: argparse.Namespace, request: pb.CreateVolumeRequest
+            ) -> pb.Volume:
+    """CreateVolume with the name and size from the command line; prints the result."""
+    request.name = args.name
+    request.capacity_range.required_bytes = args.size
+    vol = client.controller.CreateVolume(request, timeout=client.timeout).volume
+    print(f"{vol.volume_id}\t{vol.capacity_bytes}\t{dict(vol.volume_context)}")
+    return vol
+
+
 def volume(args: argparse.Namespace) -> int:
     with Client(args.endpoint) as client:
         try:
@@ -26,18 +36,9 @@ def volume(args: argparse.Namespace) -> int:
                 params = {"provisioning": "thick"} if args.thick else {}
                 if args.fs_type:
                     params["fsType"] = args.fs_type
-                cap = block_capability() if args.block else mount_capability(args.fs_type)
-                resp = client.controller.CreateVolume(
-                    pb.CreateVolumeRequest(
-                        name=args.name,
-                        capacity_range=pb.CapacityRange(required_bytes=args.size),
-                        volume_capabilities=[cap],
-                        parameters=params,
-                    ),
-                    timeout=client.timeout,
-                )
-                vol = resp.volume
-                print(f"{vol.volume_id}\t{vol.capacity_bytes}\t{dict(vol.volume_context)}")
+                vol = _create(client, args, pb.CreateVolumeRequest(
+                    parameters=params, volume_capabilities=[
+                        block_capability() if args.block else mount_capability(args.fs_type)]))
                 topo = vol.accessible_topology[0].segments if vol.accessible_topology else {}
                 print(f"# for a static PV: spec.csi.volumeHandle={vol.volume_id}; node affinity"
                       f" {dict(topo)}", file=sys.stderr)
@@ -68,18 +69,9 @@ def volume(args: argparse.Namespace) -> int:
                     source.snapshot.snapshot_id = args.source
                 else:
                     source.volume.volume_id = args.source
-                cap = block_capability() if args.block else mount_capability()
-                resp = client.controller.CreateVolume(
-                    pb.CreateVolumeRequest(
-                        name=args.name,
-                        capacity_range=pb.CapacityRange(required_bytes=args.size),
-                        volume_capabilities=[cap],
-                        volume_content_source=source,
-                    ),
-                    timeout=client.timeout,
-                )
-                vol = resp.volume
-                print(f"{vol.volume_id}\t{vol.capacity_bytes}\t{dict(vol.volume_context)}")
+                _create(client, args, pb.CreateVolumeRequest(
+                    volume_content_source=source, volume_capabilities=[
+                        block_capability() if args.block else mount_capability()]))
         except grpc.RpcError as exc:
             return _fail(exc)
     return 0
