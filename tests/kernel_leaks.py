@@ -54,9 +54,13 @@ def clean_under(root: str) -> None:
     """Unmount (deepest first) and detach everything below `root`. Best effort."""
     import fcntl
 
+    # Loop devices are found before anything is unmounted: a backing file on a
+    # filesystem mounted inside `root` no longer shows a path under `root` once that
+    # filesystem is (lazily) unmounted, and would escape the cleanup.
+    loops = loops_under(root)
     for point in reversed(mounts_under(root)):
         _libc.umount2(point.encode(), MNT_DETACH)
-    for dev in loops_under(root):
+    for dev in loops:
         try:
             fd = os.open(dev, os.O_RDONLY)
             try:

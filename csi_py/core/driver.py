@@ -3,8 +3,10 @@ reconciliation and readiness."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 
@@ -60,7 +62,10 @@ class Driver:
         self.host = host
         self.pool = Pool(config.pool)
         self.pool.prepare()
+        if not self.pool.keep_catalog_reserve():
+            log.warning("pool %s is full: no space for the catalog's reserve", config.pool)
         self.catalog = Catalog(self.pool.catalog_path)
+        _retry_when_pool_full(self.catalog, self.pool)
         self.locks = KeyedTryLock()
         self.controller = ControllerCore(config, self.catalog, self.pool, host, self.locks)
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
@@ -187,6 +192,31 @@ def reconcile(driver: Driver) -> ReconcileReport:
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)
     return report
+
+
+def _retry_when_pool_full(catalog: Catalog, pool: Pool) -> None:
+    """Make each catalog call that fails because the pool is full (thin volumes wrote
+    it full) free the catalog's reserve and try once more, so the calls that free
+    space (unstage, delete) can still be recorded. Each call is one transaction,
+    rolled back when it failed, so trying again is safe."""
+
+    def guarded(method):  # type: ignore[no-untyped-def]
+        @functools.wraps(method)
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            try:
+                return method(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc) or not pool.release_catalog_reserve():
+                    raise
+                log.warning("pool %s is full; released the catalog's reserve so the"
+                            " catalog can still be written. Free space in the pool",
+                            pool.root)
+                return method(*args, **kwargs)
+        return call
+
+    for name, member in vars(Catalog).items():
+        if callable(member) and not name.startswith("_") and name != "close":
+            setattr(catalog, name, guarded(getattr(catalog, name)))
 
 
 def _all_volume_ids(catalog: Catalog) -> list[str]:

@@ -60,6 +60,10 @@ class EphemeralVolumes:
         stage and publish steps raise.
         """
         v.check_string(handle, "volume_id", limit=v.MAX_STRING_BYTES - len(NAME_PREFIX))
+        # Checked before anything is made: a target refused after the create and stage
+        # would also be refused by the undo's unpublish, leaving the volume staged.
+        target_path = v.check_absolute_path(target_path, "target_path")
+        v.check_no_symlink(target_path, "target_path")
         if cap is None:
             raise InvalidArgument(f"volume {handle}: volume_capability is required")
         if cap.access_type is not AccessType.MOUNT:

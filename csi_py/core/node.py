@@ -477,6 +477,8 @@ class NodeCore:
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise AlreadyExists(f"target {path} exists and is not a directory") from None
+        except OSError as exc:
+            raise _cannot_make(path, exc) from None
 
     @staticmethod
     def _make_file(path: str) -> None:
@@ -496,6 +498,8 @@ class NodeCore:
                 NodeCore._make_file(path)
             elif not stat.S_ISREG(mode):
                 raise AlreadyExists(f"target {path} exists and is not a regular file") from None
+        except OSError as exc:
+            raise _cannot_make(path, exc) from None
 
     # --- NodeUnpublishVolume -----------------------------------------------------------
 
@@ -506,6 +510,9 @@ class NodeCore:
         """
         v.require(volume_id, "volume_id")
         target_path = v.check_absolute_path(target_path, "target_path")
+        # As for publish: a symlinked parent would make the rmdir below remove a
+        # directory somewhere else.
+        v.check_no_symlink(target_path, "target_path")
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
             if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
                 raise NotFound(f"volume {volume_id!r} does not exist")
@@ -682,8 +689,21 @@ def _remove_target(path: str) -> None:
         elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
             os.unlink(path)
     except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise FailedPrecondition(
+                f"target {path} is still a mount point (mounted again there, or in another"
+                " mount namespace); unmount it and retry") from None
         if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
-            raise
+            # E.g. EROFS or EACCES: its parent is not writable, which the CO must ensure.
+            raise FailedPrecondition(
+                f"cannot remove target {path}: {exc.strerror or exc}") from None
+
+
+def _cannot_make(path: str, exc: OSError) -> FailedPrecondition:
+    """The CO must give a target whose parent exists and is writable by the driver."""
+    return FailedPrecondition(
+        f"cannot create target {path}: {exc.strerror or exc}; its parent directory must"
+        " exist and be writable (the CO creates it before NodePublishVolume)")
 
 
 def _describe(staging: Staging) -> str:

@@ -9,6 +9,12 @@ from dataclasses import dataclass
 
 from csi_py.core.errors import InvalidArgument
 from csi_py.core.validation import is_snapshot_id, is_volume_id
+from csi_py.linux import files
+
+# Pool space held back for the catalog: thin volumes can fill the pool with their
+# writes, and then the catalog could not record even the calls that free space
+# (unstage, delete). This much is released when a catalog write finds the pool full.
+CATALOG_RESERVE_BYTES = 8 << 20
 
 
 class PoolError(Exception):
@@ -36,6 +42,32 @@ class Pool:
     @property
     def catalog_path(self) -> str:
         return os.path.join(self.root, "catalog.db")
+
+    @property
+    def catalog_reserve_path(self) -> str:
+        return os.path.join(self.root, "catalog.reserve")
+
+    def keep_catalog_reserve(self) -> bool:
+        """Allocate the catalog's reserve file if it is missing. Best effort (False
+        when the pool has no room for it now). Idempotent."""
+        if os.path.exists(self.catalog_reserve_path):
+            return True
+        try:
+            files.create_image(self.catalog_reserve_path, CATALOG_RESERVE_BYTES,
+                               preallocate=True)
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
+        return True
+
+    def release_catalog_reserve(self) -> bool:
+        """Give the reserve's space back to the pool. True if there was one to free."""
+        try:
+            os.unlink(self.catalog_reserve_path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def image_path(self, volume_id: str) -> str:
         """The backing file of a volume. Raises InvalidArgument for a malformed id."""

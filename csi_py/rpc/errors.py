@@ -60,7 +60,18 @@ def with_subject(request: Any, message: str) -> str:
         return message
     if key == "source_volume_id":
         noun = "volume"
-    return f"{noun} {value!r}: {message}"
+    shown = repr(value) if len(value) <= 256 else f"{value[:64]!r}... ({len(value)} chars)"
+    return f"{noun} {shown}: {message}"
+
+
+# Status messages travel in an HTTP/2 trailer, which gRPC caps (8 KiB by default): a
+# longer one (e.g. echoing a huge request field) would turn the answer into the
+# transport's RESOURCE_EXHAUSTED. Every message is cut to this many characters.
+MAX_MESSAGE = 2048
+
+
+def _cut(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
 
 
 def rpc_method(func: F) -> F:
@@ -74,10 +85,10 @@ def rpc_method(func: F) -> F:
         except (e.DriverError, LinuxError) as exc:
             code = status_for(exc)
             log.info("%s -> %s: %s", func.__name__, code.name, exc)
-            context.abort(code, with_subject(request, str(exc)))
+            context.abort(code, _cut(with_subject(request, str(exc))))
         except Exception as exc:  # noqa: BLE001 - the client must get a status, not a hang
             log.exception("%s failed unexpectedly", func.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, with_subject(
-                request, f"{func.__name__}: {type(exc).__name__}: {exc}"))
+            context.abort(grpc.StatusCode.INTERNAL, _cut(with_subject(
+                request, f"{func.__name__}: {type(exc).__name__}: {exc}")))
 
     return wrapper  # type: ignore[return-value]

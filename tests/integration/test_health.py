@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -185,6 +186,11 @@ def test_ext4_errors(driver):
         name = os.path.basename(loop_of(driver, vol.volume_id))
         with open(f"/sys/fs/ext4/{name}/trigger_fs_error", "w") as fh:
             fh.write("1")
+        # ext4 records an error in its superblock from a work item, a moment after
+        # the error itself: wait (bounded) for the count to appear.
+        deadline = time.monotonic() + 10
+        while not condition(driver, vol.volume_id).abnormal and time.monotonic() < deadline:
+            time.sleep(0.05)
         words = (vol.volume_id, "ext4", "error", "fsck")
         assert_abnormal(condition(driver, vol.volume_id), *words)
         assert_abnormal(node_condition(driver, vol.volume_id, target), *words)
