@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-direct-io", action="store_true",
                        help="attach loop devices with buffered I/O instead of direct I/O")
     serve.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve.add_argument("--expansion", choices=("controller", "node"), default="controller",
+                       help="who grows a volume's file: ControllerExpandVolume (default) or"
+                            " NodeExpandVolume on the volume's node (for the distributed layout,"
+                            " where the resizer may run on another node)")
     serve.add_argument("--metrics-address", default="",
                        help="serve Prometheus metrics at http://ADDRESS/metrics, e.g. :9810"
                             " (default: off)")
@@ -124,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         direct_io=not args.no_direct_io,
         grpc_workers=args.workers,
         metrics_address=args.metrics_address,
+        expansion=args.expansion,
         log_level=args.log_level,
     ).validated()
 

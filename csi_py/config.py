@@ -39,6 +39,10 @@ class Config:
     max_volumes_per_node: int = 0
     direct_io: bool = True
     grpc_workers: int = 16
+    # Who grows a volume's backing file: "controller" (ControllerExpandVolume, the usual
+    # split) or "node" (NodeExpandVolume on the volume's node; for layouts where the
+    # controller-side sidecars may run on another node than the volume).
+    expansion: str = "controller"
     # "host:port" or ":port" for the Prometheus endpoint; "" turns it off.
     metrics_address: str = ""
     log_level: str = "INFO"
@@ -83,6 +87,8 @@ class Config:
             raise ConfigError(
                 f"--metrics-address {self.metrics_address!r} must look like :9810 or 0.0.0.0:9810"
             )
+        if self.expansion not in ("controller", "node"):
+            raise ConfigError("--expansion must be 'controller' or 'node'")
         if self.max_volumes_per_node < 0:
             raise ConfigError("--max-volumes-per-node must be >= 0 (0: no limit)")
         return self

@@ -580,35 +580,44 @@ class ControllerCore:
             needs_node = cap is None or cap.access_type is AccessType.MOUNT
             if capacity.required_bytes <= volume.capacity_bytes:
                 return volume.capacity_bytes, needs_node
-            size = self.resolve_size(capacity, volume.fs_type, False)
-            size = fit_growth(volume.fs_type, needs_node, volume.capacity_bytes, size,
-                              capacity.limit_bytes, f"volume {volume_id}")
-            thick = volume.provisioning is Provisioning.THICK
-            grow_by = size - volume.capacity_bytes
-            report = self.capacity(volume.provisioning)
-            if grow_by > report.available_bytes:
+            return self.grow_locked(volume, capacity, needs_node), needs_node
+
+    def grow_locked(self, volume: Volume, capacity: CapacityRange, mount: bool) -> int:
+        """Grow the backing file (and any loop device on it) to fit `capacity`; the
+        caller holds the volume's lock and checked the range. Returns the new size.
+
+        Raises OutOfRange, ResourceExhausted.
+        """
+        volume_id = volume.id
+        size = self.resolve_size(capacity, volume.fs_type, False)
+        size = fit_growth(volume.fs_type, mount, volume.capacity_bytes, size,
+                          capacity.limit_bytes, f"volume {volume_id}")
+        thick = volume.provisioning is Provisioning.THICK
+        grow_by = size - volume.capacity_bytes
+        report = self.capacity(volume.provisioning)
+        if grow_by > report.available_bytes:
+            raise ResourceExhausted(
+                f"volume {volume_id}: growing by {grow_by} bytes does not fit; the pool"
+                f" {self.pool.root} can offer {report.available_bytes} bytes"
+            )
+        path = self.pool.image_path(volume_id)
+        try:
+            files.grow_image(path, size, preallocate=thick)
+            crash_point("expand.file_grown")
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ResourceExhausted(
-                    f"volume {volume_id}: growing by {grow_by} bytes does not fit; the pool"
-                    f" {self.pool.root} can offer {report.available_bytes} bytes"
-                )
-            path = self.pool.image_path(volume_id)
-            try:
-                files.grow_image(path, size, preallocate=thick)
-                crash_point("expand.file_grown")
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise ResourceExhausted(
-                        f"volume {volume_id}: the pool ran out of space growing to {size}"
-                    ) from exc
-                raise
-            for device in self.host.loops.find_by_backing_file(path):
-                self.host.loops.refresh_capacity(device.path)
-            crash_point("expand.device_refreshed")
-            self.catalog.set_volume_capacity(volume_id, size)
-            crash_point("expand.committed")
-            log.info("volume %s grown from %d to %d bytes", volume_id, volume.capacity_bytes,
-                     size)
-            return size, needs_node
+                    f"volume {volume_id}: the pool ran out of space growing to {size}"
+                ) from exc
+            raise
+        for device in self.host.loops.find_by_backing_file(path):
+            self.host.loops.refresh_capacity(device.path)
+        crash_point("expand.device_refreshed")
+        self.catalog.set_volume_capacity(volume_id, size)
+        crash_point("expand.committed")
+        log.info("volume %s grown from %d to %d bytes", volume_id, volume.capacity_bytes,
+                 size)
+        return size
 
     # --- ControllerModifyVolume ----------------------------------------------------------
 

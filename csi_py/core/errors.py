@@ -41,5 +41,9 @@ class Unavailable(DriverError):
     """The driver is not ready yet (start-up reconciliation still running)."""
 
 
+class Unimplemented(DriverError):
+    """This driver instance does not serve the call (it does not advertise it)."""
+
+
 class Internal(DriverError):
     """The kernel or a tool failed in a way the caller cannot fix by changing the request."""

@@ -592,6 +592,14 @@ class NodeCore:
                         f" not {cap.access_type.value}"
                     )
                 check_volume_capability(volume, cap)
+            if capacity is not None and self.config.expansion == "node" and \
+                    capacity.required_bytes > volume.capacity_bytes and \
+                    (not capacity.limit_bytes or capacity.limit_bytes >= volume.capacity_bytes):
+                # --expansion node: the file grows here, on the volume's node (the
+                # resizer, maybe elsewhere, only recorded the new size).
+                mount = record is None or record.access_type is AccessType.MOUNT
+                self.controller.grow_locked(volume, capacity, mount)
+                volume = self.controller.get_ready_volume(volume_id)
             if capacity is not None:
                 _check_node_capacity(volume, capacity)
             for device in devices:

@@ -6,7 +6,7 @@ from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.controller import ContentSource
 from csi_py.core.driver import Driver
-from csi_py.core.errors import InvalidArgument
+from csi_py.core.errors import InvalidArgument, Unimplemented
 from csi_py.rpc import convert
 from csi_py.rpc.errors import rpc_method
 
@@ -29,6 +29,8 @@ CONTROLLER_CAPABILITIES = (
     # GET_SNAPSHOT is left out although GetSnapshot is served: csi-sanity v5.4.0 fails
     # on a capability it does not know, and the sidecars do not need it.
 )
+# What --expansion node takes away from the controller side.
+NODE_SIDE = (RPC.EXPAND_VOLUME, RPC.MODIFY_VOLUME)
 
 
 class ControllerService(csi_pb2_grpc.ControllerServicer):
@@ -139,17 +141,32 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         response.minimum_volume_size.value = report.minimum_volume_bytes
         return response
 
+    def _capabilities(self) -> tuple:
+        if self.driver.config.expansion == "node":
+            # The resizer may run on another node than the volume: it must neither grow
+            # nor modify volumes itself (it would get NOT_FOUND); NodeExpandVolume grows.
+            return tuple(c for c in CONTROLLER_CAPABILITIES if c not in NODE_SIDE)
+        return CONTROLLER_CAPABILITIES
+
+    def _require(self, capability: int, method: str) -> None:
+        if capability not in self._capabilities():
+            raise Unimplemented(
+                f"{method} is not served with --expansion node: volumes grow through"
+                " NodeExpandVolume on their node"
+            )
+
     @rpc_method
     def ControllerGetCapabilities(self, request, context):  # noqa: N802
         return pb.ControllerGetCapabilitiesResponse(
             capabilities=[
-                pb.ControllerServiceCapability(rpc=RPC(type=c)) for c in CONTROLLER_CAPABILITIES
+                pb.ControllerServiceCapability(rpc=RPC(type=c)) for c in self._capabilities()
             ]
         )
 
 
     @rpc_method
     def ControllerExpandVolume(self, request, context):  # noqa: N802
+        self._require(RPC.EXPAND_VOLUME, "ControllerExpandVolume")
         self.driver.require_ready()
         size, needs_node = self.core.expand(
             request.volume_id,
@@ -178,6 +195,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     @rpc_method
     def ControllerModifyVolume(self, request, context):  # noqa: N802
+        self._require(RPC.MODIFY_VOLUME, "ControllerModifyVolume")
         self.driver.require_ready()
         self.core.modify(request.volume_id, dict(request.mutable_parameters))
         return pb.ControllerModifyVolumeResponse()

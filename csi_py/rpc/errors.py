@@ -24,6 +24,7 @@ CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (e.Aborted, grpc.StatusCode.ABORTED),
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (e.Internal, grpc.StatusCode.INTERNAL),
+    (e.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (DeviceBusy, grpc.StatusCode.FAILED_PRECONDITION),
     (ToolMissing, grpc.StatusCode.FAILED_PRECONDITION),
     (LinuxError, grpc.StatusCode.INTERNAL),
