@@ -225,7 +225,7 @@ def test_layout_specific_sidecar_modes(docs) -> None:
         c = cs[name]
         leader = flag(c, "leader-election") == "true"
         node_mode = flag(c, "node-deployment") == "true"
-        if distributed:
+        if distributed and name != "csi-resizer":
             assert not leader, f"{name}: one instance per node must not elect a leader"
             if name in ("csi-provisioner", "csi-snapshotter"):
                 assert node_mode and "NODE_NAME" in env_names(c), (
@@ -236,6 +236,13 @@ def test_layout_specific_sidecar_modes(docs) -> None:
             assert "NAMESPACE" in env_names(c)
     if distributed:
         assert "csi-attacher" not in cs, "external-attacher has no per-node mode"
+        if "csi-resizer" in cs:
+            # The resizer leader may be on another node than the volume: it must never
+            # reach ControllerExpandVolume, so the drivers grow volumes on their node.
+            assert flag(cs["csi-py"], "expansion") == "node", (
+                "a distributed resizer needs the driver's --expansion=node")
+            assert flag(cs["csi-resizer"], "leader-election") == "true", (
+                "one resizer for the cluster: the per-node copies must elect a leader")
 
 
 def test_images_are_pinned(docs) -> None:
