@@ -7,7 +7,7 @@ import errno
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from csi_py.config import MIN_FS_BYTES, Config
 from csi_py.core import validation as v
@@ -328,7 +328,7 @@ class ControllerCore:
             crash_point(f"{step}.committed")
             log.info("created volume %s name=%s size=%d fs=%s %s", volume.id, name, size,
                      fs_type, provisioning.value)
-            return Volume(**{**volume.__dict__, "state": VolumeState.READY})
+            return replace(volume, state=VolumeState.READY)
 
     def _existing_for_create(
         self,

@@ -8,7 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from csi_py.config import Config
 from csi_py.core.controller import ControllerCore
@@ -165,7 +165,7 @@ def reconcile(driver: Driver) -> ReconcileReport:
             if record.device != dev.path and record.state is StagingState.STAGED and \
                     (recorded is None or recorded.backing_file != dev.backing_file) and \
                     (record.readonly or not dev.read_only):
-                catalog.put_staging(_replace_device(record, dev.path))
+                catalog.put_staging(replace(record, device=dev.path))
             continue
         for m in reversed(host.mounts.list_mounts()):
             if mount_is_of(m, dev.path):
@@ -228,12 +228,6 @@ def _all_volume_ids(catalog: Catalog) -> list[str]:
             return ids
         ids.extend(v.id for v in page)
         after = page[-1].seq
-
-
-def _replace_device(record, device: str):  # type: ignore[no-untyped-def]
-    from csi_py.core.node import _with
-
-    return _with(record, device=device)
 
 
 def _quietly(report: ReconcileReport, func, *args) -> bool:  # type: ignore[no-untyped-def]

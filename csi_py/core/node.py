@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import stat
+from dataclasses import replace
 
 from csi_py.config import Config
 from csi_py.core import validation as v
@@ -185,7 +186,7 @@ class NodeCore:
                 )
             device = self._device_for(volume_id, previous.device if previous else "")
             self.catalog.put_staging(wanted if previous is None else
-                                     _with(previous, state=StagingState.STAGING))
+                                     replace(previous, state=StagingState.STAGING))
             crash_point("stage.recorded")
             if device is None:
                 # A read-only block stage gets a read-only device: nothing can write
@@ -214,7 +215,7 @@ class NodeCore:
                         self._detach_quietly(device)
                         self.catalog.delete_staging(volume_id)
                     raise
-            self.catalog.put_staging(_with(wanted, device=device.path, state=StagingState.STAGED))
+            self.catalog.put_staging(replace(wanted, device=device.path, state=StagingState.STAGED))
             crash_point("stage.committed")
 
     def _check_compatible_staging(self, previous: Staging, wanted: Staging) -> None:
@@ -321,7 +322,7 @@ class NodeCore:
                     f" {', '.join(m.mount_point for m in users)}; unpublish it first"
                 )
             if record is not None:
-                self.catalog.put_staging(_with(record, state=StagingState.UNSTAGING))
+                self.catalog.put_staging(replace(record, state=StagingState.UNSTAGING))
                 crash_point("unstage.marked")
             if record is not None and record.access_type is AccessType.MOUNT and \
                     self._mount_at(staging_path) is not None:
@@ -718,6 +719,3 @@ def _describe(staging: Staging) -> str:
     return (f"{staging.access_type.value}, fs={staging.fs_type or '-'},"
             f" flags={list(staging.mount_flags)}, readonly={staging.readonly}")
 
-
-def _with(staging: Staging, **changes: object) -> Staging:
-    return Staging(**{**staging.__dict__, **changes})  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from csi_py.core import validation as v
 from csi_py.core.capture import Capturer, Progress
@@ -192,8 +192,7 @@ class SnapshotCore:
                 self.catalog.update_snapshot(snap.id, SnapshotState.READY, method)
                 crash_point("snapshot.committed")
                 log.info("snapshot %s (%s) of %s cut by %s", snap.id, name, source.id, method)
-                return Snapshot(**{**snap.__dict__, "state": SnapshotState.READY,
-                                   "method": method})
+                return replace(snap, state=SnapshotState.READY, method=method)
 
     def _record(self, name: str, source: Volume, group_id: str) -> Snapshot:
         snap = Snapshot(
@@ -380,9 +379,3 @@ class SnapshotCore:
             raise NotFound(f"group snapshot {group_id!r} does not exist")
         _check_members(group, snapshot_ids)
         return group
-
-    def snapshot_file(self, snapshot_id: str) -> str:
-        path = self.pool.snapshot_path(snapshot_id)
-        if not os.path.exists(path):
-            raise NotFound(f"snapshot {snapshot_id}: its image {path} is missing")
-        return path

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from csi_py.core.model import (
     AccessMode,
@@ -208,7 +209,7 @@ class Catalog:
                 seq = cur.lastrowid
         except sqlite3.IntegrityError as exc:
             raise NameTaken(volume.name) from exc
-        return Volume(**{**volume.__dict__, "seq": int(seq or 0)})
+        return replace(volume, seq=int(seq or 0))
 
     def get_volume(self, volume_id: str) -> Volume | None:
         """The volume with this id, or None. Read-only."""
@@ -422,7 +423,7 @@ class Catalog:
                 seq = cur.lastrowid
         except sqlite3.IntegrityError as exc:
             raise NameTaken(snap.name) from exc
-        return Snapshot(**{**snap.__dict__, "seq": int(seq or 0)})
+        return replace(snap, seq=int(seq or 0))
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         rows = self._query(
