@@ -22,7 +22,6 @@ CONTROLLER_CAPABILITIES = (
     RPC.PUBLISH_READONLY,
     RPC.EXPAND_VOLUME,
     RPC.LIST_VOLUMES_PUBLISHED_NODES,
-    RPC.VOLUME_CONDITION,
     RPC.GET_VOLUME,
     RPC.SINGLE_NODE_MULTI_WRITER,
     RPC.MODIFY_VOLUME,
@@ -181,16 +180,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerGetVolume(self, request, context):  # noqa: N802
         self.driver.require_ready()
         vol = self.core.get_ready_volume(request.volume_id)
-        condition = self.driver.health.check(vol)
         nodes = [a.node_id for a in self.driver.catalog.attachments_of(vol.id)]
+        # CSI v1.13 dropped VolumeCondition: health is ControllerGetVolumeHealth's now.
         return pb.ControllerGetVolumeResponse(
             volume=self._volume(vol),
-            status=pb.ControllerGetVolumeResponse.VolumeStatus(
-                published_node_ids=nodes,
-                volume_condition=pb.VolumeCondition(
-                    abnormal=condition.abnormal, message=condition.message
-                ),
-            ),
+            status=pb.ControllerGetVolumeResponse.VolumeStatus(published_node_ids=nodes),
         )
 
     @rpc_method

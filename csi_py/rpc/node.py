@@ -15,7 +15,6 @@ NODE_CAPABILITIES = (
     NodeRPC.STAGE_UNSTAGE_VOLUME,
     NodeRPC.GET_VOLUME_STATS,
     NodeRPC.EXPAND_VOLUME,
-    NodeRPC.VOLUME_CONDITION,
     NodeRPC.SINGLE_NODE_MULTI_WRITER,
 )
 
@@ -84,14 +83,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not stats.is_block and stats.total_inodes:
             usage.append(Usage(unit=Usage.INODES, total=stats.total_inodes,
                                available=stats.free_inodes, used=stats.used_inodes))
-        vol = self.driver.controller.get_ready_volume(request.volume_id)
-        condition = self.driver.health.check(vol)
-        return pb.NodeGetVolumeStatsResponse(
-            usage=usage,
-            volume_condition=pb.VolumeCondition(
-                abnormal=condition.abnormal, message=condition.message
-            ),
-        )
+        # CSI v1.13 dropped VolumeCondition: health is NodeGetVolumeHealth's now.
+        return pb.NodeGetVolumeStatsResponse(usage=usage)
 
     @rpc_method
     def NodeExpandVolume(self, request, context):  # noqa: N802

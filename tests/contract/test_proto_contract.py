@@ -1,4 +1,4 @@
-"""proto/csi.proto and its generated code against the official CSI v1.12.0 definition.
+"""proto/csi.proto and its generated code against the official CSI v1.13.0 definition.
 
 Names, numbers, types, labels, oneofs, options (including the csi.v1 custom options) and
 services must be identical; comments and the file name are not compared.
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUR_PROTO = REPO / "proto" / "csi.proto"
 GEN_PROTO = REPO / "hack" / "gen-proto"
 SPEC_MODULE = "github.com/container-storage-interface/spec"
-SPEC_VERSION = "v1.12.0"
+SPEC_VERSION = "v1.13.0"
 GO_DOWNLOAD_TIMEOUT = 300
 
 SERVICES = ("Identity", "Controller", "GroupController", "SnapshotMetadata", "Node")
