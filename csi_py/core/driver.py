@@ -15,6 +15,7 @@ from csi_py.core.controller import ControllerCore
 from csi_py.core.ephemeral import EphemeralVolumes
 from csi_py.core.errors import Unavailable
 from csi_py.core.health import HealthChecker
+from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import AccessType, SnapshotState, StagingState, VolumeState
 from csi_py.core.node import NodeCore, mount_is_of
@@ -71,6 +72,7 @@ class Driver:
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
         self.snapshots = SnapshotCore(self.catalog, self.pool, host, self.locks, self.controller)
         self.health = HealthChecker(config, self.catalog, self.pool, host)
+        self.health_report = HealthReporter(self.health, self.controller)
         self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller, self.node)
         self._ready = threading.Event()
         self.last_reconcile: ReconcileReport | None = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from csi_py.core.controller import MAX_PAGE, ControllerCore
 from csi_py.core.errors import InvalidArgument
 from csi_py.core.health import THIN_LOW_WATER, HealthChecker
-from csi_py.core.model import AccessType, StagingState, Volume
+from csi_py.core.model import StagingState, Volume
 from csi_py.core.mutable import READ_AHEAD_KIB, direct_io_wanted
 from csi_py.linux.errors import LinuxError
 from csi_py.linux.interfaces import LoopDevice
@@ -64,6 +64,7 @@ IMAGE_MISSING = "ImageMissing"
 IMAGE_TRUNCATED = "ImageTruncated"
 DEVICE_DETACHED = "DeviceDetached"
 STAGING_NOT_MOUNTED = "StagingNotMounted"
+PUBLISH_PATH_NOT_MOUNTED = "PublishPathNotMounted"
 FILESYSTEM_ERRORS = "FilesystemErrors"
 THIN_POOL_NEAR_FULL = "ThinPoolNearFull"
 READ_AHEAD_OFF = "ReadAheadOff"
@@ -165,6 +166,23 @@ class HealthReporter:
                     f" the {asked} KiB its {READ_AHEAD_KIB} asks for, so sequential reads"
                     " are slower; apply its VolumeAttributesClass again"))
         return found
+
+    def node_volume_conditions(self, volume: Volume, publish_path: str,
+                               staging_path: str) -> tuple[HealthCondition, ...]:
+        """The volume's conditions as its node sees them; a publish path the CO names
+        and that holds no mount makes the volume INACCESSIBLE there. Raises
+        InvalidArgument for a relative path."""
+        for path, field in ((publish_path, "volume_publish_path"),
+                            (staging_path, "staging_target_path")):
+            if path and not os.path.isabs(path):
+                raise InvalidArgument(f"{field} {path!r} must be an absolute path")
+        found = list(self.volume_conditions(volume))
+        if publish_path and not self.checker.host.mounts.is_mounted(publish_path):
+            found.append(HealthCondition(
+                VolumeHealthType.INACCESSIBLE, PUBLISH_PATH_NOT_MOUNTED,
+                f"volume {volume.id} is not mounted at {publish_path}: the workload using"
+                " that path does not see the volume; restart it (kubelet publishes again)"))
+        return tuple(found)
 
     # --- ControllerListVolumeHealth -------------------------------------------------------
 

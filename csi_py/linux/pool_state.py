@@ -28,14 +28,16 @@ class PoolFsState:
     errors: str | None  # the filesystem's recorded errors, None when none or unknown
 
 
-def _containing_mount(path: str) -> tuple[str, str, str]:
-    """(mount point, fs type, source) of the mount that holds ``path``: the deepest
-    mountinfo entry on the same device whose mount point is a prefix of the path."""
+def _containing_mount(path: str) -> tuple[str, str, str, bool]:
+    """(mount point, fs type, source, forced read-only) of the mount that holds
+    ``path``: the deepest mountinfo entry on the same device whose mount point is a
+    prefix of the path. Forced read-only: the superblock says "ro" (or ext4's
+    "emergency_ro", after errors=remount-ro), which statvfs does not show."""
     try:
         st_dev = os.stat(path).st_dev
         entries = Mounter().list_mounts()
     except OSError:
-        return "", "", ""
+        return "", "", "", False
     real = os.path.realpath(path)
     best = None
     for entry in entries:
@@ -46,8 +48,9 @@ def _containing_mount(path: str) -> tuple[str, str, str]:
             if best is None or len(mp) >= len(best.mount_point):
                 best = entry
     if best is None:
-        return "", "", ""
-    return best.mount_point, best.fs_type, best.source
+        return "", "", "", False
+    forced = "ro" in best.super_options or "emergency_ro" in best.super_options
+    return best.mount_point, best.fs_type, best.source, forced
 
 
 def pool_fs_state(path: str) -> PoolFsState:
@@ -58,7 +61,7 @@ def pool_fs_state(path: str) -> PoolFsState:
     device; a failure to read them leaves ``errors`` None rather than raising.
     """
     st = os.statvfs(path)
-    mount_point, fs_type, source = _containing_mount(path)
+    mount_point, fs_type, source, forced_ro = _containing_mount(path)
     errors = None
     if fs_type in SUPPORTED_FS and source.startswith("/dev/") and mount_point:
         try:
@@ -74,6 +77,6 @@ def pool_fs_state(path: str) -> PoolFsState:
         free_bytes=st.f_bavail * st.f_frsize,
         total_inodes=st.f_files,
         free_inodes=st.f_favail,
-        read_only=bool(st.f_flag & os.ST_RDONLY),
+        read_only=bool(st.f_flag & os.ST_RDONLY) or forced_ro,
         errors=errors,
     )

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from csi_py.linux import files
+from csi_py.observability.health_metrics import HealthCollector
 
 if TYPE_CHECKING:
     from csi_py.core.driver import Driver
@@ -69,6 +70,7 @@ class Metrics:
         self.latency = Histogram("csi_py_rpc_duration_seconds", "Time to answer a CSI call",
                                  ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(PoolCollector(driver))
+        self.registry.register(HealthCollector(driver))
         self._http: object | None = None
         self._thread: threading.Thread | None = None
 

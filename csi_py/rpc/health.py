@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.core.health_conditions import StorageCondition, HealthCondition
+from csi_py.core.health_conditions import HealthCondition, StorageCondition
 from csi_py.core.model import Volume
 
 Entry = pb.VolumeHealth.VolumeHealthEntry

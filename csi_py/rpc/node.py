@@ -7,7 +7,7 @@ from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
 from csi_py.core.ephemeral import is_ephemeral
 from csi_py.core.validation import is_volume_id
-from csi_py.rpc import convert
+from csi_py.rpc import convert, health
 from csi_py.rpc.errors import rpc_method
 
 NodeRPC = pb.NodeServiceCapability.RPC
@@ -16,6 +16,8 @@ NODE_CAPABILITIES = (
     NodeRPC.GET_VOLUME_STATS,
     NodeRPC.EXPAND_VOLUME,
     NodeRPC.SINGLE_NODE_MULTI_WRITER,
+    NodeRPC.GET_VOLUME_HEALTH,
+    NodeRPC.GET_STORAGE_HEALTH,
 )
 
 
@@ -85,6 +87,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                                available=stats.free_inodes, used=stats.used_inodes))
         # CSI v1.13 dropped VolumeCondition: health is NodeGetVolumeHealth's now.
         return pb.NodeGetVolumeStatsResponse(usage=usage)
+
+    @rpc_method
+    def NodeGetVolumeHealth(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        vol = self.driver.controller.get_ready_volume(request.volume_id)
+        conditions = self.driver.health_report.node_volume_conditions(
+            vol, request.volume_publish_path, request.staging_target_path)
+        return pb.NodeGetVolumeHealthResponse(
+            volume_health=health.volume_health(vol.id, conditions))
+
+    @rpc_method
+    def NodeGetStorageHealth(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        return health.storage_health(self.driver.health_report.storage_conditions())
 
     @rpc_method
     def NodeExpandVolume(self, request, context):  # noqa: N802

@@ -1,8 +1,9 @@
-"""Expansion, attribute changes and health against the CSI v1.12 spec, through real gRPC
+"""Expansion, attribute changes and health against the CSI v1.13 spec, through real gRPC
 against a real server with real loop devices: ControllerExpandVolume, NodeExpandVolume,
-ControllerModifyVolume (seen in sysfs), ControllerGetVolume and the volume_condition of
-ControllerGetVolume and NodeGetVolumeStats for healthy volumes (tests/integration/
-test_health.py makes them sick).
+ControllerModifyVolume (seen in sysfs), ControllerGetVolume, and the health RPCs
+(ControllerGetVolumeHealth, ControllerListVolumeHealth, NodeGetVolumeHealth,
+NodeGetStorageHealth) for healthy volumes (tests/integration/test_health.py makes them
+sick).
 
 Every REQUIRED field and every row of each error table; refused calls change nothing;
 every error message names the volume and the cause."""
@@ -474,13 +475,13 @@ def test_get_deleted_volume_is_not_found(driver, vol):
                  Code.NOT_FOUND, vol.volume_id)
 
 
-def test_get_volume_reports_the_volume_its_nodes_and_a_healthy_condition(driver, vol):
+def test_get_volume_reports_the_volume_and_its_nodes(driver, vol):
     rsp = _get_volume(driver, vol.volume_id)
     assert rsp.volume == vol
     assert list(rsp.status.published_node_ids) == []
-    assert rsp.status.HasField("volume_condition")
-    assert not rsp.status.volume_condition.abnormal
-    assert rsp.status.volume_condition.message
+    # v1.13 reserves the field VolumeCondition had: nothing else is on the wire (unknown
+    # fields survive parsing and would be serialized again).
+    assert rsp.status.SerializeToString() == b""
     driver.client.controller.ControllerPublishVolume(
         pb.ControllerPublishVolumeRequest(volume_id=vol.volume_id, node_id=NODE_ID,
                                           volume_capability=EXT4), timeout=30)
@@ -493,9 +494,20 @@ def test_healthy_staged_volumes_report_normal_conditions(driver, vol, node, acce
     staging, target = driver.path("st"), driver.path("tgt")
     node.stage(vol.volume_id, staging, cap)
     node.publish(vol.volume_id, staging, target, cap)
-    condition = _get_volume(driver, vol.volume_id).status.volume_condition
-    assert not condition.abnormal, condition.message
+    health = driver.client.controller.ControllerGetVolumeHealth(
+        pb.ControllerGetVolumeHealthRequest(volume_id=vol.volume_id), timeout=30)
+    assert health.volume_health.volume_id == vol.volume_id
+    assert list(health.volume_health.health_statuses) == []
+    node_health = driver.client.node.NodeGetVolumeHealth(
+        pb.NodeGetVolumeHealthRequest(volume_id=vol.volume_id, volume_publish_path=target,
+                                      staging_target_path=staging), timeout=30)
+    assert node_health.volume_health.volume_id == vol.volume_id
+    assert list(node_health.volume_health.health_statuses) == []
+    listed = driver.client.controller.ControllerListVolumeHealth(
+        pb.ControllerListVolumeHealthRequest(), timeout=30)
+    assert list(listed.entries) == [] and listed.next_token == ""
     stats = driver.client.node.NodeGetVolumeStats(
         pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=target), timeout=30)
-    assert stats.HasField("volume_condition")
-    assert not stats.volume_condition.abnormal, stats.volume_condition.message
+    assert stats.usage
+    assert stats.SerializeToString() == pb.NodeGetVolumeStatsResponse(
+        usage=stats.usage).SerializeToString()

@@ -88,7 +88,7 @@ def test_node_capabilities_are_exactly_what_is_served(driver):
     advertised = {c.rpc.type for c in rsp.capabilities}
     assert advertised == {NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS,
                           NodeRPC.SINGLE_NODE_MULTI_WRITER, NodeRPC.EXPAND_VOLUME,
-                          NodeRPC.VOLUME_CONDITION}
+                          NodeRPC.GET_VOLUME_HEALTH, NodeRPC.GET_STORAGE_HEALTH}
     assert NodeRPC.VOLUME_MOUNT_GROUP not in advertised
 
 

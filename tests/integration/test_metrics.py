@@ -61,3 +61,26 @@ def test_metrics_after_real_rpcs(driver):
     text = scrape(driver)
     assert value(text, "csi_py_attached_loop_devices") == 0
     assert value(text, "csi_py_volumes") == 0
+
+
+def test_health_conditions_as_metrics(driver):
+    """The health RPCs' signals as series: a truncated image is a DATA_LOSS
+    ImageTruncated series of its volume until the image is whole again; the pool's
+    inode counts are there."""
+    import os
+
+    vol = driver.client.controller.CreateVolume(pb.CreateVolumeRequest(
+        name="m-health", capacity_range=pb.CapacityRange(required_bytes=32 << 20),
+        volume_capabilities=[block_capability()])).volume
+    series = (f'csi_py_volume_condition{{reason="ImageTruncated",type="DATA_LOSS",'
+              f'volume_id="{vol.volume_id}"}}')
+    assert series not in scrape(driver)
+    image = os.path.join(driver.pool, "volumes", vol.volume_id + ".img")
+    os.truncate(image, 16 << 20)
+    text = scrape(driver)
+    assert value(text, series) == 1
+    assert value(text, "csi_py_pool_inodes") >= value(text, "csi_py_pool_free_inodes")
+    assert value(text, "csi_py_pool_read_only") == 0
+    os.truncate(image, 32 << 20)
+    assert series not in scrape(driver)
+    driver.client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -246,10 +247,18 @@ class Volumes:
             pb.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid, snapshot_ids=list(sids)),
             timeout=self.t)
 
-    def condition(self, vid: str) -> pb.VolumeCondition:
-        return self.c.controller.ControllerGetVolume(
-            pb.ControllerGetVolumeRequest(volume_id=vid), timeout=self.t
-        ).status.volume_condition
+    def condition(self, vid: str) -> Condition:
+        """The volume's health as ControllerGetVolumeHealth reports it, summed up."""
+        health = self.c.controller.ControllerGetVolumeHealth(
+            pb.ControllerGetVolumeHealthRequest(volume_id=vid), timeout=self.t
+        ).volume_health.health_statuses
+        return Condition(bool(health), "; ".join(f"{h.reason}: {h.message}" for h in health))
+
+
+@dataclass(frozen=True)
+class Condition:
+    abnormal: bool
+    message: str
 
 
 def retry_aborted(call: Callable[[], Any], attempts: int = 200, pause: float = 0.01) -> Any:

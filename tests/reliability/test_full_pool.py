@@ -7,7 +7,7 @@ device, mounted at the pool path before the driver starts):
   file, also when the space runs out half way through allocating it;
 - thick volumes keep their guaranteed space: writes to a thick volume succeed after
   thin volumes filled the pool;
-- a thin volume is reported abnormal (ControllerGetVolume volume_condition) before a
+- a thin volume is reported abnormal (ControllerGetVolumeHealth) before a
   write to it fails;
 - expansion, snapshots, group snapshots, restores and clones that do not fit fail with
   RESOURCE_EXHAUSTED and leave nothing behind (no file, no catalog row, old size kept).

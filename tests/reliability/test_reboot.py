@@ -99,7 +99,10 @@ class Fleet:
             stats = self.driver.client.node.NodeGetVolumeStats(
                 pb.NodeGetVolumeStatsRequest(volume_id=self.ids[i], volume_path=target),
                 timeout=60)
-            assert not stats.volume_condition.abnormal, stats.volume_condition.message
+            health = self.driver.client.node.NodeGetVolumeHealth(
+                pb.NodeGetVolumeHealthRequest(volume_id=self.ids[i], volume_publish_path=target),
+                timeout=60).volume_health.health_statuses
+            assert not health, health
             assert stats.usage[0].total > 0
         for vid in self.ids:
             condition = self.v.condition(vid)
