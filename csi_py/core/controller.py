@@ -34,6 +34,7 @@ from csi_py.core.model import (
 )
 from csi_py.core.mutable import apply_mutable, check_mutable
 from csi_py.core.pool import Pool
+from csi_py.core.topology import require_here, topology_matches
 from csi_py.linux import Host, files
 from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
 from csi_py.state.catalog import Catalog, NameTaken
@@ -129,11 +130,6 @@ def fit_growth(fs_type: str, mount: bool, old: int, size: int, limit: int, subje
             f" bytes or more (the kernel refuses smaller resizes); limit_bytes is {limit}"
         )
     return BTRFS_MIN_RESIZE_BYTES
-
-
-def topology_matches(segments: dict[str, str], key: str, node_id: str) -> bool:
-    """A topology names our node if it has our key with our node id, or lacks our key."""
-    return segments.get(key, node_id) == node_id
 
 
 class ControllerCore:
@@ -275,13 +271,8 @@ class ControllerCore:
         if origin is not None:
             size = fit_growth(fs_type, wants_mount, origin.size_bytes, size,
                               capacity.limit_bytes, f"volume {name!r} (from {source})")
-        if requisite and not any(
-            topology_matches(t, self.config.topology_key, self.config.node_id) for t in requisite
-        ):
-            raise ResourceExhausted(
-                f"volume {name!r}: the requested topology {requisite} does not include node"
-                f" {self.config.node_id!r}, the only node this driver instance serves"
-            )
+        require_here(f"volume {name!r}", requisite, self.config,
+                     source.id if source is not None and source.kind == "snapshot" else "")
         with self.locks.hold("name:" + name, "CreateVolume"):
             existing = self.catalog.get_volume_by_name(name)
             if existing is not None:

@@ -33,6 +33,7 @@ from csi_py.core.errors import (
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import GroupSnapshot, Snapshot, SnapshotState, Volume
 from csi_py.core.pool import Pool
+from csi_py.core.topology import require_here
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog, NameTaken
 
@@ -140,15 +141,20 @@ class SnapshotCore:
         name: str,
         parameters: dict[str, str],
         progress: Progress | None = None,
+        requisite: list[dict[str, str]] | None = None,
     ) -> Snapshot:
-        """Cut a snapshot of a volume. Idempotent by name.
+        """Cut a snapshot of a volume. Idempotent by name. The snapshot is usable only
+        on this node (it is a file in this node's pool), so ``requisite`` topologies
+        (accessibility_requirements) must include this node.
 
         Raises InvalidArgument, NotFound (source), AlreadyExists (name taken by a
-        snapshot of another volume), ResourceExhausted (no room), Aborted.
+        snapshot of another volume), ResourceExhausted (no room, or a requisite
+        topology elsewhere), Aborted.
         """
         v.check_string(name, "name")
         v.require(source_volume_id, "source_volume_id")
         _check_parameters(parameters, f"snapshot {name!r}")
+        require_here(f"snapshot {name!r}", requisite or [], self.controller.config)
         with self.locks.hold("snapshot-name:" + name, "CreateSnapshot"):
             existing = self.catalog.get_snapshot_by_name(name)
             if existing is not None:

@@ -7,7 +7,7 @@ from csi_py._proto import csi_pb2_grpc
 from csi_py.core.controller import ContentSource
 from csi_py.core.driver import Driver
 from csi_py.core.errors import InvalidArgument, Unimplemented
-from csi_py.rpc import convert
+from csi_py.rpc import convert, health
 from csi_py.rpc.errors import rpc_method
 
 RPC = pb.ControllerServiceCapability.RPC
@@ -25,8 +25,9 @@ CONTROLLER_CAPABILITIES = (
     RPC.GET_VOLUME,
     RPC.SINGLE_NODE_MULTI_WRITER,
     RPC.MODIFY_VOLUME,
-    # GET_SNAPSHOT is left out although GetSnapshot is served: csi-sanity v5.4.0 fails
-    # on a capability it does not know, and the sidecars do not need it.
+    RPC.GET_SNAPSHOT,
+    RPC.GET_VOLUME_HEALTH,
+    RPC.LIST_VOLUME_HEALTH,
 )
 # What --expansion node takes away from the controller side.
 NODE_SIDE = (RPC.EXPAND_VOLUME, RPC.MODIFY_VOLUME)
@@ -36,6 +37,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.core = driver.controller
+
+    def _here(self) -> dict[str, str]:
+        return {self.driver.config.topology_key: self.driver.config.node_id}
 
     def _volume(self, vol):
         return convert.volume(vol, self.driver.config.topology_key, self.driver.config.node_id)
@@ -128,6 +132,21 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         )
 
     @rpc_method
+    def ControllerListVolumeHealth(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        page = self.driver.health_report.list_page(request.max_entries, request.starting_token)
+        return pb.ControllerListVolumeHealthResponse(
+            entries=health.volume_health_list(page.entries), next_token=page.next_token)
+
+    @rpc_method
+    def ControllerGetVolumeHealth(self, request, context):  # noqa: N802
+        self.driver.require_ready()
+        vol = self.core.get_ready_volume(request.volume_id)
+        conditions = self.driver.health_report.volume_conditions(vol)
+        return pb.ControllerGetVolumeHealthResponse(
+            volume_health=health.volume_health(vol.id, conditions))
+
+    @rpc_method
     def GetCapacity(self, request, context):  # noqa: N802
         self.driver.require_ready()
         topology = dict(request.accessible_topology.segments) if \
@@ -200,9 +219,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateSnapshot(self, request, context):  # noqa: N802
         self.driver.require_ready()
         snap = self.driver.snapshots.create(
-            request.source_volume_id, request.name, dict(request.parameters)
+            request.source_volume_id, request.name, dict(request.parameters),
+            requisite=[dict(t.segments)
+                       for t in request.accessibility_requirements.requisite],
         )
-        return pb.CreateSnapshotResponse(snapshot=convert.snapshot(snap))
+        return pb.CreateSnapshotResponse(snapshot=convert.snapshot(snap, self._here()))
 
     @rpc_method
     def DeleteSnapshot(self, request, context):  # noqa: N802
@@ -218,7 +239,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             request.snapshot_id,
         )
         return pb.ListSnapshotsResponse(
-            entries=[pb.ListSnapshotsResponse.Entry(snapshot=convert.snapshot(s))
+            entries=[pb.ListSnapshotsResponse.Entry(snapshot=convert.snapshot(s, self._here()))
                      for s in listing.snapshots],
             next_token=listing.next_token,
         )
@@ -227,4 +248,4 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def GetSnapshot(self, request, context):  # noqa: N802
         self.driver.require_ready()
         snap = self.driver.snapshots.get(request.snapshot_id)
-        return pb.GetSnapshotResponse(snapshot=convert.snapshot(snap))
+        return pb.GetSnapshotResponse(snapshot=convert.snapshot(snap, self._here()))

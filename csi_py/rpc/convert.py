@@ -73,8 +73,10 @@ def timestamp(seconds: float) -> Timestamp:
     return ts
 
 
-def snapshot(snap: Snapshot) -> pb.Snapshot:
+def snapshot(snap: Snapshot, here: dict[str, str] | None = None) -> pb.Snapshot:
+    """``here``: the node's topology segments; a snapshot is usable only there."""
     return pb.Snapshot(
+        accessible_topology=[pb.Topology(segments=here)] if here else [],
         size_bytes=snap.size_bytes,
         snapshot_id=snap.id,
         source_volume_id=snap.source_volume_id,
@@ -84,10 +86,11 @@ def snapshot(snap: Snapshot) -> pb.Snapshot:
     )
 
 
-def group_snapshot(group: GroupSnapshot, members: list[Snapshot]) -> pb.VolumeGroupSnapshot:
+def group_snapshot(group: GroupSnapshot, members: list[Snapshot],
+                   here: dict[str, str] | None = None) -> pb.VolumeGroupSnapshot:
     return pb.VolumeGroupSnapshot(
         group_snapshot_id=group.id,
-        snapshots=[snapshot(s) for s in members],
+        snapshots=[snapshot(s, here) for s in members],
         creation_time=timestamp(group.created_at),
         ready_to_use=all(s.ready for s in members) and bool(members),
     )

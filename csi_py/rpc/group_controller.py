@@ -18,7 +18,9 @@ class GroupControllerService(csi_pb2_grpc.GroupControllerServicer):
 
     def _response(self, group):  # type: ignore[no-untyped-def]
         members = [self.driver.catalog.get_snapshot(sid) for sid in group.snapshot_ids]
-        return convert.group_snapshot(group, [m for m in members if m is not None])
+        config = self.driver.config
+        return convert.group_snapshot(group, [m for m in members if m is not None],
+                                      {config.topology_key: config.node_id})
 
     @rpc_method
     def GroupControllerGetCapabilities(self, request, context):  # noqa: N802

@@ -33,6 +33,9 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
                 Cap(service=Cap.Service(type=Cap.Service.CONTROLLER_SERVICE)),
                 Cap(service=Cap.Service(type=Cap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
                 Cap(service=Cap.Service(type=Cap.Service.GROUP_CONTROLLER_SERVICE)),
+                # Snapshots are files in this node's pool: restores work only here.
+                Cap(service=Cap.Service(
+                    type=Cap.Service.SNAPSHOT_ACCESSIBILITY_CONSTRAINTS)),
                 Cap(volume_expansion=Cap.VolumeExpansion(type=Cap.VolumeExpansion.ONLINE)),
             ]
         )

@@ -69,11 +69,9 @@ def test_controller_capabilities_are_exactly_what_is_served(driver):
         RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES,
         RPC.GET_CAPACITY, RPC.LIST_VOLUMES_PUBLISHED_NODES, RPC.PUBLISH_READONLY,
         RPC.SINGLE_NODE_MULTI_WRITER, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS,
-        RPC.CLONE_VOLUME, RPC.EXPAND_VOLUME, RPC.GET_VOLUME, RPC.VOLUME_CONDITION,
-        RPC.MODIFY_VOLUME,
+        RPC.CLONE_VOLUME, RPC.EXPAND_VOLUME, RPC.GET_VOLUME, RPC.MODIFY_VOLUME,
+        RPC.GET_SNAPSHOT, RPC.GET_VOLUME_HEALTH, RPC.LIST_VOLUME_HEALTH,
     }
-    # Served, but not advertised: csi-sanity v5.4.0 fails on capabilities it does not know.
-    assert RPC.GET_SNAPSHOT not in advertised
 
 
 # --- CreateVolume: required fields and invalid fields -----------------------------------

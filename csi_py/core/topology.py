@@ -1,0 +1,34 @@
+"""Where volumes and snapshots live. A csi-py instance serves one node: its volumes and
+snapshots are files in that node's pool, so both are usable only there (one topology
+segment, ``<topology key>: <node id>``). Pure functions."""
+
+from __future__ import annotations
+
+from csi_py.config import Config
+from csi_py.core.errors import ResourceExhausted
+
+
+def topology_matches(segments: dict[str, str], key: str, node_id: str) -> bool:
+    """A topology names our node if it has our key with our node id, or lacks our key."""
+    return segments.get(key, node_id) == node_id
+
+
+def require_here(subject: str, requisite: list[dict[str, str]], where: Config,
+                 snapshot_id: str = "") -> None:
+    """Raise ResourceExhausted (the spec's code for topology that cannot be met) when
+    ``requisite`` is given and none of its topologies names this node. With
+    ``snapshot_id`` (a restore), the message says the snapshot lives on this node, so
+    whoever asked for a restore elsewhere learns where it can be done."""
+    if not requisite or any(topology_matches(t, where.topology_key, where.node_id)
+                            for t in requisite):
+        return
+    if snapshot_id:
+        raise ResourceExhausted(
+            f"{subject}: snapshot {snapshot_id} lives on node {where.node_id!r}"
+            f" ({where.topology_key}={where.node_id}) and can be restored only there, not"
+            f" in the requested topology {requisite}; restore it on node {where.node_id!r}"
+        )
+    raise ResourceExhausted(
+        f"{subject}: the requested topology {requisite} does not include node"
+        f" {where.node_id!r}, the only node this driver instance serves"
+    )
