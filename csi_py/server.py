@@ -23,6 +23,7 @@ from csi_py.rpc.controller import ControllerService
 from csi_py.rpc.group_controller import GroupControllerService
 from csi_py.rpc.identity import IdentityService
 from csi_py.rpc.node import NodeService
+from csi_py.rpc.snapshot_metadata import SnapshotMetadataService
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class Server:
         csi_pb2_grpc.add_NodeServicer_to_server(node, self._grpc)
         csi_pb2_grpc.add_GroupControllerServicer_to_server(
             GroupControllerService(driver), self._grpc
+        )
+        csi_pb2_grpc.add_SnapshotMetadataServicer_to_server(
+            SnapshotMetadataService(driver), self._grpc
         )
         self._stopped = threading.Event()
 

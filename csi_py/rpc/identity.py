@@ -36,6 +36,9 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
                 # Snapshots are files in this node's pool: restores work only here.
                 Cap(service=Cap.Service(
                     type=Cap.Service.SNAPSHOT_ACCESSIBILITY_CONSTRAINTS)),
+                # Changed-block tracking for backup tools (through the
+                # external-snapshot-metadata sidecar, when it is deployed).
+                Cap(service=Cap.Service(type=Cap.Service.SNAPSHOT_METADATA_SERVICE)),
                 Cap(volume_expansion=Cap.VolumeExpansion(type=Cap.VolumeExpansion.ONLINE)),
             ]
         )

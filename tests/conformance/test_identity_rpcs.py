@@ -40,8 +40,9 @@ def test_get_plugin_capabilities(driver):
     # Volumes live on one node, so the plugin must tell the CO where they are.
     assert Cap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in services
     assert Cap.Service.GROUP_CONTROLLER_SERVICE in services
-    # Not implemented, so not advertised.
-    assert Cap.Service.SNAPSHOT_METADATA_SERVICE not in services
+    # Snapshots live on one node too; changed-block tracking is served.
+    assert Cap.Service.SNAPSHOT_ACCESSIBILITY_CONSTRAINTS in services
+    assert Cap.Service.SNAPSHOT_METADATA_SERVICE in services
     assert [c.volume_expansion.type for c in expansion] == [Cap.VolumeExpansion.ONLINE]
 
 
@@ -87,13 +88,16 @@ def test_probe_missing_dependency_is_failed_precondition(driver, monkeypatch):
                  grpc.StatusCode.FAILED_PRECONDITION, "mkfs.xfs", "missing")
 
 
-@pytest.mark.parametrize("method, request_type", [
-    ("GetMetadataAllocated", pb.GetMetadataAllocatedRequest),
-    ("GetMetadataDelta", pb.GetMetadataDeltaRequest),
+@pytest.mark.parametrize("method, request_type, field", [
+    ("GetMetadataAllocated", pb.GetMetadataAllocatedRequest, "snapshot_id"),
+    ("GetMetadataDelta", pb.GetMetadataDeltaRequest, "base_snapshot_id"),
 ])
-def test_snapshot_metadata_service_is_unimplemented(driver, method, request_type):
-    """SNAPSHOT_METADATA_SERVICE is not advertised; its streaming RPCs say so."""
+def test_snapshot_metadata_service_is_served(driver, method, request_type, field):
+    """SNAPSHOT_METADATA_SERVICE is advertised and its streaming RPCs answer (an empty
+    request is INVALID_ARGUMENT; tests/integration/test_snapshot_metadata.py covers the
+    rest)."""
     stub = csi_pb2_grpc.SnapshotMetadataStub(driver.client.channel)
     with pytest.raises(grpc.RpcError) as err:
         list(getattr(stub, method)(request_type(), timeout=10))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (err.value.details() or "")

@@ -27,7 +27,8 @@ from tests.conformance.helpers import (
     create_request,
     node_session,
 )
-from tests.conftest import RunningDriver, _start
+from tests.conftest import RunningDriver
+from tests.pools import driver_on_own_pool
 
 pytestmark = pytest.mark.integration
 
@@ -299,37 +300,12 @@ POOL_FS_BYTES = 64 * MiB
 
 @pytest.fixture
 def small_pool_driver(workdir: str) -> Iterator[RunningDriver]:
-    """A driver whose pool is a 64 MiB ext4 (itself on a loop device, its image in the
-    workdir) mounted at the pool path before the driver starts; unmounted and detached
-    after the driver stops."""
+    """A driver whose pool is a 64 MiB ext4 with 512 inodes, on a loop device."""
     if os.geteuid() != 0 or not os.path.exists("/dev/loop-control"):
         pytest.skip("needs root and /dev/loop-control (real loop devices and mounts)")
-    host = real_host()
-    backing = os.path.join(workdir, "poolfs.img")
-    with open(backing, "wb") as fh:
-        fh.truncate(POOL_FS_BYTES)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-N", "512", backing], check=True,
-                   capture_output=True)
-    pool = os.path.join(workdir, "pool")
-    os.mkdir(pool, 0o700)
-    device = host.loops.attach(backing)
-    try:
-        host.mounts.mount(device.path, pool, "ext4", ["nosuid", "nodev"])
-        try:
-            os.chmod(pool, 0o700)
-            options = {"reserve_bytes": MiB, "thin_overcommit": 10.0}
-            server, client = _start(workdir, options)
-            running = RunningDriver(workdir, f"{workdir}/csi.sock", pool, server, client,
-                                    options)
-            running.pool_device = device.path  # type: ignore[attr-defined]
-            try:
-                yield running
-            finally:
-                running.stop()
-        finally:
-            host.mounts.unmount(pool)
-    finally:
-        host.loops.detach(device.path)
+    with driver_on_own_pool(workdir, "ext4", POOL_FS_BYTES, ("-N", "512"),
+                            {"reserve_bytes": MiB, "thin_overcommit": 10.0}) as running:
+        yield running
 
 
 def assert_storage(entries, status: int, reason: str, *words: str) -> None:
