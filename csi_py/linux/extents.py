@@ -131,6 +131,27 @@ def _states(extents: list[Extent], cuts: list[int]) -> list[tuple[str, int]]:
     return out
 
 
+def classify(map_b: list[Extent], map_t: list[Extent], start: int, size: int
+             ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Split [start, size) by two reflinked files' extent maps into (changed, undecided)
+    ranges; the rest is unchanged. Unchanged: both read as zeros (holes or unwritten
+    extents), or both map to the same physical bytes. Undecided: either map cannot tell
+    (an opaque extent). Changed: anything else. Pure."""
+    cuts = sorted({start, size, *(
+        p for e in (*map_b, *map_t) for p in (e.logical, e.logical + e.length)
+        if start < p < size)})
+    states_b, states_t = _states(map_b, cuts), _states(map_t, cuts)
+    changed: list[tuple[int, int]] = []
+    undecided: list[tuple[int, int]] = []
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        sb, st = states_b[i], states_t[i]
+        if _OPAQUE in (sb[0], st[0]):
+            undecided.append((a, b - a))
+        elif sb != st:
+            changed.append((a, b - a))
+    return list(_merge(iter(changed))), list(_merge(iter(undecided)))
+
+
 def _merge(ranges: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int]]:
     current: tuple[int, int] | None = None
     for off, length in ranges:
@@ -218,19 +239,10 @@ def changed_ranges(base: str, target: str, start: int = 0, *, reflinked: bool = 
             if map_b is None or map_t is None:
                 yield from compare_allocated(fd_b, fd_t, size, start)
                 return
-            cuts = sorted({start, size, *(
-                p for e in (*map_b, *map_t) for p in (e.logical, e.logical + e.length)
-                if start < p < size)})
-            states_b, states_t = _states(map_b, cuts), _states(map_t, cuts)
-            pieces: list[tuple[int, int]] = []
-            for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
-                sb, st = states_b[i], states_t[i]
-                if _OPAQUE in (sb[0], st[0]):
-                    pieces.extend(_compare_blocks(fd_b, fd_t, *_align(a, b)))
-                elif sb == st or (sb[0] == _ZERO and st[0] == _ZERO):
-                    continue
-                else:
-                    pieces.append((a, b - a))
+            changed, undecided = classify(map_b, map_t, start, size)
+            pieces = list(changed)
+            for a, length in undecided:
+                pieces.extend(_compare_blocks(fd_b, fd_t, *_align(a, a + length)))
             yield from _merge(iter(sorted(pieces)))
         finally:
             os.close(fd_b)
