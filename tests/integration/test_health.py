@@ -21,6 +21,7 @@ from csi_py.linux import real_host
 from csi_py.rpc.client import block_capability, mount_capability
 from tests.conformance.helpers import (
     SMALL,
+    XFS_MIN,
     MiB,
     NodeSession,
     create,
@@ -290,6 +291,31 @@ def test_ext4_errors(driver):
             time.sleep(0.05)
         assert_everywhere(driver, vol.volume_id, T.DEGRADED, "FilesystemErrors",
                           vol.volume_id, "ext4", "error", "fsck", paths=(target,))
+
+
+def test_xfs_shut_down(driver):
+    """xfs shuts itself down on metadata corruption or I/O it cannot handle (here forced
+    with xfs_io's shutdown command): DEGRADED FilesystemErrors everywhere, naming it."""
+    cap = mount_capability("xfs")
+    vol = create(driver, "h-xfs", size=XFS_MIN, caps=[cap])
+    with node_session(driver) as node:
+        staging, target = publish(node, vol.volume_id, cap)
+        assert_healthy(driver, vol.volume_id, target)
+        subprocess.run(["xfs_io", "-x", "-c", "shutdown", staging], check=True,
+                       capture_output=True)
+        assert_everywhere(driver, vol.volume_id, T.DEGRADED, "FilesystemErrors",
+                          vol.volume_id, "xfs", "shut down", paths=(target,))
+
+
+def test_staging_mount_gone_behind_the_drivers_back(driver):
+    """Someone unmounts a staged volume's staging path (its device stays attached):
+    INACCESSIBLE StagingNotMounted; the volume still comes down cleanly."""
+    vol = create(driver, "h-unmounted")
+    with node_session(driver) as node:
+        staging, target = publish(node, vol.volume_id, EXT4)
+        real_host().mounts.unmount(staging)
+        assert_everywhere(driver, vol.volume_id, T.INACCESSIBLE, "StagingNotMounted",
+                          vol.volume_id, staging, paths=(target,))
 
 
 # --- the pool ---------------------------------------------------------------------------
