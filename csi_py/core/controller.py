@@ -364,7 +364,8 @@ class ControllerCore:
         if source.kind == "snapshot":
             snap = self.catalog.get_snapshot(source.id) if v.is_snapshot_id(source.id) else None
             if snap is None or not snap.ready:
-                raise NotFound(f"volume {name!r}: source snapshot {source.id!r} does not exist")
+                raise NotFound(f"volume {name!r}: source snapshot {source.id!r} does not exist"
+                               f" on node {self.config.node_id!r} (snapshots stay on their node)")
             return Origin(source, self.pool.snapshot_path(snap.id), snap.size_bytes,
                           snap.fs_type)
         if source.kind == "volume":

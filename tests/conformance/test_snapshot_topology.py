@@ -114,3 +114,12 @@ def test_restore_on_the_snapshots_node_works_and_holds_its_data(driver):
         node.publish(restored.volume_id, staging, target, BLOCK)
         with open(target, "rb") as fh:
             assert fh.read(len(payload)) == payload
+
+
+def test_restore_of_a_snapshot_from_another_nodes_pool_says_snapshots_are_node_bound(driver):
+    """A driver on another node does not know this node's snapshots: NOT_FOUND, saying
+    which node was asked and that snapshots stay on their node."""
+    missing = "snap-" + "7" * 32
+    expect_error(driver.client.controller.CreateVolume,
+                 restore_request("pvc-restore-unknown", snapshot_id=missing),
+                 Code.NOT_FOUND, missing, NODE_ID, "stay on their node")
