@@ -181,7 +181,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         server = Server(Driver(config, real_host()))
         server.serve_forever()
-    except (PoolError, CatalogError, SocketInUse, FileExistsError) as exc:
+    except (PoolError, CatalogError, SocketInUse, OSError) as exc:
+        # Known conditions (a bad pool, an unusable catalog, a socket in use, a pool
+        # that fails with EIO) get one line naming the path and the cause.
         print(f"csi-py: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,9 @@ truncated or garbled while it is stopped, and it starts again:
   filesystem, and the report says what was adopted (and where a damaged catalog went);
 - every later call works: a second publish, unpublish, unstage, delete, and a restore
   from the adopted snapshot.
+
+Also: the WAL lost with a killed driver, `csi-py pool check|rebuild`, and a catalog
+from a newer csi-py (a one-line error, never a rebuild).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from csi_py._proto import csi_pb2 as pb
 from tests.conftest import _start, needs_root
 from tests.kernel_leaks import loops_under, mounts_under
 from tests.reliability.harness import (
+    KILLED,
     REPO,
+    DriverProcess,
     MiB,
     Volumes,
     disagreements,
@@ -187,3 +192,50 @@ def test_newer_catalog_is_a_clear_error_not_a_traceback(workdir):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "schema version 99" in result.stderr and "catalog.db" in result.stderr
+
+
+def test_wal_lost_after_a_kill_is_rebuilt(workdir):
+    """The driver is killed (SIGKILL, no checkpoint) and its WAL is lost with it: the
+    catalog file alone knows nothing of the recent volumes. The next start adopts them
+    from the pool and the kernel; the pods keep their mounts and data."""
+    d = DriverProcess(workdir)
+    try:
+        d.start()
+        v = Volumes(d.client)
+        made = []
+        for kind in ("ext4", "block"):
+            vid = v.create(f"wal-{kind}", kind, 32 * MiB).volume_id
+            staging, target = os.path.join(workdir, f"s-{kind}"), os.path.join(workdir,
+                                                                                 f"t-{kind}")
+            os.mkdir(staging)
+            v.attach(vid, kind)
+            v.stage(vid, kind, staging)
+            v.publish(vid, kind, staging, target)
+            made.append((vid, kind, staging, target, write_data(target, kind,
+                                                                payload(kind))))
+        assert d.proc is not None
+        d.proc.kill()
+        assert d.wait_killed() == KILLED
+        wal = os.path.join(d.pool, "catalog.db-wal")
+        assert os.path.getsize(wal) > 0, "nothing was in the WAL: nothing to lose"
+        os.unlink(wal)
+        os.unlink(os.path.join(d.pool, "catalog.db-shm"))
+        mounts_before = mounts_under(workdir)
+        d.stop()
+        d.start()
+        summary = d.reconcile_summary()
+        assert summary["adopted_volumes"] == 2 and summary["adopted_stagings"] == 2, d.log()
+        assert summary["left_alone"] == 0 and summary["errors"] == 0, d.log()
+        assert mounts_under(workdir) == mounts_before
+        v = Volumes(d.client)
+        listed = d.client.controller.ListVolumes(pb.ListVolumesRequest(), timeout=60)
+        assert {e.volume.volume_id for e in listed.entries} == {m[0] for m in made}
+        for vid, kind, staging, target, digest in made:
+            assert read_digest(target, kind, MiB) == digest
+            v.unpublish(vid, target)
+            v.unstage(vid, staging)
+            v.detach(vid)
+            v.delete(vid)
+        assert disagreements(workdir, d.pool, expect_empty=True) == []
+    finally:
+        d.stop()
