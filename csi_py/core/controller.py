@@ -35,7 +35,7 @@ from csi_py.core.model import (
 )
 from csi_py.core.mutable import apply_mutable, check_mutable
 from csi_py.core.pool import Pool
-from csi_py.core.poolstate import PoolCondition, pool_state
+from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
 from csi_py.linux import Host, files
 from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
 from csi_py.state.catalog import Catalog, NameTaken
@@ -287,7 +287,6 @@ class ControllerCore:
                 f" {self.config.node_id!r}, the only node this driver instance serves"
             )
         with self.locks.hold("name:" + name, "CreateVolume"):
-            self._require_working_pool(f"volume {name!r}")
             existing = self.catalog.get_volume_by_name(name)
             if existing is not None:
                 return self._existing_for_create(existing, capacity, fs_type, provisioning,
@@ -410,15 +409,23 @@ class ControllerCore:
         else:
             files.clone_file(origin.image, path, allow_reflink=not thick)
 
-    def _require_working_pool(self, what: str) -> None:
-        """Raise Unavailable (the CO retries) while the pool's filesystem has failed:
-        nothing can be created in it, deleted from it or recorded in its catalog."""
-        state = pool_state(self.pool, self.config.reserve_bytes)
+    def _require_working_pool(self, what: str) -> PoolState:
+        """The pool's state; raises Unavailable (the CO retries) while its filesystem
+        has failed: nothing can be created in it, deleted from it or recorded in its
+        catalog."""
+        state = self._pool_state()
         if state.failed:
             raise Unavailable(f"{what}: {state.message}")
+        return state
+
+    def _pool_state(self) -> PoolState:
+        # The catalog's reserve comes back as soon as there is room for it, before
+        # the free space is measured for a new volume.
+        self.pool.keep_catalog_reserve()
+        return pool_state(self.pool, self.config.reserve_bytes)
 
     def _check_space(self, name: str, size: int, provisioning: Provisioning) -> None:
-        report = self.capacity(provisioning)
+        report = self.capacity(provisioning, self._require_working_pool(f"volume {name!r}"))
         if size > report.available_bytes:
             raise ResourceExhausted(
                 f"volume {name!r}: {size} bytes ({provisioning.value}) do not fit; the pool"
@@ -532,15 +539,14 @@ class ControllerCore:
         )
         return VolumeListing(entries, str(page[-1].seq) if more and page else "")
 
-    def capacity(self, provisioning: Provisioning) -> CapacityReport:
+    def capacity(self, provisioning: Provisioning, state: PoolState | None = None
+                 ) -> CapacityReport:
         """What a new volume of this provisioning can have, from the pool's real space.
 
         Thick volumes take real blocks now, so they get the free space. Thin volumes only
         promise: their total may reach thin_overcommit times the pool's size.
         """
-        # The catalog's reserve comes back as soon as there is room for it.
-        self.pool.keep_catalog_reserve()
-        state = pool_state(self.pool, self.config.reserve_bytes)
+        state = state or self._pool_state()
         total, _ = files.space(self.pool.volumes_dir) if not state.failed else (0, 0)
         usable_free = max(0, state.free_bytes - self.config.reserve_bytes)
         if state.condition is not PoolCondition.OK:
