@@ -18,9 +18,11 @@ record whose image is gone: it describes nothing, and it is ours.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from csi_py.core.model import (
@@ -32,7 +34,7 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
-from csi_py.core.pool import Pool
+from csi_py.core.pool import Pool, PoolError
 from csi_py.core.validation import is_snapshot_id, is_volume_id
 from csi_py.linux import Host, files
 from csi_py.linux.loop import LoopDevice
@@ -59,6 +61,7 @@ class RebuildReport:
     stale_records: list[str] = field(default_factory=list)
     unreadable_records: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    record_errors: list[str] = field(default_factory=list)  # records that could not be written
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items()}
@@ -199,22 +202,26 @@ def _all_volumes(catalog: Catalog) -> list[Volume]:
 def _backfill_records(catalog: Catalog, pool: Pool, records: Records,
                       report: RebuildReport, apply: bool) -> None:
     """A pool made before images described themselves: write the missing records."""
+    def write(object_id: str, put: Callable[[], None]) -> None:
+        try:
+            if apply:
+                put()
+            report.records_written.append(records.path(object_id))
+        except OSError as exc:  # e.g. a full pool: the next start tries again
+            report.record_errors.append(f"{records.path(object_id)}: {exc}")
+
     for vol in _all_volumes(catalog):
         if vol.state is VolumeState.READY and records.get(vol.id) is None and \
                 os.path.exists(pool.image_path(vol.id)):
-            if apply:
-                records.put_volume(vol)
-            report.records_written.append(records.path(vol.id))
+            write(vol.id, functools.partial(records.put_volume, vol))
     after = 0
     while page := catalog.list_snapshots(after, 1000):
         after = page[-1].seq
         for snap in page:
             if snap.ready and records.get(snap.id) is None and \
                     os.path.exists(pool.snapshot_path(snap.id)):
-                if apply:
-                    records.put_snapshot(snap, catalog.get_group(snap.group_id)
-                                         if snap.group_id else None)
-                report.records_written.append(records.path(snap.id))
+                group = catalog.get_group(snap.group_id) if snap.group_id else None
+                write(snap.id, functools.partial(records.put_snapshot, snap, group))
 
 
 def adopted_staging(volume_id: str, devices: list[LoopDevice], mounts: list) -> Staging:
@@ -262,9 +269,12 @@ def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
     (apply=True) do: open the pool's catalog (rebuild moves an unreadable one
     aside; check only says so and compares with an empty catalog) and rebuild it.
 
-    Raises CatalogTooNew, CatalogError (rebuild only: a catalog that cannot be
-    opened or moved), OSError when the pool cannot be read.
+    Raises PoolError (no such pool, or an unsafe one), CatalogTooNew, CatalogError
+    (rebuild only: a catalog that cannot be opened or moved), OSError when the pool
+    cannot be read.
     """
+    if not os.path.isdir(pool.root):
+        raise PoolError(f"pool {pool.root} does not exist (give the driver's --pool)")
     if apply:
         pool.prepare()
         catalog, moved = open_catalog(pool, pool.release_catalog_reserve)
