@@ -90,7 +90,11 @@ def rpc_method(func: F) -> F:
                     request, f"{func.__name__}: {type(exc).__name__}: {exc}")))
                 raise  # abort() raised already; this only tells the type checker
             code = status_for(known)
-            log.info("%s -> %s: %s", func.__name__, code.name, known)
+            # A bare ValueError is almost always input that reached a parser, but it
+            # may be a bug: its trace is kept in the log.
+            log.log(logging.WARNING if type(exc) is ValueError else logging.INFO,
+                    "%s -> %s: %s", func.__name__, code.name, known,
+                    exc_info=type(exc) is ValueError)
             context.abort(code, _cut(with_subject(request, str(known))))
 
     return wrapper  # type: ignore[return-value]
