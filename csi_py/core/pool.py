@@ -3,6 +3,7 @@ pool root and a validated id, never from a raw request string."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -128,4 +129,10 @@ class Pool:
             )
         os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            # A pool from before records, started while full: the reserve pays.
+            if exc.errno != errno.ENOSPC or not self.release_catalog_reserve():
+                raise
+            os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
