@@ -346,8 +346,8 @@ class NodeCore:
                     f"volume {volume_id} is still published at"
                     f" {', '.join(m.mount_point for m in users)}; unpublish it first"
                 )
-            if (record is None or record.access_type is AccessType.MOUNT) and \
-                    self._mount_at(staging_path) is not None:
+            staged = self._mount_at(staging_path)
+            if staged is not None and mount_is_of_any(staged, devices):
                 # A filesystem frozen by a capture that died stays frozen after its
                 # unmount and keeps the device busy; thawing is harmless otherwise.
                 self._thaw_quietly(staging_path)
@@ -432,10 +432,12 @@ class NodeCore:
                 " volumes, so call NodeStageVolume first and pass its path"
             )
         staging_path = v.check_absolute_path(staging_path, "staging_target_path")
-        if target_path == staging_path:
+        if target_path == staging_path or target_path.startswith(staging_path + "/") or \
+                staging_path.startswith(target_path + "/"):
             raise InvalidArgument(
-                f"volume {volume_id}: target_path and staging_target_path are both"
-                f" {target_path}; a publish onto its own staging path would hide it")
+                f"volume {volume_id}: target_path {target_path} and staging_target_path"
+                f" {staging_path} are the same or nested; a publish there would hide the"
+                " staging mount or be taken down with it")
         self._check_outside_pool(target_path, "target_path")
         flags = v.check_mount_flags(cap.mount_flags)
         v.check_no_symlink(target_path, "target_path")

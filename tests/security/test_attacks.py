@@ -350,7 +350,7 @@ def test_staging_and_target_paths_inside_the_pool_or_on_each_other_are_refused(
     staging = os.path.join(guarded.area, "stage0")
     v.stage(vid, "ext4", staging)
     try:
-        for bad in [*inside, staging]:
+        for bad in [*inside, staging, os.path.join(staging, "sub"), guarded.area]:
             request = pb.NodePublishVolumeRequest(
                 volume_id=vid, staging_target_path=staging, target_path=bad,
                 volume_capability=cap)
