@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     sdelete = ssub.add_parser("delete", help="delete a snapshot by id")
     sdelete.add_argument("snapshot_id")
 
+    pool = sub.add_parser("pool", help="check a pool's catalog against its self-describing"
+                          " images and the kernel, or rebuild it from them (on the node)")
+    pool.add_argument("action", choices=("check", "rebuild"))
+    pool.add_argument("--pool", required=True, help="the driver's --pool directory")
+
     info = sub.add_parser("info", help="print a running driver's identity and capacity")
     info.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
     return parser
@@ -141,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         from csi_py.demo import run_demo
 
         return run_demo(fs_type=args.fs_type, block=args.block, size=args.size)
+    if args.command == "pool":
+        from csi_py import pool_cli
+
+        return pool_cli.run(args.pool, args.action)
     from csi_py import commands
 
     if args.command == "volume":
@@ -167,11 +176,14 @@ def _serve(args: argparse.Namespace) -> int:
     from csi_py.core.pool import PoolError
     from csi_py.linux import real_host
     from csi_py.server import Server, SocketInUse
+    from csi_py.state.catalog import CatalogError
 
     try:
         server = Server(Driver(config, real_host()))
         server.serve_forever()
-    except (PoolError, SocketInUse, FileExistsError) as exc:
+    except (PoolError, CatalogError, SocketInUse, OSError) as exc:
+        # Known conditions (a bad pool, an unusable catalog, a socket in use, a pool
+        # that fails with EIO) get one line naming the path and the cause.
         print(f"csi-py: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -348,6 +348,8 @@ def _describe(loop: _Loop) -> LoopDevice:
         read_only=loop.read_only,
         logical_block_size=loop.logical_block_size,
         autoclear=False,
+        backing_dev=loop.inode[0],
+        backing_inode=loop.inode[1],
     )
 
 

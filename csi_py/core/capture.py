@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.model import AccessType, StagingState
+from csi_py.core.model import AccessType
 from csi_py.core.pool import Pool
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog
@@ -35,7 +35,7 @@ class Capturer:
     def _staged(self, volume_id: str) -> tuple[list[str], list[str]]:
         """(mount points to freeze, loop devices to flush) for a volume staged here."""
         record = self.catalog.get_staging(volume_id)
-        if record is None or record.state is not StagingState.STAGED:
+        if record is None or not record.staged:
             return [], []
         image = self.pool.image_path(volume_id)
         devices = [d.path for d in self.host.loops.find_by_backing_file(image)]

@@ -21,6 +21,7 @@ from csi_py.core.errors import (
     NotFound,
     OutOfRange,
     ResourceExhausted,
+    Unavailable,
 )
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import (
@@ -34,10 +35,12 @@ from csi_py.core.model import (
 )
 from csi_py.core.mutable import apply_mutable, check_mutable
 from csi_py.core.pool import Pool
+from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
 from csi_py.core.topology import require_here, topology_matches
 from csi_py.linux import Host, files
 from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
 from csi_py.state.catalog import Catalog, NameTaken
+from csi_py.state.records import Records, SnapshotRecord, VolumeRecord
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,7 @@ class ControllerCore:
         self.host = host
         self.locks = locks
         self.capturer = Capturer(catalog, pool, host)
+        self.records = Records(pool.records_dir)
 
     # --- sizes and parameters ----------------------------------------------------------
 
@@ -305,9 +309,13 @@ class ControllerCore:
                 else:
                     self._fill_from(origin, path, thick)
                     files.grow_image(path, size, preallocate=thick)
+                # The image describes itself before the catalog commits it, so a
+                # lost catalog can be rebuilt (core/rebuild.py).
+                self.records.put_volume(volume, self._format_of(origin))
                 crash_point("create.image_written" if origin is None else "restore.filled")
             except BaseException as exc:
                 files.remove_file(path)
+                self.records.remove(volume.id)
                 self.catalog.delete_volume(volume.id)
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise ResourceExhausted(
@@ -376,6 +384,13 @@ class ControllerCore:
                           vol.fs_type)
         raise InvalidArgument(f"volume {name!r}: unknown content source kind {source.kind!r}")
 
+    def _format_of(self, origin: Origin | None) -> str:
+        """A copy holds what its source held: its format state comes along."""
+        if origin is None:
+            return ""
+        rec = self.records.get(origin.source.id)
+        return rec.format if isinstance(rec, (VolumeRecord, SnapshotRecord)) else ""
+
     def _fill_from(self, origin: Origin, path: str, thick: bool) -> None:
         """Copy the source's data into a new image at `path`: a reflink where possible,
         except for a thick volume, whose blocks must be its own (never copy-on-write)."""
@@ -386,8 +401,23 @@ class ControllerCore:
         else:
             files.clone_file(origin.image, path, allow_reflink=not thick)
 
+    def _require_working_pool(self, what: str) -> PoolState:
+        """The pool's state; raises Unavailable (the CO retries) while its filesystem
+        has failed: nothing can be created in it, deleted from it or recorded in its
+        catalog."""
+        state = self._pool_state()
+        if state.failed:
+            raise Unavailable(f"{what}: {state.message}")
+        return state
+
+    def _pool_state(self) -> PoolState:
+        # The catalog's reserve comes back as soon as there is room for it, before
+        # the free space is measured for a new volume.
+        self.pool.keep_catalog_reserve()
+        return pool_state(self.pool, self.config.reserve_bytes)
+
     def _check_space(self, name: str, size: int, provisioning: Provisioning) -> None:
-        report = self.capacity(provisioning)
+        report = self.capacity(provisioning, self._require_working_pool(f"volume {name!r}"))
         if size > report.available_bytes:
             raise ResourceExhausted(
                 f"volume {name!r}: {size} bytes ({provisioning.value}) do not fit; the pool"
@@ -406,6 +436,7 @@ class ControllerCore:
         if not v.is_volume_id(volume_id):
             return
         with self.locks.hold(volume_id, "DeleteVolume"):
+            self._require_working_pool(f"volume {volume_id}")
             volume = self.catalog.get_volume(volume_id)
             if volume is None:
                 return
@@ -428,7 +459,9 @@ class ControllerCore:
             crash_point("delete.marked")
             files.remove_file(path)
             crash_point("delete.file_removed")
+            self.records.remove(volume_id)
             self.catalog.delete_volume(volume_id)
+            self.pool.keep_catalog_reserve()
             log.info("deleted volume %s name=%s", volume_id, volume.name)
 
     # --- lookups -----------------------------------------------------------------------
@@ -498,15 +531,21 @@ class ControllerCore:
         )
         return VolumeListing(entries, str(page[-1].seq) if more and page else "")
 
-    def capacity(self, provisioning: Provisioning) -> CapacityReport:
+    def capacity(self, provisioning: Provisioning, state: PoolState | None = None
+                 ) -> CapacityReport:
         """What a new volume of this provisioning can have, from the pool's real space.
 
         Thick volumes take real blocks now, so they get the free space. Thin volumes only
         promise: their total may reach thin_overcommit times the pool's size.
         """
-        total, free = files.space(self.pool.volumes_dir)
-        usable_free = max(0, free - self.config.reserve_bytes)
-        if provisioning is Provisioning.THICK:
+        state = state or self._pool_state()
+        total, _ = files.space(self.pool.volumes_dir) if not state.failed else (0, 0)
+        usable_free = max(0, state.free_bytes - self.config.reserve_bytes)
+        if state.condition is not PoolCondition.OK:
+            # A failed pool offers nothing; a full one cannot even hold what thin
+            # volumes already promised, so it promises no more.
+            available = 0
+        elif provisioning is Provisioning.THICK:
             available = usable_free
         else:
             promise_limit = int((total - self.config.reserve_bytes) * self.config.thin_overcommit)
@@ -624,6 +663,8 @@ class ControllerCore:
             for device in self.host.loops.find_by_backing_file(self.pool.image_path(volume_id)):
                 apply_mutable(self.host, device.path, values)
             self.catalog.set_mutable_parameters(volume_id, merged)
+            self.records.put_volume(replace(volume, mutable_parameters=tuple(sorted(
+                merged.items()))), self.records.format_state(volume_id))
 
     # --- ControllerPublish / Unpublish -----------------------------------------------
 
@@ -682,6 +723,9 @@ class ControllerCore:
         if not v.is_volume_id(volume_id):
             return
         with self.locks.hold(volume_id, "ControllerUnpublishVolume"):
+            # The node side (NodeUnpublish, NodeUnstage) works on a failed pool, so
+            # pods are released; only this record waits for the repair.
+            self._require_working_pool(f"volume {volume_id}")
             for att in self.catalog.attachments_of(volume_id):
                 if not node_id or att.node_id == node_id:
                     self.catalog.remove_attachment(volume_id, att.node_id)

@@ -22,7 +22,7 @@ POINTS: tuple[str, ...] = (
     "delete.marked", "delete.file_removed",
     "attach.recorded", "detach.removed",
     "stage.recorded", "stage.attached", "stage.formatted", "stage.mounted", "stage.committed",
-    "unstage.marked", "unstage.unmounted", "unstage.detached",
+    "unstage.unmounted", "unstage.detached",
     "publish.target_made", "publish.bound",
     "unpublish.unmounted",
     "expand.file_grown", "expand.device_refreshed", "expand.committed",

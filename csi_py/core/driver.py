@@ -3,10 +3,8 @@ reconciliation and readiness."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import sqlite3
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -17,13 +15,15 @@ from csi_py.core.errors import Unavailable
 from csi_py.core.health import HealthChecker
 from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import AccessType, SnapshotState, StagingState, VolumeState
-from csi_py.core.node import NodeCore, mount_is_of
+from csi_py.core.model import AccessType, SnapshotState, VolumeState
+from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
+from csi_py.core.rebuild import RebuildReport, open_catalog, rebuild
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
+from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,18 @@ class ReconcileReport:
     rolled_back_creates: list[str] = field(default_factory=list)
     finished_deletes: list[str] = field(default_factory=list)
     rolled_back_snapshots: list[str] = field(default_factory=list)
-    detached_leaks: list[str] = field(default_factory=list)
-    unmounted_leaks: list[str] = field(default_factory=list)
+    # Loop devices on pool files that no volume claims (a deleted image, a volume
+    # the catalog and the records do not know): never detached, only reported.
+    left_alone: list[str] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
     unknown_images: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    rebuild: RebuildReport = field(default_factory=RebuildReport)
 
     def summary(self) -> str:
-        parts = [f"{k}={len(v)}" for k, v in self.__dict__.items()]
-        return "reconciled: " + " ".join(parts)
+        counts = {k: len(v) for k, v in self.__dict__.items() if isinstance(v, list)}
+        counts.update(self.rebuild.counts())
+        return "reconciled: " + " ".join(f"{k}={n}" for k, n in counts.items())
 
 
 class Driver:
@@ -65,8 +68,8 @@ class Driver:
         self.pool.prepare()
         if not self.pool.keep_catalog_reserve():
             log.warning("pool %s is full: no space for the catalog's reserve", config.pool)
-        self.catalog = Catalog(self.pool.catalog_path)
-        _retry_when_pool_full(self.catalog, self.pool)
+        self.catalog, self.catalog_moved_to = open_catalog(self.pool, self._release_reserve)
+        self.records = Records(self.pool.records_dir)
         self.locks = KeyedTryLock()
         self.controller = ControllerCore(config, self.catalog, self.pool, host, self.locks)
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
@@ -76,6 +79,14 @@ class Driver:
         self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller, self.node)
         self._ready = threading.Event()
         self.last_reconcile: ReconcileReport | None = None
+
+    def _release_reserve(self) -> bool:
+        """The catalog's on_full hook: give the reserve's space to the catalog."""
+        if not self.pool.release_catalog_reserve():
+            return False
+        log.warning("pool %s is full; released the catalog's reserve so the catalog can"
+                    " still be written. Free space in the pool", self.pool.root)
+        return True
 
     @property
     def ready(self) -> bool:
@@ -111,26 +122,30 @@ class Driver:
 def reconcile(driver: Driver) -> ReconcileReport:
     """Bring the catalog and the kernel into agreement after a start or a crash.
 
-    - volumes left CREATING are rolled back (file and record removed): the caller never
-      got an answer and will retry CreateVolume;
+    - volumes left CREATING are rolled back (file, record and row removed): the
+      caller never got an answer and will retry CreateVolume;
     - volumes left DELETING are finished;
     - snapshots and group snapshots left CREATING or DELETING are removed (a caller
       that never got an answer retries; one that asked for a delete wanted it gone);
-    - loop devices on our backing files with no staging record are leaks: their mounts
-      are taken off and they are detached;
+    - what the catalog lacks is rebuilt from the pool's records and the kernel
+      (core/rebuild.py): volumes, snapshots, and stagings of attached devices;
     - temp files from interrupted creates are removed;
-    - image files the catalog does not know are reported, never deleted (they may be a
-      user's data from a lost catalog).
+    - loop devices and image files no volume claims are reported, never detached or
+      deleted (they may be a user's data, or a pod's device, from a lost catalog).
     Staged volumes are left as they are; kubelet re-stages after a reboot.
     """
     report = ReconcileReport()
-    catalog, pool, host = driver.catalog, driver.pool, driver.host
+    catalog, pool, host, records = driver.catalog, driver.pool, driver.host, driver.records
+    if driver.catalog_moved_to:
+        report.rebuild.catalog_moved_to.append(driver.catalog_moved_to)
     for vol in catalog.volumes_in_state(VolumeState.CREATING):
         _quietly(report, files.remove_file, pool.image_path(vol.id))
+        _quietly(report, records.remove, vol.id)
         catalog.delete_volume(vol.id)
         report.rolled_back_creates.append(vol.id)
     for vol in catalog.volumes_in_state(VolumeState.DELETING):
         _quietly(report, files.remove_file, pool.image_path(vol.id))
+        _quietly(report, records.remove, vol.id)
         catalog.delete_volume(vol.id)
         report.finished_deletes.append(vol.id)
 
@@ -138,20 +153,26 @@ def reconcile(driver: Driver) -> ReconcileReport:
             catalog.groups_in_state(SnapshotState.DELETING):
         for sid in group.snapshot_ids:
             _quietly(report, files.remove_file, pool.snapshot_path(sid))
+            _quietly(report, records.remove, sid)
         catalog.delete_group(group.id)
         report.rolled_back_snapshots.append(group.id)
     for snap in catalog.snapshots_in_state(SnapshotState.CREATING) + \
             catalog.snapshots_in_state(SnapshotState.DELETING):
         _quietly(report, files.remove_file, pool.snapshot_path(snap.id))
+        _quietly(report, records.remove, snap.id)
         catalog.delete_snapshot(snap.id)
         report.rolled_back_snapshots.append(snap.id)
+
+    found = rebuild(catalog, pool, records, host)
+    found.catalog_moved_to = report.rebuild.catalog_moved_to
+    report.rebuild = found
 
     staged = {s.volume_id: s for s in catalog.list_stagings()}
     for staging in staged.values():
         # A capture killed between freeze and thaw leaves its filesystem frozen, and
         # every writer of that volume hung: thaw what is staged (harmless otherwise).
-        if staging.access_type is AccessType.MOUNT and host.mounts.is_mounted(
-                staging.staging_path):
+        if staging.access_type is AccessType.MOUNT and staging.staging_path and \
+                host.mounts.is_mounted(staging.staging_path):
             _quietly(report, host.fs.thaw, staging.staging_path)
     for dev in host.loops.list_attached():
         volume_id = pool.volume_id_of_image(dev.backing_file)
@@ -164,17 +185,17 @@ def reconcile(driver: Driver) -> ReconcileReport:
             # read-only device (made for a read-only block publish) must never
             # become the staged one, or later read-write publishes get it.
             recorded = host.loops.get(record.device) if record.device else None
-            if record.device != dev.path and record.state is StagingState.STAGED and \
+            if record.device != dev.path and record.staged and \
                     (recorded is None or recorded.backing_file != dev.backing_file) and \
                     (record.readonly or not dev.read_only):
                 catalog.put_staging(replace(record, device=dev.path))
             continue
-        for m in reversed(host.mounts.list_mounts()):
-            if mount_is_of(m, dev.path):
-                if _quietly(report, host.mounts.unmount, m.mount_point):
-                    report.unmounted_leaks.append(m.mount_point)
-        if _quietly(report, host.loops.detach, dev.path):
-            report.detached_leaks.append(f"{dev.path} ({dev.backing_file})")
+        # Its backing file is (or was) in the pool, so a pod may still use it: it is
+        # never detached here; an operator decides (docs/reliability.md).
+        why = "backing file deleted" if dev.backing_deleted else "no volume claims it"
+        report.left_alone.append(f"{dev.path} ({dev.backing_file}): {why}")
+        log.warning("loop device %s on pool file %s: %s; left attached", dev.path,
+                    dev.backing_file, why)
 
     known = {vol_id for vol_id in _all_volume_ids(catalog)}
     for entry in os.scandir(pool.volumes_dir):
@@ -191,34 +212,10 @@ def reconcile(driver: Driver) -> ReconcileReport:
             report.removed_temp_files.append(entry.path)
         elif catalog.get_snapshot(entry.name.removesuffix(".img")) is None:
             report.unknown_images.append(entry.path)
+    report.removed_temp_files += files.remove_stale_temp_files(pool.records_dir)
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)
     return report
-
-
-def _retry_when_pool_full(catalog: Catalog, pool: Pool) -> None:
-    """Make each catalog call that fails because the pool is full (thin volumes wrote
-    it full) free the catalog's reserve and try once more, so the calls that free
-    space (unstage, delete) can still be recorded. Each call is one transaction,
-    rolled back when it failed, so trying again is safe."""
-
-    def guarded(method):  # type: ignore[no-untyped-def]
-        @functools.wraps(method)
-        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
-            try:
-                return method(*args, **kwargs)
-            except sqlite3.OperationalError as exc:
-                if "full" not in str(exc) or not pool.release_catalog_reserve():
-                    raise
-                log.warning("pool %s is full; released the catalog's reserve so the"
-                            " catalog can still be written. Free space in the pool",
-                            pool.root)
-                return method(*args, **kwargs)
-        return call
-
-    for name, member in vars(Catalog).items():
-        if callable(member) and not name.startswith("_") and name != "close":
-            setattr(catalog, name, guarded(getattr(catalog, name)))
 
 
 def _all_volume_ids(catalog: Catalog) -> list[str]:

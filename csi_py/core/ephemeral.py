@@ -40,7 +40,7 @@ class EphemeralVolumes:
 
     @property
     def staging_root(self) -> str:
-        return os.path.join(self.pool.root, "ephemeral")
+        return self.pool.ephemeral_dir
 
     def _staging(self, volume: Volume) -> str:
         return os.path.join(self.staging_root, volume.id)

@@ -8,8 +8,10 @@ import os
 from dataclasses import dataclass
 
 from csi_py.config import Config
-from csi_py.core.model import AccessType, Provisioning, StagingState, Volume
+from csi_py.core.identity import device_problem, devices_on
+from csi_py.core.model import AccessType, Provisioning, Volume
 from csi_py.core.pool import Pool
+from csi_py.core.poolstate import pool_state
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
@@ -36,11 +38,16 @@ class HealthChecker:
 
     def check(self, volume: Volume) -> Condition:
         """The first abnormal condition found, most serious first, or HEALTHY."""
-        for probe in (self._backing_file, self._loop_device, self._filesystem, self._thin_pool):
+        for probe in (self._pool_failed, self._backing_file, self._loop_device,
+                      self._filesystem, self._thin_pool):
             found = probe(volume)
             if found is not None:
                 return Condition(True, found)
         return HEALTHY
+
+    def _pool_failed(self, volume: Volume) -> str | None:
+        state = pool_state(self.pool, self.config.reserve_bytes)
+        return f"volume {volume.id}: {state.message}" if state.failed else None
 
     def _backing_file(self, volume: Volume) -> str | None:
         path = self.pool.image_path(volume.id)
@@ -56,13 +63,11 @@ class HealthChecker:
 
     def _loop_device(self, volume: Volume) -> str | None:
         record = self.catalog.get_staging(volume.id)
-        if record is None or record.state is not StagingState.STAGED:
+        if record is None or not record.staged:
             return None
-        devices = self.host.loops.find_by_backing_file(self.pool.image_path(volume.id))
-        if not devices:
-            return (f"volume {volume.id} is staged at {record.staging_path} but its loop"
-                    " device was detached; pods using it get I/O errors. Restart the pods"
-                    " (NodeStageVolume attaches it again)")
+        problem = device_problem(self.host, record, self.pool.image_path(volume.id))
+        if problem:
+            return problem
         if record.access_type is AccessType.MOUNT and \
                 not self.host.mounts.is_mounted(record.staging_path):
             return (f"volume {volume.id} is staged but nothing is mounted at"
@@ -73,7 +78,7 @@ class HealthChecker:
         record = self.catalog.get_staging(volume.id)
         if record is None or record.access_type is not AccessType.MOUNT or not record.fs_type:
             return None
-        devices = self.host.loops.find_by_backing_file(self.pool.image_path(volume.id))
+        devices = devices_on(self.host, self.pool.image_path(volume.id))
         if not devices:
             return None
         try:

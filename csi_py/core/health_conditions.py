@@ -71,6 +71,7 @@ READ_AHEAD_OFF = "ReadAheadOff"
 DIRECT_IO_OFF = "DirectIOOff"
 HEALTH_CHECK_FAILED = "HealthCheckFailed"
 VOLUME_ABNORMAL = "VolumeAbnormal"
+POOL_FAILED = "PoolFailed"
 POOL_MISSING = "PoolMissing"
 POOL_IO_ERROR = "PoolIOError"
 POOL_READ_ONLY = "PoolReadOnly"
@@ -102,6 +103,11 @@ class HealthReporter:
         c = self.checker
         path = c.pool.image_path(volume.id)
         # The probes of core/health.py are the signals; each is classified here.
+        message = c._pool_failed(volume)
+        if message is not None:
+            # The pool's filesystem shut down or went read-only: the image cannot be read
+            # or written, whatever its own state, and nothing else can be checked reliably.
+            return (HealthCondition(VolumeHealthType.INACCESSIBLE, POOL_FAILED, message),)
         message = c._backing_file(volume)
         if message is not None:
             reason = IMAGE_MISSING if not os.path.exists(path) else IMAGE_TRUNCATED

@@ -153,6 +153,10 @@ class StagingState(enum.Enum):
     STAGING = "staging"
     STAGED = "staged"
     UNSTAGING = "unstaging"
+    # Staged, but learned from the kernel at start-up (the catalog had lost the
+    # record): its device and mounts are known, the flags it was staged with are not,
+    # so the next NodeStageVolume for it is taken as it comes and recorded.
+    ADOPTED = "adopted"
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,17 @@ class Staging:
     readonly: bool
     device: str
     state: StagingState
+
+    @property
+    def staged(self) -> bool:
+        """Staged and in use: recorded by a finished NodeStageVolume, or adopted."""
+        return self.state in (StagingState.STAGED, StagingState.ADOPTED)
+
+    def at(self, path: str) -> bool:
+        """Whether this staging is at `path`; an adopted block staging, whose path
+        the kernel cannot tell, is at whatever path the CO names."""
+        return self.staging_path == path or (
+            self.state is StagingState.ADOPTED and not self.staging_path)
 
 
 @dataclass(frozen=True)

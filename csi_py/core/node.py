@@ -28,6 +28,7 @@ from csi_py.core.errors import (
     NotFound,
     OutOfRange,
 )
+from csi_py.core.identity import backs, devices_on
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import (
     AccessMode,
@@ -50,7 +51,8 @@ from csi_py.linux import Host, files
 from csi_py.linux.errors import DeviceBusy, LinuxError
 from csi_py.linux.loop import LoopDevice
 from csi_py.linux.mount import MountEntry
-from csi_py.state.catalog import Catalog
+from csi_py.state.catalog import Catalog, CatalogError
+from csi_py.state.records import FORMATTED, FORMATTING, Records
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class NodeCore:
         self.host = host
         self.locks = locks
         self.controller = controller
+        self.records = Records(pool.records_dir)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -101,9 +104,9 @@ class NodeCore:
         path = self.pool.image_path(volume_id)
         if hint:
             dev = self.host.loops.get(hint)
-            if dev is not None and dev.backing_file == path and not dev.backing_deleted:
+            if dev is not None and backs(dev, path):
                 return dev
-        found = [d for d in self.host.loops.find_by_backing_file(path) if not d.backing_deleted]
+        found = [d for d in devices_on(self.host, path) if not d.backing_deleted]
         # A writable device is the staged one; read-only extras serve read-only publishes.
         found.sort(key=lambda d: d.read_only)
         return found[0] if found else None
@@ -123,17 +126,24 @@ class NodeCore:
         path = self.pool.image_path(volume_id)
         if record is not None and record.access_type is AccessType.MOUNT and record.device:
             dev = self.host.loops.get(record.device)
-            if dev is not None and dev.backing_file == path:
+            if dev is not None and backs(dev, path):
                 return [dev]
-        return self.host.loops.find_by_backing_file(path)
+        return devices_on(self.host, path)
 
     def _detached_device(self, record: Staging | None) -> str:
         """The device a staged volume was attached to, when the kernel has detached it
-        since (LOOP_CLR_FD behind our back) and it is still free: the volume's mounts
-        (a published block device) still name it. "" otherwise."""
-        if record is None or not record.device or record.state is not StagingState.STAGED:
+        since (LOOP_CLR_FD behind our back): free now, or its number attached to
+        another file. The volume's mounts (a published block device) still name it,
+        and they are this volume's to take down. "" otherwise."""
+        if record is None or not record.device or not record.staged:
             return ""
-        return record.device if self.host.loops.get(record.device) is None else ""
+        dev = self.host.loops.get(record.device)
+        if dev is None or not backs(dev, self.pool.image_path(record.volume_id)):
+            return record.device
+        return ""
+
+    def _check_outside_pool(self, path: str, field: str) -> None:
+        v.check_outside(path, field, self.pool.contains, self.pool.root)
 
     def _fs_type_for(self, volume: Volume, cap: Capability) -> str:
         return cap.fs_type or volume.fs_type or self.config.default_fs_type
@@ -156,6 +166,7 @@ class NodeCore:
         """
         v.require(volume_id, "volume_id")
         staging_path = v.check_absolute_path(staging_path, "staging_target_path")
+        self._check_outside_pool(staging_path, "staging_target_path")
         if cap is None:
             raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
         check_capability(cap, self.config.filesystems)
@@ -254,10 +265,21 @@ class NodeCore:
         # A backing file with no data at all is blank for sure; only otherwise is the
         # device probed (blkid costs a fork, and most first stages are of new volumes).
         image = self.pool.image_path(volume.id)
-        found = None if files.allocated_bytes(image) == 0 else self.host.fs.detect(device.path)
+        if self.records.format_state(volume.id) == FORMATTING:
+            # A format that never finished (the process was killed during mkfs): the
+            # device never held data, whatever signature the half-made filesystem
+            # left on it, so it is formatted again.
+            log.warning("volume %s: its last format was interrupted; formatting %s again",
+                        volume.id, device.path)
+            found = None
+        else:
+            found = None if files.allocated_bytes(image) == 0 else \
+                self.host.fs.detect(device.path)
         if found is None:
             log.info("volume %s: formatting %s as %s", volume.id, device.path, fs_type)
+            self.records.set_format(volume, FORMATTING)
             self.host.fs.format(device.path, fs_type)
+            self.records.set_format(volume, FORMATTED)
             crash_point("stage.formatted")
         elif found != fs_type:
             raise FailedPrecondition(
@@ -298,16 +320,19 @@ class NodeCore:
     def unstage(self, volume_id: str, staging_path: str) -> None:
         """Unmount the staging path and detach the loop device. Idempotent.
 
+        The kernel is taken down first and the catalog written after: a full pool
+        or one whose filesystem failed cannot keep kubelet from releasing a pod
+        (a staging record that outlives its device is harmless and redone by the
+        next stage or unstage).
+
         Raises InvalidArgument, NotFound (unknown volume), FailedPrecondition (still
         published somewhere), Aborted, Internal.
         """
         v.require(volume_id, "volume_id")
         staging_path = v.check_absolute_path(staging_path, "staging_target_path")
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
-            if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
-                raise NotFound(f"volume {volume_id!r} does not exist")
-            record = self.catalog.get_staging(volume_id)
-            if record is not None and record.staging_path != staging_path:
+            record = self._staging_for_teardown(volume_id, "unstage")
+            if record is not None and not record.at(staging_path):
                 # "If the volume ... is not staged to the staging_target_path, the
                 # Plugin MUST reply 0 OK"; its real staging is left alone.
                 log.warning("volume %s: unstage at %s, but it is staged at %s; nothing done",
@@ -321,11 +346,8 @@ class NodeCore:
                     f"volume {volume_id} is still published at"
                     f" {', '.join(m.mount_point for m in users)}; unpublish it first"
                 )
-            if record is not None:
-                self.catalog.put_staging(replace(record, state=StagingState.UNSTAGING))
-                crash_point("unstage.marked")
-            if record is not None and record.access_type is AccessType.MOUNT and \
-                    self._mount_at(staging_path) is not None:
+            staged = self._mount_at(staging_path)
+            if staged is not None and mount_is_of_any(staged, devices):
                 # A filesystem frozen by a capture that died stays frozen after its
                 # unmount and keeps the device busy; thawing is harmless otherwise.
                 self._thaw_quietly(staging_path)
@@ -340,7 +362,28 @@ class NodeCore:
                         f"volume {volume_id}: loop device {device.path} is still in use ({exc})"
                     ) from exc
             crash_point("unstage.detached")
-            self.catalog.delete_staging(volume_id)
+            try:
+                self.catalog.delete_staging(volume_id)
+            except CatalogError as exc:
+                log.warning("volume %s: unstaged, but the catalog could not record it (%s);"
+                            " the stale record is dropped by the next stage or unstage",
+                            volume_id, exc)
+            self.pool.keep_catalog_reserve()
+
+    def _staging_for_teardown(self, volume_id: str, what: str) -> Staging | None:
+        """The staging record of a volume being taken down. When the catalog cannot
+        be read (the pool's filesystem failed) it is None: what is attached and
+        mounted is still known to the kernel, which is all a teardown needs.
+        Raises NotFound for a volume the catalog does not have."""
+        if not v.is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id!r} does not exist")
+        try:
+            if self.catalog.get_volume(volume_id) is None:
+                raise NotFound(f"volume {volume_id!r} does not exist")
+            return self.catalog.get_staging(volume_id)
+        except CatalogError as exc:
+            log.warning("volume %s: %s without the catalog: %s", volume_id, what, exc)
+            return None
 
     def _holds(self, path: str, device: LoopDevice) -> bool:
         """Whether the topmost mount at `path` is of `device` (this volume)."""
@@ -389,14 +432,20 @@ class NodeCore:
                 " volumes, so call NodeStageVolume first and pass its path"
             )
         staging_path = v.check_absolute_path(staging_path, "staging_target_path")
+        if target_path == staging_path or target_path.startswith(staging_path + "/") or \
+                staging_path.startswith(target_path + "/"):
+            raise InvalidArgument(
+                f"volume {volume_id}: target_path {target_path} and staging_target_path"
+                f" {staging_path} are the same or nested; a publish there would hide the"
+                " staging mount or be taken down with it")
+        self._check_outside_pool(target_path, "target_path")
         flags = v.check_mount_flags(cap.mount_flags)
         v.check_no_symlink(target_path, "target_path")
         readonly = readonly or cap.access_mode.read_only
         with self.locks.hold(volume_id, "NodePublishVolume"):
             self.controller.get_ready_volume(volume_id)
             record = self.catalog.get_staging(volume_id)
-            if record is None or record.state is not StagingState.STAGED or \
-                    record.staging_path != staging_path:
+            if record is None or not record.staged or not record.at(staging_path):
                 raise FailedPrecondition(
                     f"volume {volume_id} is not staged at {staging_path}; call NodeStageVolume"
                     " first"
@@ -515,11 +564,9 @@ class NodeCore:
         # directory somewhere else.
         v.check_no_symlink(target_path, "target_path")
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
-            if not v.is_volume_id(volume_id) or self.catalog.get_volume(volume_id) is None:
-                raise NotFound(f"volume {volume_id!r} does not exist")
+            record = self._staging_for_teardown(volume_id, "unpublish")
             entry = self._mount_at(target_path)
             if entry is not None:
-                record = self.catalog.get_staging(volume_id)
                 owner = next((d for d in self._devices_of(volume_id, record)
                               if mount_is_of(entry, d.path)), None)
                 lost = self._detached_device(record)

@@ -3,6 +3,7 @@ pool root and a validated id, never from a raw request string."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from csi_py.linux import files
 
 # Pool space held back for the catalog: thin volumes can fill the pool with their
 # writes, and then the catalog could not record even the calls that free space
-# (unstage, delete). This much is released when a catalog write finds the pool full.
+# (unstage, delete). This much is released when a catalog write finds the pool full
+# (Catalog's on_full hook) and allocated again as soon as the pool has room.
 CATALOG_RESERVE_BYTES = 8 << 20
 
 
@@ -38,6 +40,27 @@ class Pool:
         if not is_snapshot_id(snapshot_id):
             raise InvalidArgument(f"snapshot id {snapshot_id!r} is malformed")
         return os.path.join(self.snapshots_dir, snapshot_id + ".img")
+
+    @property
+    def records_dir(self) -> str:
+        """Where each image's self-describing record lives (state/records.py)."""
+        return os.path.join(self.root, "records")
+
+    @property
+    def ephemeral_dir(self) -> str:
+        """Where the driver stages inline ephemeral volumes (core/ephemeral.py)."""
+        return os.path.join(self.root, "ephemeral")
+
+    def contains(self, path: str) -> bool:
+        """Whether `path` (resolved) is the pool root or anything below it, other
+        than the driver's own staging places below ephemeral/: a mount there would
+        hide the catalog, the images or their records. Never raises."""
+        real = os.path.realpath(path)
+        root = os.path.realpath(self.root).rstrip("/")
+        if real != root and not real.startswith(root + "/"):
+            return False
+        return not real.startswith(os.path.join(root, os.path.basename(self.ephemeral_dir))
+                                   + "/")
 
     @property
     def catalog_path(self) -> str:
@@ -106,3 +129,10 @@ class Pool:
             )
         os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            # A pool from before records, started while full: the reserve pays.
+            if exc.errno != errno.ENOSPC or not self.release_catalog_reserve():
+                raise
+            os.makedirs(self.records_dir, mode=0o700, exist_ok=True)

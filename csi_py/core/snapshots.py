@@ -36,6 +36,7 @@ from csi_py.core.pool import Pool
 from csi_py.core.topology import require_here
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog, NameTaken
+from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class SnapshotCore:
         self.locks = locks
         self.controller = controller
         self.capturer = Capturer(catalog, pool, host)
+        self.records = Records(pool.records_dir)
 
     def progress_path(self, name: str) -> str:
         """Where a copy-based capture of snapshot `name` reports its progress."""
@@ -181,15 +183,16 @@ class SnapshotCore:
                         [source.id],
                         report,
                     )
+                    self._describe(replace(snap, method=method), None, source)
                 except OSError as exc:
-                    self.catalog.delete_snapshot(snap.id)
+                    self._undo(snap.id)
                     if _no_space(exc):
                         raise ResourceExhausted(
                             f"snapshot {name!r} of volume {source.id}: the pool ran out of space"
                         ) from exc
                     raise
                 except BaseException:
-                    self.catalog.delete_snapshot(snap.id)
+                    self._undo(snap.id)
                     raise
                 finally:
                     if isinstance(report, ProgressFile):
@@ -216,12 +219,25 @@ class SnapshotCore:
         except NameTaken:
             raise AlreadyExists(f"snapshot name {name!r} is already recorded") from None
 
+    def _describe(self, snap: Snapshot, group: GroupSnapshot | None, source: Volume) -> None:
+        """Write the snapshot's own record (after its image is complete, before the
+        catalog commits it), with its source's format state."""
+        self.records.put_snapshot(snap, group, self.records.format_state(source.id))
+
+    def _undo(self, snapshot_id: str) -> None:
+        """Take back a capture that failed: its image, its record, its row."""
+        files.remove_file(self.pool.snapshot_path(snapshot_id))
+        self.records.remove(snapshot_id)
+        self.catalog.delete_snapshot(snapshot_id)
+
     def _forget(self, snap: Snapshot) -> None:
         self.catalog.update_snapshot(snap.id, SnapshotState.DELETING)
         crash_point("snapshot_delete.marked")
         files.remove_file(self.pool.snapshot_path(snap.id))
         crash_point("snapshot_delete.file_removed")
+        self.records.remove(snap.id)
         self.catalog.delete_snapshot(snap.id)
+        self.pool.keep_catalog_reserve()
 
     # --- DeleteSnapshot ----------------------------------------------------------------
 
@@ -338,7 +354,12 @@ class SnapshotCore:
                  for src, s in zip(sources, snaps, strict=True)],
                 [src.id for src in sources],
             )
+            for snap, src, method in zip(snaps, sources, methods, strict=True):
+                self._describe(replace(snap, method=method), group, src)
         except BaseException as exc:
+            for snap in snaps:
+                files.remove_file(self.pool.snapshot_path(snap.id))
+                self.records.remove(snap.id)
             self.catalog.delete_group(group.id)
             if isinstance(exc, OSError) and _no_space(exc):
                 raise ResourceExhausted(
@@ -358,7 +379,9 @@ class SnapshotCore:
         self.catalog.set_group_state(group.id, SnapshotState.DELETING)
         for sid in group.snapshot_ids:
             files.remove_file(self.pool.snapshot_path(sid))
+            self.records.remove(sid)
         self.catalog.delete_group(group.id)
+        self.pool.keep_catalog_reserve()
 
     def delete_group(self, group_id: str, snapshot_ids: list[str]) -> None:
         """Delete a group snapshot and its members. Idempotent: unknown is success.

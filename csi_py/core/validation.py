@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import uuid
+from collections.abc import Callable
 
 from csi_py.core.errors import InvalidArgument
 
@@ -18,6 +19,8 @@ from csi_py.core.errors import InvalidArgument
 MAX_STRING_BYTES = 128
 MAX_MAP_BYTES = 4096
 MAX_PATH_BYTES = 4096
+# Linux's limit on one path component (NAME_MAX).
+NAME_MAX = 255
 
 _VOLUME_ID = re.compile(r"^vol-[0-9a-f]{32}$")
 _SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{32}$")
@@ -105,7 +108,24 @@ def check_absolute_path(path: str, field: str) -> str:
         raise InvalidArgument(f"{field} {path!r} is not a normalized path")
     if path == "/":
         raise InvalidArgument(f"{field} must not be the root directory")
+    long = next((part for part in path.split("/") if len(part.encode()) > NAME_MAX), None)
+    if long is not None:
+        # The kernel would answer ENAMETOOLONG for it at the first mkdir or mount.
+        raise InvalidArgument(
+            f"{field} {path!r}: the component {long[:32]!r}... is {len(long.encode())} bytes"
+            f" long; Linux allows {NAME_MAX} per component (ENAMETOOLONG)")
     return path.rstrip("/")
+
+
+def check_outside(path: str, field: str, pool_contains: Callable[[str], bool],
+                  pool_root: str) -> None:
+    """Refuse a staging or target path inside the driver's pool (its root, volumes,
+    snapshots or records): a mount there would hide the catalog and the images.
+    Raises InvalidArgument."""
+    if pool_contains(path):
+        raise InvalidArgument(
+            f"{field} {path!r} is inside the driver's pool {pool_root}; a mount there would"
+            " hide the volumes' images and catalog. Use a path outside it")
 
 
 def check_no_symlink(path: str, field: str) -> None:

@@ -12,6 +12,21 @@ import errno as _errno
 import os
 from collections.abc import Sequence
 
+# Every errno the syscalls of this layer are documented to fail with (mount(2),
+# umount2(2), the loop ioctls, open/mkdir/rmdir/unlink/rename, fallocate,
+# copy_file_range, FICLONE, FIFREEZE, fsync, statvfs), plus those it raises itself.
+# core/errmap.py maps each to a CSI status; a test keeps the two in step.
+KERNEL_ERRNOS: frozenset[int] = frozenset({
+    _errno.EACCES, _errno.EAGAIN, _errno.EBADF, _errno.EBADMSG, _errno.EBUSY, _errno.EDQUOT,
+    _errno.EEXIST, _errno.EFAULT, _errno.EFBIG, _errno.EINTR, _errno.EINVAL,
+    _errno.EIO, _errno.EISDIR, _errno.ELOOP, _errno.EMFILE, _errno.EMLINK,
+    _errno.ENAMETOOLONG, _errno.ENFILE, _errno.ENODEV, _errno.ENOENT, _errno.ENOMEM,
+    _errno.ENOSPC, _errno.ENOSYS, _errno.ENOTBLK, _errno.ENOTDIR, _errno.ENOTEMPTY,
+    _errno.ENOTTY, _errno.ENXIO, _errno.EOPNOTSUPP, _errno.EOVERFLOW, _errno.EPERM,
+    _errno.EROFS, _errno.ESPIPE, _errno.ESTALE, _errno.ETIMEDOUT, _errno.ETXTBSY,
+    _errno.EUCLEAN, _errno.EXDEV,
+})
+
 
 def errno_text(err: int | None) -> str:
     """``"EBUSY (Device or resource busy)"`` for an errno, ``"unknown error"`` for None."""

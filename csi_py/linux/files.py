@@ -464,3 +464,90 @@ def clone_file(
         os.close(src_fd)
     fsync_dir(os.path.dirname(dst) or ".")
     return method
+
+
+# ---- small records --------------------------------------------------------------
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically: written under a temporary name in
+    the same directory, fsynced, renamed over ``path``, directory fsynced. A crash
+    leaves the old content or the new, never a mix (a stale temp file at worst, which
+    :func:`remove_stale_temp_files` clears). Idempotent. Raises OSError (ENOSPC,
+    EIO, EROFS, ...)."""
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def read_small(path: str, limit: int = 1 << 20) -> bytes:
+    """The content of a small file (at most ``limit`` bytes are read). Raises OSError
+    (FileNotFoundError when it is missing)."""
+    with open(path, "rb") as fh:
+        return fh.read(limit)
+
+
+def list_names(directory: str) -> list[str]:
+    """The entry names of ``directory``, sorted; [] if it does not exist. Raises
+    OSError for other failures (EIO on a failed filesystem)."""
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+
+
+def probe_filesystem(directory: str) -> int:
+    """0 when the filesystem holding ``directory`` still accepts a sync, else the
+    errno it answers (EIO on a filesystem that shut down after an error or an
+    EXT4_IOC_SHUTDOWN, EROFS when it was remounted read-only). Writes nothing: an
+    fsync of the directory is cheap when nothing in it is dirty. Never raises."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.errno or _errno.EIO
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc.errno or _errno.EIO
+    finally:
+        os.close(fd)
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return _errno.EROFS
+    except OSError as exc:
+        return exc.errno or _errno.EIO
+    return 0
+
+
+def identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of ``path`` (following no symlink), or None if it cannot be
+    read. The same pair the kernel reports for a loop device's backing file. Never
+    raises."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def move_aside(path: str, new_path: str) -> bool:
+    """Rename ``path`` to ``new_path`` (which must not exist) and fsync the
+    directory; False when ``path`` does not exist. Raises OSError."""
+    try:
+        _rename_noreplace(path, new_path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(os.path.dirname(path) or ".")
+    return True

@@ -9,13 +9,14 @@ LOOP_SET_FD + LOOP_SET_STATUS64 sequence only for kernels older than 5.8.
 
 from __future__ import annotations
 
+import ctypes
 import errno as _errno
 import fcntl
 import os
 import re
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from csi_py.linux import _libc
 from csi_py.linux._loop_abi import (
@@ -24,6 +25,7 @@ from csi_py.linux._loop_abi import (
     LO_FLAGS_READ_ONLY,
     LOOP_CLR_FD,
     LOOP_CONFIGURE,
+    LOOP_CTL_ADD,
     LOOP_CTL_GET_FREE,
     LOOP_GET_STATUS64,
     LOOP_MAJOR,
@@ -69,6 +71,12 @@ class LoopDevice:
     # Set when the device will detach itself on last close (e.g. after LOOP_CLR_FD
     # on a device someone still holds open).
     autoclear: bool = False
+    # The backing file's identity (st_dev, st_ino) as the kernel holds it
+    # (LOOP_GET_STATUS64); 0, 0 when it was not read (list_attached() skips it) or
+    # could not be. A path can be replaced, an identity cannot: a device is matched
+    # to an image by both. Not part of equality: the same device, read either way.
+    backing_dev: int = field(default=0, compare=False)
+    backing_inode: int = field(default=0, compare=False)
 
 
 class _Taken(Exception):
@@ -91,7 +99,7 @@ class LoopManager:
         for name in os.listdir(self._sys):
             m = _NAME.fullmatch(name)
             if m:
-                dev = self._describe(int(m.group(1)))
+                dev = self._describe(int(m.group(1)), identity=False)
                 if dev is not None:
                     devices.append(dev)
         return sorted(devices, key=lambda d: d.number)
@@ -176,7 +184,7 @@ class LoopManager:
                 )
             bs = block_size if block_size is not None else self._block_size_for(bfd)
             for _ in range(_ATTACH_ATTEMPTS):
-                number = self._get_free(path)
+                number = self._unreferenced_free(path)
                 try:
                     dfd = self._open_node(number, os.O_RDWR)
                 except LoopError as exc:
@@ -268,6 +276,31 @@ class LoopManager:
             except OSError:
                 pass  # stays buffered; the returned LoopDevice says so
 
+    def _unreferenced_free(self, path: str) -> int:
+        """A free loop number that no mount references. A device detached behind
+        our back (losetup -d) leaves the bind mounts of its node in place, and they
+        reach whatever file the number is attached to next: handing that number to
+        another volume would let one pod read and write another's data. So such a
+        number is skipped, and a new device is added past every number in use."""
+        number = self._get_free(path)
+        referenced = referenced_loop_numbers()
+        if number not in referenced:
+            return number
+        existing = [int(m.group(1)) for m in map(_NAME.fullmatch, os.listdir(self._sys)) if m]
+        candidate = max([number, *existing, *referenced]) + 1
+        try:
+            cfd = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._error("open " + LOOP_CONTROL, candidate, path, exc.errno) from None
+        try:
+            fcntl.ioctl(cfd, LOOP_CTL_ADD, candidate)
+        except OSError as exc:
+            if exc.errno != _errno.EEXIST:  # added by someone else just now: use it
+                raise self._error("LOOP_CTL_ADD", candidate, path, exc.errno) from None
+        finally:
+            os.close(cfd)
+        return candidate
+
     def _get_free(self, path: str) -> int:
         try:
             cfd = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
@@ -321,7 +354,7 @@ class LoopManager:
             raise LoopError(
                 f"{device_path} is not a loop device", device=device_path, errno=_errno.ENOTBLK
             )
-        before = self._describe(number)
+        before = self._describe(number, identity=False)
         if before is None:
             return
         node = self._node(number)
@@ -347,7 +380,7 @@ class LoopManager:
         deadline = time.monotonic() + _DETACH_WAIT
         delay = 0.0005
         while True:
-            now = self._describe(number)
+            now = self._describe(number, identity=False)
             if now is None or now.backing_file != before.backing_file:
                 return
             if time.monotonic() >= deadline:
@@ -555,7 +588,11 @@ class LoopManager:
         except OSError as exc:
             raise self._error("mknod", number, None, exc.errno) from None
 
-    def _describe(self, number: int) -> LoopDevice | None:
+    def _describe(self, number: int, identity: bool = True) -> LoopDevice | None:
+        """The device as sysfs shows it, or None when it is not bound to a file.
+        `identity`: also read the backing file's identity, which opens the device
+        node (LOOP_GET_STATUS64); scans of every device on the node and the wait for
+        a detach skip it, so as never to hold someone else's device open."""
         base = os.path.join(self._sys, f"loop{number}")
         backing = _read(os.path.join(base, "loop", "backing_file"), strip_all=False)
         if backing is None:
@@ -570,6 +607,7 @@ class LoopManager:
         if any(v is None for v in values):
             return None  # detached while we were reading
         size, dio, ro, lbs, autoclear = (v or "0" for v in values)
+        backing_dev, backing_inode = self._backing_identity(number) if identity else (0, 0)
         return LoopDevice(
             path=self._node(number),
             number=number,
@@ -580,7 +618,26 @@ class LoopManager:
             read_only=ro == "1",
             logical_block_size=int(lbs),
             autoclear=autoclear == "1",
+            backing_dev=backing_dev,
+            backing_inode=backing_inode,
         )
+
+    def _backing_identity(self, number: int) -> tuple[int, int]:
+        """(st_dev, st_ino) of the backing file from LOOP_GET_STATUS64, or (0, 0)
+        when the node cannot be opened or the device detached meanwhile."""
+        try:
+            dfd = os.open(self._node(number), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return 0, 0
+        try:
+            buf = bytearray(ctypes.sizeof(LoopInfo64))
+            fcntl.ioctl(dfd, LOOP_GET_STATUS64, buf, True)
+        except OSError:
+            return 0, 0
+        finally:
+            os.close(dfd)
+        info = LoopInfo64.from_buffer_copy(buf)
+        return int(info.lo_device), int(info.lo_inode)
 
     def _error(self, op: str, number: int, backing: str | None, err: int | None) -> LoopError:
         node = self._node(number)
@@ -591,6 +648,30 @@ class LoopManager:
             errno=err,
             backing_file=backing,
         )
+
+
+_NODE_ROOT = re.compile(r"/loop(\d+)")
+
+
+def referenced_loop_numbers(mountinfo: str = "/proc/self/mountinfo") -> set[int]:
+    """Loop numbers that some mount still refers to: a filesystem on /dev/loopN, or
+    the node /dev/loopN bind-mounted onto a file (a published block volume, whose
+    mount outlives a detach of the device). Read-only; never raises (an unreadable
+    mount table refers to nothing)."""
+    try:
+        with open(mountinfo, "rb") as f:
+            mounts = parse_mountinfo(os.fsdecode(f.read()))
+    except OSError:
+        return set()
+    found = set()
+    for m in mounts:
+        named = _NAME.fullmatch(os.path.basename(m.source)) if m.source.startswith("/dev/") \
+            else None
+        node = _NODE_ROOT.fullmatch(m.root) if m.fs_type in ("devtmpfs", "tmpfs") else None
+        for match in (named, node):
+            if match:
+                found.add(int(match.group(1)))
+    return found
 
 
 def _read(path: str, *, strip_all: bool = True) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from csi_py.core import errors as e
-from csi_py.linux.errors import DeviceBusy, LinuxError, ToolMissing
+from csi_py.core.errmap import translate
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,13 @@ CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (e.Internal, grpc.StatusCode.INTERNAL),
     (e.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
-    (DeviceBusy, grpc.StatusCode.FAILED_PRECONDITION),
-    (ToolMissing, grpc.StatusCode.FAILED_PRECONDITION),
-    (LinuxError, grpc.StatusCode.INTERNAL),
 )
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The gRPC code for a domain or kernel error; INTERNAL for anything unexpected."""
+    """The gRPC code for a domain error, or for a kernel, pool or catalog failure
+    (translated by core/errmap.py first); INTERNAL for anything unexpected."""
+    exc = translate(exc) or exc
     for kind, code in CODES:
         if isinstance(exc, kind):
             return code
@@ -83,13 +82,19 @@ def rpc_method(func: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return func(self, request, context)
-        except (e.DriverError, LinuxError) as exc:
-            code = status_for(exc)
-            log.info("%s -> %s: %s", func.__name__, code.name, exc)
-            context.abort(code, _cut(with_subject(request, str(exc))))
         except Exception as exc:  # noqa: BLE001 - the client must get a status, not a hang
-            log.exception("%s failed unexpectedly", func.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, _cut(with_subject(
-                request, f"{func.__name__}: {type(exc).__name__}: {exc}")))
+            known = translate(exc)
+            if known is None:
+                log.exception("%s failed unexpectedly", func.__name__)
+                context.abort(grpc.StatusCode.INTERNAL, _cut(with_subject(
+                    request, f"{func.__name__}: {type(exc).__name__}: {exc}")))
+                raise  # abort() raised already; this only tells the type checker
+            code = status_for(known)
+            # A bare ValueError is almost always input that reached a parser, but it
+            # may be a bug: its trace is kept in the log.
+            log.log(logging.WARNING if type(exc) is ValueError else logging.INFO,
+                    "%s -> %s: %s", func.__name__, code.name, known,
+                    exc_info=type(exc) is ValueError)
+            context.abort(code, _cut(with_subject(request, str(known))))
 
     return wrapper  # type: ignore[return-value]

@@ -10,11 +10,12 @@ Every public method is a single transaction.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -93,7 +94,52 @@ CREATE TABLE IF NOT EXISTS stagings (
 
 
 class CatalogError(Exception):
-    """The catalog file is unusable (newer schema, corrupt, not writable)."""
+    """The catalog file is unusable (corrupt, unreadable, not writable); the message
+    names the file and the cause."""
+
+
+class CatalogDamaged(CatalogError):
+    """The file is not a sound SQLite catalog (garbled, truncated, malformed): what a
+    rebuild from the pool (core/rebuild.py) is for. I/O errors and a full pool are
+    not damage: they are plain CatalogErrors, and the file is left as it is."""
+
+
+class CatalogTooNew(CatalogError):
+    """The catalog was written by a newer csi-py (a higher schema version)."""
+
+
+class CatalogFull(CatalogError):
+    """The pool has no space left for the catalog's writes, even after its reserve
+    was given up."""
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return "full" in str(exc)
+
+
+def _writes(method: Callable) -> Callable:  # type: ignore[type-arg]
+    """A mutating method: when the pool is full, the catalog's reserve is given up
+    (the `on_full` hook) and the transaction, which was rolled back, is tried once
+    more; other SQLite failures become CatalogError naming the file."""
+
+    @functools.wraps(method)
+    def call(self: Catalog, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            # Also "disk I/O error" and "malformed" (what a failed pool answers).
+            if not _is_full(exc) or not self.release_space():
+                raise self._error(exc) from exc
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from exc
+
+    return call
 
 
 class NameTaken(Exception):
@@ -103,39 +149,103 @@ class NameTaken(Exception):
 class Catalog:
     """Durable records of volumes, attachments and stagings."""
 
-    def __init__(self, path: str) -> None:
-        """Open (creating if needed) the catalog at `path`.
+    def __init__(self, path: str, on_full: Callable[[], bool] | None = None) -> None:
+        """Open (creating if needed) the catalog at `path`. `on_full` is called when
+        a write finds the pool full; it frees space (True) or cannot (False).
 
-        Idempotent. Raises CatalogError for a schema newer than this code knows.
+        Idempotent. Raises CatalogTooNew for a schema newer than this code knows,
+        CatalogError for a file that is not a sound SQLite catalog (garbled,
+        truncated) or cannot be read.
         """
         self.path = path
+        self._on_full = on_full
         self._lock = threading.Lock()
+        # The WAL and shared-memory files are created by SQLite with the process
+        # umask: owner-only like the catalog itself, from their first byte.
+        old_umask = os.umask(0o077)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before we act on it, so power loss cannot
-            # leave a backing file the catalog has never heard of.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"catalog {path} has schema version {version}; this csi-py knows "
-                    f"{SCHEMA_VERSION}. Upgrade csi-py or restore a backup."
-                )
-            with self._tx() as db:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
-        os.chmod(path, 0o600)
+            try:
+                self._open()
+            except sqlite3.OperationalError as exc:
+                # I/O errors and a full pool (creating the WAL index needs space): one
+                # more try with the catalog's reserve given back to the pool.
+                if not self.release_space():
+                    raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+                try:
+                    self._open()
+                except sqlite3.OperationalError as again:
+                    raise CatalogError(f"cannot open catalog {path}: {again}") from again
+        except sqlite3.DatabaseError as exc:  # "not a database", "malformed"
+            raise CatalogDamaged(f"catalog {path} is damaged: {exc}") from exc
+        finally:
+            os.umask(old_umask)
+        if path != ":memory:":
+            for name in (path, path + "-wal", path + "-shm"):
+                try:
+                    os.chmod(name, 0o600)
+                except FileNotFoundError:
+                    pass
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from exc
+
+    def _open(self) -> None:
+        """Connect and check the file; on failure nothing stays open. Raises
+        sqlite3 errors, CatalogDamaged, CatalogTooNew."""
+        self._db = self._connect()
+        try:
+            self._check_and_migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_and_migrate(self) -> None:
+        path = self.path
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we act on it, so power loss cannot
+        # leave a backing file the catalog has never heard of.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        # A truncated or partly overwritten file may still open; a quick check
+        # (milliseconds for a catalog) finds it before any call trusts it.
+        check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if check != "ok":
+            raise CatalogDamaged(f"catalog {path} is damaged: {check}")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CatalogTooNew(
+                f"catalog {path} has schema version {version}; this csi-py knows "
+                f"{SCHEMA_VERSION}. Upgrade csi-py or restore a backup."
+            )
+        if version == SCHEMA_VERSION:
+            return  # nothing to write: a full pool still opens
+        with self._tx() as db:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def release_space(self) -> bool:
+        """Ask the `on_full` hook to free pool space for a write. True if it did."""
+        return bool(self._on_full and self._on_full())
+
+    def _error(self, exc: sqlite3.Error) -> CatalogError:
+        if _is_full(exc):
+            return CatalogFull(f"catalog {self.path}: the pool is full ({exc}); free space"
+                               " in the pool")
+        return CatalogError(f"catalog {self.path}: {exc}")
 
     def close(self) -> None:
-        """Close the connection. Idempotent."""
+        """Close the connection. Idempotent; never raises (on a failed pool the
+        final checkpoint fails, and the WAL keeps what it holds)."""
         with self._lock:
-            self._db.close()
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
 
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -155,8 +265,13 @@ class Catalog:
             self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Rows of one read. Raises CatalogError when SQLite cannot read (EIO on a
+        failed pool, a damaged page)."""
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from exc
 
     # --- volumes -----------------------------------------------------------------
 
@@ -182,6 +297,7 @@ class Catalog:
             mutable_parameters=tuple(sorted(json.loads(str(mutable)).items())),
         )
 
+    @_writes
     def insert_volume(self, volume: Volume) -> Volume:
         """Record a new volume (normally in state CREATING) and return it with its seq.
 
@@ -221,11 +337,13 @@ class Catalog:
         rows = self._query(f"SELECT {self._VOLUME_COLUMNS} FROM volumes WHERE name=?", (name,))
         return self._volume(rows[0]) if rows else None
 
+    @_writes
     def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
         """Move a volume to `state`. Idempotent; a missing volume is ignored."""
         with self._tx() as db:
             db.execute("UPDATE volumes SET state=? WHERE id=?", (state.value, volume_id))
 
+    @_writes
     def set_volume_capacity(self, volume_id: str, capacity_bytes: int) -> None:
         """Record a new capacity. Idempotent."""
         with self._tx() as db:
@@ -233,6 +351,7 @@ class Catalog:
                 "UPDATE volumes SET capacity_bytes=? WHERE id=?", (capacity_bytes, volume_id)
             )
 
+    @_writes
     def set_mutable_parameters(self, volume_id: str, values: dict[str, str]) -> None:
         """Record a volume's current mutable parameters. Idempotent."""
         with self._tx() as db:
@@ -241,6 +360,7 @@ class Catalog:
                 (json.dumps(values, sort_keys=True), volume_id),
             )
 
+    @_writes
     def delete_volume(self, volume_id: str) -> None:
         """Forget a volume and its attachment and staging records. Idempotent."""
         with self._tx() as db:
@@ -294,6 +414,7 @@ class Catalog:
             access_type=AccessType(atype),
         )
 
+    @_writes
     def put_attachment(self, attachment: Attachment) -> None:
         """Record (or replace) an attachment. Idempotent."""
         with self._tx(durable=False) as db:
@@ -308,6 +429,7 @@ class Catalog:
                 ),
             )
 
+    @_writes
     def remove_attachment(self, volume_id: str, node_id: str) -> None:
         """Forget an attachment. Idempotent."""
         with self._tx(durable=False) as db:
@@ -355,6 +477,7 @@ class Catalog:
             state=StagingState(state),
         )
 
+    @_writes
     def put_staging(self, staging: Staging) -> None:
         """Record (or replace) a volume's staging. Idempotent."""
         with self._tx(durable=False) as db:
@@ -376,6 +499,7 @@ class Catalog:
         rows = self._query("SELECT * FROM stagings WHERE volume_id=?", (volume_id,))
         return self._staging(rows[0]) if rows else None
 
+    @_writes
     def delete_staging(self, volume_id: str) -> None:
         """Forget a staging. Idempotent."""
         with self._tx(durable=False) as db:
@@ -406,6 +530,7 @@ class Catalog:
             seq=int(seq),  # type: ignore[call-overload]
         )
 
+    @_writes
     def insert_snapshot(self, snap: Snapshot) -> Snapshot:
         """Record a snapshot (normally CREATING); returns it with its seq.
 
@@ -437,6 +562,7 @@ class Catalog:
         )
         return self._snapshot(rows[0]) if rows else None
 
+    @_writes
     def update_snapshot(self, snapshot_id: str, state: SnapshotState, method: str = "") -> None:
         """Set a snapshot's state (and capture method). Idempotent."""
         with self._tx() as db:
@@ -446,6 +572,7 @@ class Catalog:
                 (state.value, method, snapshot_id),
             )
 
+    @_writes
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Forget a snapshot. Idempotent."""
         with self._tx() as db:
@@ -495,6 +622,7 @@ class Catalog:
         return GroupSnapshot(str(gid), str(name), float(created),  # type: ignore[arg-type]
                              SnapshotState(state), members)
 
+    @_writes
     def insert_group(self, group: GroupSnapshot) -> None:
         """Record a group snapshot. Raises NameTaken when the name is taken."""
         try:
@@ -506,6 +634,7 @@ class Catalog:
         except sqlite3.IntegrityError as exc:
             raise NameTaken(group.name) from exc
 
+    @_writes
     def set_group_state(self, group_id: str, state: SnapshotState) -> None:
         with self._tx() as db:
             db.execute("UPDATE group_snapshots SET state=? WHERE id=?", (state.value, group_id))
@@ -522,6 +651,7 @@ class Catalog:
         rows = self._query("SELECT * FROM group_snapshots WHERE state=?", (state.value,))
         return [self._group(r) for r in rows]
 
+    @_writes
     def delete_group(self, group_id: str) -> None:
         """Forget a group and its member snapshots' records. Idempotent."""
         with self._tx() as db:

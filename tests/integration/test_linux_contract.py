@@ -123,6 +123,9 @@ def test_attach_list_find_get_detach(env):
     dev = h.loops.attach(image)
     assert dev.backing_file == image and dev.size_bytes == 8 * MiB
     assert dev.direct_io and not dev.read_only and not dev.backing_deleted
+    # The backing file's identity, as the kernel holds it (LOOP_GET_STATUS64).
+    st = os.stat(image)
+    assert (dev.backing_dev, dev.backing_inode) == (st.st_dev, st.st_ino)
     assert dev in h.loops.list_attached()
     assert h.loops.find_by_backing_file(image) == [dev]
     assert h.loops.get(dev.path) == dev

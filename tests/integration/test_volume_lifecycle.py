@@ -245,7 +245,7 @@ def test_restart_keeps_published_volumes_usable(driver, kind):
         driver.restart()
 
         report = driver.server.driver.last_reconcile
-        assert report.detached_leaks == [] and report.unmounted_leaks == [], report
+        assert report.left_alone == [] and report.rebuild.adopted_stagings == [], report
         for i, (vid, target) in enumerate(targets):
             assert read_digest(target, kind, len(payload)) == digest
             # Repeating the calls kubelet would repeat is still a success.
@@ -285,16 +285,20 @@ def test_restart_keeps_published_volumes_usable(driver, kind):
 
 
 @pytest.mark.integration
-def test_leaked_loop_device_is_detached_at_start(driver):
-    """A loop device on one of our backing files with no staging record (e.g. the driver
-    died between attach and recording) is found and detached at start-up."""
+def test_unrecorded_loop_device_is_adopted_at_start(driver):
+    """A loop device on one of our backing files with no staging record (a lost
+    catalog, a person with losetup) may be a pod's: start-up adopts it as staged, never
+    detaches it, and the CO's unstage at any path takes it down."""
     vid = create(driver, "leak", "block").volume_id
     host = driver.server.driver.host
     image = os.path.join(driver.pool, "volumes", vid + ".img")
     dev = host.loops.attach(image)
     driver.restart()
     report = driver.server.driver.last_reconcile
-    assert any(dev.path in item for item in report.detached_leaks), report
+    assert any(dev.path in item for item in report.rebuild.adopted_stagings), report
+    assert [d.path for d in host.loops.find_by_backing_file(image)] == [dev.path]
+    driver.client.node.NodeUnstageVolume(
+        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("s")))
     assert host.loops.find_by_backing_file(image) == []
     driver.client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
 

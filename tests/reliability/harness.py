@@ -62,7 +62,11 @@ class DriverProcess:
     """`python -m csi_py serve` on a private pool in `workdir`, optionally armed with a
     crash point. Every start logs to its own file in `workdir`."""
 
-    def __init__(self, workdir: str, *extra_args: str) -> None:
+    def __init__(self, workdir: str, *extra_args: str, new_session: bool = False) -> None:
+        # new_session: the driver leads its own process group, which a test may kill
+        # whole (driver and the tools it runs), as a container runtime does.
+        self.new_session = new_session
+        self.env_extra: dict[str, str] = {}
         self.workdir = workdir
         self.socket = os.path.join(workdir, "csi.sock")
         self.pool = os.path.join(workdir, "pool")
@@ -74,6 +78,7 @@ class DriverProcess:
 
     def start(self, crash_point: str = "", timeout: float = 30.0) -> None:
         env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+        env.update(self.env_extra)
         if crash_point:
             env[CRASH_ENV] = crash_point
         self.starts += 1
@@ -84,6 +89,7 @@ class DriverProcess:
                  "--node-id", NODE_ID, "--pool", self.pool, "--filesystems", "ext4,xfs",
                  "--log-level", "INFO", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                start_new_session=self.new_session,
             )
         self.client = FastClient(self.socket)
         deadline = time.monotonic() + timeout
@@ -369,11 +375,16 @@ def disagreements(workdir: str, pool: str, *, expect_empty: bool = False,
     swant = {sid + ".img" for sid in snaps}
     problems += [f"snapshot file without a catalog row: {f}" for f in sorted(sfiles - swant)]
     problems += [f"snapshot row without a file: {f}" for f in sorted(swant - sfiles)]
+    # Every image describes itself: one record per volume and snapshot, no more.
+    records = set(os.listdir(os.path.join(pool, "records")))
+    rwant = {i + ".json" for i in (*volumes, *snaps)}
+    problems += [f"record without a catalog row: {f}" for f in sorted(records - rwant)]
+    problems += [f"catalog row without a record: {f}" for f in sorted(rwant - records)]
     staged = {vid: (state, device) for vid, state, device in rows["stagings"]}
     if not node:
         return problems
     for vid, (state, _) in staged.items():
-        if state != "staged":
+        if state not in ("staged", "adopted"):  # adopted: staged, learned from the kernel
             problems.append(f"staging of {vid} left in state {state}")
     loops = loops_under(os.path.join(pool, "volumes"))
     for dev in loops:

@@ -16,7 +16,9 @@ device, mounted at the pool path before the driver starts):
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import struct
 import subprocess
 
 import grpc
@@ -136,7 +138,7 @@ def test_thick_create_larger_than_free_space_is_resource_exhausted(driver, monke
     assert_nothing_left(driver, set())
 
 
-def test_thick_volume_keeps_its_space_and_thin_is_reported_before_it_fails(driver):
+def test_thick_volume_keeps_its_space_and_thin_is_reported_before_it_fails(driver, caplog):
     v = Volumes(driver.client)
     thick_size = 64 * MiB
     thick_id = v.create("guaranteed", "block", thick_size, params=thick()).volume_id
@@ -192,9 +194,11 @@ def test_thick_volume_keeps_its_space_and_thin_is_reported_before_it_fails(drive
         v.delete(thick_id)
     assert_nothing_left(driver, set())
     # The full pool could not take even the catalog's writes for unstage and delete:
-    # the catalog's reserve was given up for them, and the next start makes it again.
+    # the catalog's reserve was given up for them, and made again as soon as the
+    # deletes gave the pool room (not only at the next start).
     reserve = os.path.join(driver.pool, "catalog.reserve")
-    assert not os.path.exists(reserve)
+    assert os.path.getsize(reserve) > 0
+    assert "released the catalog's reserve" in caplog.text
     driver.restart()
     assert os.path.getsize(reserve) > 0
 
@@ -266,3 +270,115 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
             v.delete(other)
     assert_nothing_left(driver, set())
 
+
+
+# EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32); NOLOGFLUSH: stop at once, as a failing
+# disk would, without writing the journal out.
+EXT4_IOC_SHUTDOWN = 0x8004587D
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+
+
+def fill_to_the_last_block(pool: str) -> str:
+    """Fill the pool's filesystem completely with a file of the test's own (in the
+    pool filesystem's root, beside the driver's directories)."""
+    filler = os.path.join(pool, "filler")
+    fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        st = os.statvfs(pool)
+        try:
+            os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        offset = os.fstat(fd).st_size
+        block = b"\xff" * 4096
+        while True:
+            try:
+                os.pwrite(fd, block, offset)
+                os.fsync(fd)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+            offset += len(block)
+    finally:
+        os.close(fd)
+    assert os.statvfs(pool).f_bavail == 0
+    return filler
+
+
+def capacity(driver, provisioning: str) -> int:
+    return driver.client.controller.GetCapacity(pb.GetCapacityRequest(
+        parameters={"provisioning": provisioning}), timeout=60).available_capacity
+
+
+def bring_up(driver, kinds: list[str]) -> list[tuple[str, str, str, str]]:
+    v = Volumes(driver.client)
+    up = []
+    for kind in kinds:
+        vid = v.create(f"full-{kind}", kind, 32 * MiB).volume_id
+        staging, target = driver.path(f"s-{kind}"), driver.path(f"t-{kind}")
+        os.mkdir(staging)
+        v.attach(vid, kind)
+        v.stage(vid, kind, staging)
+        v.publish(vid, kind, staging, target)
+        write_data(target, kind, payload(kind))
+        up.append((vid, kind, staging, target))
+    return up
+
+
+def test_teardown_and_restart_on_a_pool_filled_to_the_last_block(driver, caplog):
+    up = bring_up(driver, ["ext4", "block"])
+    filler = fill_to_the_last_block(driver.pool)
+    # A full pool offers nothing, thin or thick; health says why.
+    assert capacity(driver, "thin") == capacity(driver, "thick") == 0
+    v = Volumes(driver.client)
+    condition = v.condition(up[0][0])
+    assert condition.abnormal and "thin" in condition.message, condition.message
+    driver.restart()  # start-up works on a full pool
+    assert os.statvfs(driver.pool).f_bavail == 0
+    v = Volumes(driver.client)
+    for vid, _, staging, target in up:
+        v.unpublish(vid, target)
+        v.unstage(vid, staging)
+        v.detach(vid)
+    assert loops_under(driver.pool) == []
+    for vid, *_ in up:
+        v.delete(vid)
+    assert "released the catalog's reserve" in caplog.text
+    assert_nothing_left(driver, set())
+    os.unlink(filler)
+    # The reserve is back as soon as the pool has room: no restart needed.
+    assert capacity(driver, "thin") > 0
+    assert os.path.getsize(os.path.join(driver.pool, "catalog.reserve")) > 0
+
+
+def test_teardown_on_a_pool_whose_filesystem_shut_down(driver):
+    up = bring_up(driver, ["ext4", "block"])
+    fd = os.open(driver.pool, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+    finally:
+        os.close(fd)
+    v = Volumes(driver.client)
+    # Health says why (through the node's health RPC; the controller's answer may need a
+    # catalog read the failed pool cannot serve, and then says that instead).
+    for vid, kind, _, target in up:
+        health = driver.client.node.NodeGetVolumeHealth(pb.NodeGetVolumeHealthRequest(
+            volume_id=vid, volume_publish_path=target), timeout=60).volume_health
+        found = {(h.status, h.reason): h.message for h in health.health_statuses}
+        message = found.get((pb.VolumeHealthErrorType.INACCESSIBLE, "PoolFailed"), "")
+        assert "has failed" in message, (kind, found)
+    assert capacity(driver, "thin") == capacity(driver, "thick") == 0
+    # kubelet can still release the pods.
+    for vid, _, staging, target in up:
+        v.unpublish(vid, target)
+        v.unstage(vid, staging)
+    assert loops_under(driver.pool) == []
+    assert [m for m in mounts_under(driver.workdir) if m != driver.pool] == []
+    # What needs the pool's filesystem answers a clear, retryable error that says why:
+    # forgetting the attachment, deleting, creating.
+    for call in [lambda: v.detach(up[0][0]), lambda: v.delete(up[0][0]),
+                 lambda: v.create("after-failure", "block", 16 * MiB)]:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        assert "has failed" in (err.value.details() or ""), err.value.details()

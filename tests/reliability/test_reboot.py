@@ -139,7 +139,7 @@ def test_restart_with_ten_published_volumes_keeps_them_usable(driver, fleet):
     driver.restart()
 
     report = driver.server.driver.last_reconcile
-    assert report.detached_leaks == [] and report.unmounted_leaks == [], report
+    assert report.left_alone == [] and report.rebuild.adopted_stagings == [], report
     assert report.errors == [], report
     # The restart changed nothing in the kernel...
     assert loops_under(driver.workdir) == loops_before
@@ -187,20 +187,21 @@ def test_node_reboot_then_kubelet_stage_and_publish_bring_every_volume_back(driv
     fleet.check_stats_and_health()
 
 
-def test_orphaned_loop_devices_and_mounts_are_cleaned_up_at_start_and_reported(driver):
+def test_unclaimed_loop_devices_and_mounts_are_adopted_or_reported_never_taken_down(driver):
     v = Volumes(driver.client)
     host = driver.server.driver.host
     vid = v.create("orphan", "ext4", SIZE).volume_id
     volumes_dir = os.path.join(driver.pool, "volumes")
     image = os.path.join(volumes_dir, vid + ".img")
     subprocess.run(["mkfs.ext4", "-q", image], check=True, capture_output=True)
-    # 1. A volume that is not staged, yet attached and mounted (a driver that died
-    #    between attach and record, or a person with losetup).
+    # 1. A volume that is not staged, yet attached and mounted (a lost catalog, or a
+    #    person with losetup): a pod may be using it, so it is adopted as staged.
     orphan = host.loops.attach(image)
     mount_point = driver.path("orphan-mnt")
     os.mkdir(mount_point)
     host.mounts.mount(orphan.path, mount_point, "ext4")
-    # 2. A loop device still holding the deleted file of a volume that is gone.
+    # 2. A loop device still holding the deleted file of a volume that is gone: no
+    #    record says it is abandoned, so it is reported and left attached.
     gone = os.path.join(volumes_dir, "vol-" + "e" * 32 + ".img")
     with open(gone, "wb") as fh:
         fh.truncate(SIZE)
@@ -214,19 +215,25 @@ def test_orphaned_loop_devices_and_mounts_are_cleaned_up_at_start_and_reported(d
     try:
         driver.restart()
         report = driver.server.driver.last_reconcile
-        assert any(orphan.path in item for item in report.detached_leaks), report
-        assert any(ghost.path in item for item in report.detached_leaks), report
-        assert mount_point in report.unmounted_leaks, report
-        assert not any(other.path in item for item in report.detached_leaks), report
+        assert any(orphan.path in item for item in report.rebuild.adopted_stagings), report
+        assert any(ghost.path in item for item in report.left_alone), report
+        assert not any(other.path in item for item in report.left_alone), report
         assert report.errors == [], report
-        assert host.loops.find_by_backing_file(image) == []
+        assert mounts_under(mount_point) == [mount_point]
+        assert sorted(loops_under(driver.workdir)) == sorted([orphan.path, ghost.path,
+                                                              other.path])
+        staging = driver.server.driver.catalog.get_staging(vid)
+        assert staging is not None and staging.staging_path == mount_point
+        # The adopted staging is the volume's: the CO's unstage takes it down.
+        v = Volumes(driver.client)
+        v.unstage(vid, mount_point)
         assert mounts_under(mount_point) == []
-        assert loops_under(driver.workdir) == [other.path]
-        # The volume itself is untouched and still usable.
-        assert os.path.exists(image)
-        Volumes(driver.client).delete(vid)
+        assert host.loops.find_by_backing_file(image) == []
+        v.delete(vid)
     finally:
         for dev in (orphan, ghost, other):
             if host.loops.get(dev.path) is not None and \
                     dev.path in loops_under(driver.workdir):
+                if mounts_under(mount_point):
+                    host.mounts.unmount(mount_point)
                 host.loops.detach(dev.path)

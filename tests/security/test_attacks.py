@@ -325,3 +325,66 @@ def test_inline_volume_at_a_hostile_target_leaves_nothing_behind(driver, guarded
             volume_context={INLINE: "true", "size": "16Mi"}))
         assert code == INVALID, bad
         assert disagreements(driver.workdir, driver.pool, expect_empty=True) == [], bad
+
+
+def test_staging_and_target_paths_inside_the_pool_or_on_each_other_are_refused(
+        driver, guarded):
+    """A mount over the pool (its root, volumes, snapshots or records) would hide the
+    images and the catalog; a publish onto its own staging path would be taken down
+    with the staging mount. All INVALID_ARGUMENT, and nothing is mounted."""
+    v = Volumes(driver.client)
+    n = driver.client.node
+    vid = v.create("pool-victim", "ext4").volume_id
+    v.attach(vid, "ext4")
+    cap = mount_capability("ext4")
+    pool = driver.pool
+    inside = [pool, os.path.join(pool, "volumes"), os.path.join(pool, "snapshots"),
+              os.path.join(pool, "records"), os.path.join(pool, "volumes", "x"),
+              os.path.join(pool, "records", "new")]
+    for bad in inside:
+        request = pb.NodeStageVolumeRequest(volume_id=vid, staging_target_path=bad,
+                                            volume_capability=cap)
+        with pytest.raises(grpc.RpcError) as err:
+            n.NodeStageVolume(request, timeout=60)
+        assert err.value.code() == INVALID and "pool" in err.value.details(), bad
+    staging = os.path.join(guarded.area, "stage0")
+    v.stage(vid, "ext4", staging)
+    try:
+        for bad in [*inside, staging, os.path.join(staging, "sub"), guarded.area]:
+            request = pb.NodePublishVolumeRequest(
+                volume_id=vid, staging_target_path=staging, target_path=bad,
+                volume_capability=cap)
+            with pytest.raises(grpc.RpcError) as err:
+                n.NodePublishVolume(request, timeout=60)
+            assert err.value.code() == INVALID, (bad, err.value.details())
+        assert mounts_under(pool) == []
+        assert os.path.ismount(staging)
+    finally:
+        v.unstage(vid, staging)
+        v.detach(vid)
+        v.delete(vid)
+
+
+def test_kernel_refusals_name_the_path_and_cause_and_are_never_internal(driver, guarded):
+    v = Volumes(driver.client)
+    n = driver.client.node
+    vid = v.create("refused", "ext4").volume_id
+    v.attach(vid, "ext4")
+    # A component over NAME_MAX (the kernel's ENAMETOOLONG).
+    long_path = os.path.join(guarded.area, "x" * 300, "stage")
+    with pytest.raises(grpc.RpcError) as err:
+        n.NodeStageVolume(pb.NodeStageVolumeRequest(
+            volume_id=vid, staging_target_path=long_path,
+            volume_capability=mount_capability("ext4")), timeout=60)
+    assert err.value.code() == INVALID and "ENAMETOOLONG" in err.value.details()
+    # An allow-listed option this filesystem does not take: mount(2) answers EINVAL.
+    staging = os.path.join(guarded.area, "stage0")
+    with pytest.raises(grpc.RpcError) as err:
+        n.NodeStageVolume(pb.NodeStageVolumeRequest(
+            volume_id=vid, staging_target_path=staging,
+            volume_capability=mount_capability("ext4", flags=("ssd",))), timeout=60)
+    assert err.value.code() == INVALID, err.value.details()
+    assert "EINVAL" in err.value.details() and staging in err.value.details()
+    assert not os.path.ismount(staging)
+    v.detach(vid)
+    v.delete(vid)

@@ -1,5 +1,6 @@
 """Unit tests of the SQLite catalog (a real database file in a temp dir)."""
 
+import os
 import sqlite3
 
 import pytest
@@ -128,6 +129,38 @@ def test_catalog_file_is_owner_only(tmp_path):
     path = str(tmp_path / "c.db")
     Catalog(path).close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    # The WAL and shared-memory files hold the same records: owner-only too, also
+    # under a permissive umask, while the catalog is open and being written.
+    old = os.umask(0o022)
+    try:
+        path = str(tmp_path / "new.db")  # created now, as at a driver's first start
+        catalog = Catalog(path)
+        catalog.put_attachment(Attachment("vol-1", "n1", False, AccessMode.SINGLE_NODE_WRITER,
+                                          AccessType.MOUNT))
+        for suffix in ("-wal", "-shm"):
+            assert stat.S_IMODE(os.stat(path + suffix).st_mode) == 0o600, suffix
+        catalog.close()
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("damage", ["garbled", "truncated"])
+def test_a_damaged_catalog_is_reported_as_damaged(tmp_path, damage):
+    from csi_py.state.catalog import CatalogDamaged
+
+    path = str(tmp_path / "c.db")
+    catalog = Catalog(path)
+    for i in range(50):
+        catalog.put_attachment(Attachment(f"vol-{i}", "n1", False,
+                                          AccessMode.SINGLE_NODE_WRITER, AccessType.MOUNT))
+    catalog.close()
+    if damage == "garbled":
+        with open(path, "r+b") as fh:
+            fh.write(b"garbage!" * 512)
+    else:
+        os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(CatalogDamaged, match="damaged"):
+        Catalog(path)
 
 
 def snap(i: int, source: str, group: str = "", state=None):

@@ -136,7 +136,7 @@ def test_read_only_block_publish_gets_and_returns_its_own_device(env):
     driver.node.unstage(vol.id, stage)
 
 
-def test_reconcile_rolls_back_creates_finishes_deletes_and_detaches_leaks(env):
+def test_reconcile_rolls_back_creates_finishes_deletes_and_adopts_devices(env):
     driver, host, tmp = env
     kept = new_volume(driver, "kept")
     leaked = new_volume(driver, "leaked", cap=BLOCK)
@@ -154,12 +154,19 @@ def test_reconcile_rolls_back_creates_finishes_deletes_and_detaches_leaks(env):
 
     assert report.rolled_back_creates == [half_created.id]
     assert report.finished_deletes == [half_deleted.id]
-    assert any(dev.path in item for item in report.detached_leaks)
+    # A device on a known volume's image with no staging record (a lost catalog, a
+    # person with losetup) is adopted, never detached: a pod may be using it.
+    assert any(dev.path in item for item in report.rebuild.adopted_stagings)
+    adopted = driver.catalog.get_staging(leaked.id)
+    assert adopted is not None and adopted.device == dev.path and adopted.staged
     assert report.unknown_images == [stray] and os.path.exists(stray)
     assert not os.path.exists(temp)
     assert driver.catalog.get_volume(half_created.id) is None
     assert not os.path.exists(driver.pool.image_path(half_deleted.id))
     assert driver.catalog.get_volume(kept.id) is not None
+    assert [d.path for d in host.loops.list_attached()] == [dev.path]
+    # The adopted staging is taken down by the CO's unstage, at whatever path it names.
+    driver.node.unstage(leaked.id, os.path.join(tmp, "some-staging-path"))
     assert host.loops.list_attached() == []
 
 

@@ -1,0 +1,115 @@
+"""Kernel, pool and catalog failures as domain errors, so that no known condition
+reaches a caller as INTERNAL or as a traceback.
+
+ERRNO_ERRORS is the one table from errno to the CSI status (through the domain error
+classes that rpc/errors.py maps to codes); tests/unit/test_errmap.py checks that it
+covers every errno the linux layer can raise.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+
+from csi_py.core import errors as e
+from csi_py.core.pool import PoolError
+from csi_py.linux.errors import (
+    CommandError,
+    DeviceBusy,
+    GrowNotPermitted,
+    LinuxError,
+    ToolMissing,
+    errno_text,
+)
+from csi_py.state.catalog import CatalogError, CatalogFull
+
+ERRNO_ERRORS: dict[int, tuple[type[e.DriverError], str]] = {
+    # The request names something unusable: fix the request.
+    E.ENAMETOOLONG: (e.InvalidArgument, "a path or one of its components is too long"),
+    E.EINVAL: (e.InvalidArgument, "the kernel refused the arguments (a mount option the"
+                                  " filesystem does not take, a bad path or size)"),
+    E.ELOOP: (e.InvalidArgument, "too many symbolic links in the path"),
+    E.ENOTDIR: (e.InvalidArgument, "a component of the path is not a directory"),
+    E.EISDIR: (e.InvalidArgument, "the path is a directory where a file is needed"),
+    E.EFAULT: (e.InvalidArgument, "a bad address was passed to the kernel"),
+    E.ESPIPE: (e.InvalidArgument, "the path is a pipe or socket, not a file"),
+    # The node is not in a state that allows it: fix the node, then retry.
+    E.ENOENT: (e.FailedPrecondition, "the path does not exist"),
+    E.EACCES: (e.FailedPrecondition, "permission denied"),
+    E.EPERM: (e.FailedPrecondition, "not permitted (csi-py needs to run privileged)"),
+    E.EROFS: (e.FailedPrecondition, "the filesystem is read-only"),
+    E.EBUSY: (e.FailedPrecondition, "it is in use (mounted, or open by a process)"),
+    E.ETXTBSY: (e.FailedPrecondition, "the file is in use"),
+    E.ENXIO: (e.FailedPrecondition, "the device is gone (detached)"),
+    E.ENODEV: (e.FailedPrecondition, "no such device, or the kernel lacks the filesystem"),
+    E.ENOTBLK: (e.FailedPrecondition, "not a block device"),
+    E.ENOTTY: (e.FailedPrecondition, "the kernel does not support this operation here"),
+    E.ENOSYS: (e.FailedPrecondition, "the kernel does not support this operation"),
+    E.EOPNOTSUPP: (e.FailedPrecondition, "the filesystem does not support this operation"),
+    E.EXDEV: (e.FailedPrecondition, "the paths are on different filesystems"),
+    E.EUCLEAN: (e.FailedPrecondition, "the filesystem is corrupted; unmount it and run"
+                                      " its fsck"),
+    E.EBADMSG: (e.FailedPrecondition, "the filesystem is corrupted (a bad checksum); unmount"
+                                      " it and run its fsck"),
+    E.EBADF: (e.FailedPrecondition, "the file was closed under the operation"),
+    E.EMLINK: (e.FailedPrecondition, "too many links"),
+    # Names that are taken.
+    E.EEXIST: (e.AlreadyExists, "the path already exists"),
+    E.ENOTEMPTY: (e.AlreadyExists, "the directory is not empty"),
+    # Out of something.
+    E.ENOSPC: (e.ResourceExhausted, "no space left in the pool"),
+    E.EDQUOT: (e.ResourceExhausted, "the pool's quota is exhausted"),
+    E.EMFILE: (e.ResourceExhausted, "the driver has too many open files"),
+    E.ENFILE: (e.ResourceExhausted, "the node has too many open files"),
+    E.ENOMEM: (e.ResourceExhausted, "the kernel is out of memory"),
+    E.EFBIG: (e.OutOfRange, "the file would grow past the filesystem's limit"),
+    E.EOVERFLOW: (e.OutOfRange, "a size or offset is out of range"),
+    # Passing conditions: retrying later may work.
+    E.EAGAIN: (e.Unavailable, "the kernel asked to try again"),
+    E.EINTR: (e.Unavailable, "the call was interrupted"),
+    E.ETIMEDOUT: (e.Unavailable, "timed out"),
+    E.ESTALE: (e.Unavailable, "a stale file handle"),
+    # The storage under the pool or a volume fails: nothing the request can fix,
+    # retried once the pool is repaired (health and docs/reliability.md say how).
+    E.EIO: (e.Unavailable, "I/O error: the pool's filesystem or disk is failing"),
+}
+
+
+def from_errno(err: int | None, subject: str) -> e.DriverError:
+    """The domain error for a failed syscall about `subject` (a path, a device), with
+    a message naming the subject, the errno and what it means."""
+    kind, meaning = ERRNO_ERRORS.get(err or 0, (e.Internal, "an unexpected kernel error"))
+    return kind(f"{subject}: {errno_text(err)}: {meaning}")
+
+
+def translate(exc: BaseException) -> e.DriverError | None:
+    """The domain error for a kernel, pool or catalog failure, or None when `exc` is
+    none of those (a bug: the caller reports it as INTERNAL, with its trace)."""
+    if isinstance(exc, e.DriverError):
+        return exc
+    if isinstance(exc, (DeviceBusy, ToolMissing, GrowNotPermitted)):
+        return e.FailedPrecondition(str(exc))
+    if isinstance(exc, CommandError):
+        if exc.timed_out:
+            return e.Unavailable(str(exc))
+        return e.Internal(str(exc))
+    if isinstance(exc, LinuxError):
+        err = getattr(exc, "errno", None)
+        if err in ERRNO_ERRORS:
+            kind, _ = ERRNO_ERRORS[err]
+            return kind(str(exc))
+        return e.Internal(str(exc))
+    if isinstance(exc, CatalogFull):
+        return e.ResourceExhausted(str(exc))
+    if isinstance(exc, CatalogError):
+        return e.Unavailable(f"{exc}; the catalog is unusable (see `csi-py pool check`)")
+    if isinstance(exc, PoolError):
+        return e.FailedPrecondition(str(exc))
+    if isinstance(exc, OSError):
+        subject = os.fsdecode(exc.filename) if exc.filename else "a pool or node path"
+        if exc.filename2:
+            subject += f" -> {os.fsdecode(exc.filename2)}"
+        return from_errno(exc.errno, subject)
+    if isinstance(exc, ValueError):
+        return e.InvalidArgument(str(exc))
+    return None

@@ -1,0 +1,295 @@
+"""Rebuilding the catalog from the pool and the kernel.
+
+The catalog is an index of intent; the pool's images describe themselves (one record
+each, state/records.py) and the kernel knows what is attached and mounted. So a lost,
+empty, truncated or garbled catalog costs nothing:
+
+- an unreadable catalog file is moved aside (never deleted) and a new one is made;
+- every record whose image exists and that the catalog lacks is adopted (volumes,
+  snapshots, and their group snapshots);
+- every loop device on a pool image with no staging record is adopted as a staging
+  (state ADOPTED), with the mount the kernel shows for it, so publish, unpublish,
+  unstage and delete keep working for pods that were running all along;
+- catalog entries without a record (a pool from before records) get one.
+
+Nothing here unmounts, detaches or deletes an image. The only thing removed is a
+record whose image is gone: it describes nothing, and it is ours.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from csi_py.core.model import (
+    AccessType,
+    GroupSnapshot,
+    SnapshotState,
+    Staging,
+    StagingState,
+    Volume,
+    VolumeState,
+)
+from csi_py.core.pool import Pool, PoolError
+from csi_py.core.validation import is_snapshot_id, is_volume_id
+from csi_py.linux import Host, files
+from csi_py.linux.loop import LoopDevice
+from csi_py.state.catalog import Catalog, CatalogDamaged, CatalogError
+from csi_py.state.records import Records
+
+log = logging.getLogger(__name__)
+
+# Mount types that show a device node bind-mounted onto a file (a published block
+# volume), not a filesystem on the device.
+NODE_FS_TYPES = ("devtmpfs", "tmpfs")
+
+
+@dataclass
+class RebuildReport:
+    """What a rebuild found and did (or, without `apply`, would do)."""
+
+    catalog_moved_to: list[str] = field(default_factory=list)
+    adopted_volumes: list[str] = field(default_factory=list)
+    adopted_snapshots: list[str] = field(default_factory=list)
+    adopted_groups: list[str] = field(default_factory=list)
+    adopted_stagings: list[str] = field(default_factory=list)
+    records_written: list[str] = field(default_factory=list)
+    stale_records: list[str] = field(default_factory=list)
+    unreadable_records: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    record_errors: list[str] = field(default_factory=list)  # records that could not be written
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.__dict__.items()}
+
+    def lines(self) -> list[str]:
+        """One line per finding, for an operator."""
+        return [f"{key}: {item}" for key, items in self.__dict__.items() for item in items]
+
+
+def open_catalog(pool: Pool, on_full: object = None, *, move_aside: bool = True
+                 ) -> tuple[Catalog, str]:
+    """Open the pool's catalog. One that is not a sound SQLite catalog (garbled,
+    truncated) is moved aside with its WAL and shared-memory files, named
+    `catalog.db.broken-<time>`, and a new empty one is made for the rebuild; returns
+    (catalog, the moved file or "").
+
+    Raises CatalogTooNew (never moved: a newer csi-py wrote it), CatalogError when
+    it cannot be opened for another reason (I/O errors, a full pool: the file is
+    left as it is) or cannot be moved, CatalogDamaged when `move_aside` is False.
+    """
+    path = pool.catalog_path
+    try:
+        return Catalog(path, on_full), ""  # type: ignore[arg-type]
+    except CatalogDamaged as exc:
+        if not move_aside:
+            raise
+        broken = f"{path}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
+        log.error("%s; moving it to %s and rebuilding the catalog from the pool", exc,
+                  broken)
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                files.move_aside(path + suffix, broken + suffix)
+        except OSError as move:
+            raise CatalogError(
+                f"{exc}; it could not be moved aside for a rebuild either ({move})") from move
+    return Catalog(path, on_full), broken  # type: ignore[arg-type]
+
+
+def rebuild(catalog: Catalog, pool: Pool, records: Records, host: Host, *,
+            apply: bool = True) -> RebuildReport:
+    """Adopt what the pool and the kernel hold and the catalog lacks (see the module
+    docstring). Idempotent: a second run finds nothing to do. With apply=False
+    nothing is written; the report says what would be.
+
+    Raises OSError when the records directory cannot be read, CatalogError when the
+    catalog cannot be written.
+    """
+    report = RebuildReport()
+    _adopt_records(catalog, pool, records, report, apply)
+    _backfill_records(catalog, pool, records, report, apply)
+    _adopt_stagings(catalog, pool, host, report, apply)
+    for line in report.lines():
+        log.info("rebuild: %s", line)
+    return report
+
+
+def _describe(vol: Volume) -> str:
+    return f"{vol.id} name={vol.name!r} size={vol.capacity_bytes} fs={vol.fs_type or '-'}"
+
+
+def _adopt_records(catalog: Catalog, pool: Pool, records: Records, report: RebuildReport,
+                   apply: bool) -> None:
+    scan = records.scan()
+    report.unreadable_records += scan.unreadable
+    for rec in scan.volumes:
+        vol = rec.volume
+        if not is_volume_id(vol.id):
+            report.unreadable_records.append(f"{records.path(vol.id)}: bad volume id")
+            continue
+        image = pool.image_path(vol.id)
+        known = catalog.get_volume(vol.id) is not None
+        size = _image_size(image, vol.id, known, records, report, apply)
+        if size is None or known:
+            continue
+        other = catalog.get_volume_by_name(vol.name)
+        if other is not None:
+            report.conflicts.append(f"volume {vol.id}: its name {vol.name!r} is recorded for"
+                                    f" {other.id}; not adopted, image {image} left in place")
+            continue
+        # An expansion grows the file before the catalog: the file's size wins.
+        adopted = replace(vol, capacity_bytes=max(vol.capacity_bytes, size),
+                          state=VolumeState.READY)
+        if apply:
+            catalog.insert_volume(adopted)
+        report.adopted_volumes.append(_describe(adopted))
+    groups: dict[str, GroupSnapshot] = {}
+    for srec in scan.snapshots:
+        snap = srec.snapshot
+        if not is_snapshot_id(snap.id):
+            report.unreadable_records.append(f"{records.path(snap.id)}: bad snapshot id")
+            continue
+        image = pool.snapshot_path(snap.id)
+        known = catalog.get_snapshot(snap.id) is not None
+        if _image_size(image, snap.id, known, records, report, apply) is None or known:
+            continue
+        if snap.group_id and catalog.get_group(snap.group_id) is None and \
+                snap.group_id not in groups:
+            group = GroupSnapshot(snap.group_id, srec.group_name, srec.group_created_at,
+                                  SnapshotState.READY)
+            groups[snap.group_id] = group
+            if apply:
+                catalog.insert_group(group)
+            report.adopted_groups.append(f"{group.id} name={group.name!r}")
+        if catalog.get_snapshot_by_name(snap.name) is not None:
+            report.conflicts.append(f"snapshot {snap.id}: its name {snap.name!r} is taken;"
+                                    f" not adopted, image {image} left in place")
+            continue
+        if apply:
+            catalog.insert_snapshot(replace(snap, state=SnapshotState.READY))
+        report.adopted_snapshots.append(
+            f"{snap.id} name={snap.name!r} of={snap.source_volume_id} size={snap.size_bytes}"
+            f" fs={snap.fs_type or '-'}")
+
+
+def _image_size(image: str, object_id: str, known: bool, records: Records,
+                report: RebuildReport, apply: bool) -> int | None:
+    """The size of a record's image, or None when it is gone: then the record is
+    stale, and removed unless the catalog still has the object (reconciliation
+    finishes that one)."""
+    try:
+        return os.stat(image).st_size
+    except FileNotFoundError:
+        report.stale_records.append(f"{records.path(object_id)} (image {image} is gone)")
+        if apply and not known:
+            records.remove(object_id)
+        return None
+
+
+def _all_volumes(catalog: Catalog) -> list[Volume]:
+    found: list[Volume] = []
+    after = 0
+    while page := catalog.list_volumes(after, 1000):
+        found += page
+        after = page[-1].seq
+    return found
+
+
+def _backfill_records(catalog: Catalog, pool: Pool, records: Records,
+                      report: RebuildReport, apply: bool) -> None:
+    """A pool made before images described themselves: write the missing records."""
+    def write(object_id: str, put: Callable[[], None]) -> None:
+        try:
+            if apply:
+                put()
+            report.records_written.append(records.path(object_id))
+        except OSError as exc:  # e.g. a full pool: the next start tries again
+            report.record_errors.append(f"{records.path(object_id)}: {exc}")
+
+    for vol in _all_volumes(catalog):
+        if vol.state is VolumeState.READY and records.get(vol.id) is None and \
+                os.path.exists(pool.image_path(vol.id)):
+            write(vol.id, functools.partial(records.put_volume, vol))
+    after = 0
+    while page := catalog.list_snapshots(after, 1000):
+        after = page[-1].seq
+        for snap in page:
+            if snap.ready and records.get(snap.id) is None and \
+                    os.path.exists(pool.snapshot_path(snap.id)):
+                group = catalog.get_group(snap.group_id) if snap.group_id else None
+                write(snap.id, functools.partial(records.put_snapshot, snap, group))
+
+
+def adopted_staging(volume_id: str, devices: list[LoopDevice], mounts: list) -> Staging:
+    """The staging the kernel shows for a volume's loop devices: its writable device
+    (read-only extras serve read-only block publishes), and the first filesystem
+    mount of it in mount order (the staging mount comes before the binds made from
+    it) or, for none, a block staging whose path the next call names."""
+    device = sorted(devices, key=lambda d: (d.read_only, d.number))[0]
+    fs_mounts = [m for m in mounts if m.source == device.path and
+                 m.fs_type not in NODE_FS_TYPES]
+    if fs_mounts:
+        first = fs_mounts[0]
+        return Staging(volume_id, first.mount_point, AccessType.MOUNT, first.fs_type, (),
+                       first.read_only, device.path, StagingState.ADOPTED)
+    return Staging(volume_id, "", AccessType.BLOCK, "", (), device.read_only, device.path,
+                   StagingState.ADOPTED)
+
+
+def _adopt_stagings(catalog: Catalog, pool: Pool, host: Host, report: RebuildReport,
+                    apply: bool) -> None:
+    by_volume: dict[str, list[LoopDevice]] = {}
+    for dev in host.loops.list_attached():
+        volume_id = pool.volume_id_of_image(dev.backing_file)
+        if volume_id is None or dev.backing_deleted:
+            continue
+        by_volume.setdefault(volume_id, []).append(dev)
+    if not by_volume:
+        return
+    mounts = host.mounts.list_mounts()
+    for volume_id, devices in sorted(by_volume.items()):
+        vol = catalog.get_volume(volume_id)
+        if vol is None or vol.state is not VolumeState.READY or \
+                catalog.get_staging(volume_id) is not None:
+            continue
+        staging = adopted_staging(volume_id, devices, mounts)
+        if apply:
+            catalog.put_staging(staging)
+        report.adopted_stagings.append(
+            f"{volume_id} on {staging.device} ({staging.access_type.value}"
+            f"{' at ' + staging.staging_path if staging.staging_path else ''})")
+
+
+def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
+    """What `csi-py pool check` (apply=False: reads only) and `csi-py pool rebuild`
+    (apply=True) do: open the pool's catalog (rebuild moves an unreadable one
+    aside; check only says so and compares with an empty catalog) and rebuild it.
+
+    Raises PoolError (no such pool, or an unsafe one), CatalogTooNew, CatalogError
+    (rebuild only: a catalog that cannot be opened or moved), OSError when the pool
+    cannot be read.
+    """
+    if not os.path.isdir(pool.root):
+        raise PoolError(f"pool {pool.root} does not exist (give the driver's --pool)")
+    if apply:
+        pool.prepare()
+        catalog, moved = open_catalog(pool, pool.release_catalog_reserve)
+    else:
+        moved = ""
+        try:
+            catalog = Catalog(pool.catalog_path) if os.path.exists(pool.catalog_path) \
+                else Catalog(":memory:")
+        except CatalogDamaged as exc:
+            moved = f"(would be moved aside: {exc})"
+            catalog = Catalog(":memory:")
+    try:
+        report = rebuild(catalog, pool, Records(pool.records_dir), host, apply=apply)
+    finally:
+        catalog.close()
+    if moved:
+        report.catalog_moved_to.append(moved)
+    return report
