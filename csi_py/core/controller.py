@@ -246,7 +246,7 @@ class ControllerCore:
         incompatible request), OutOfRange, ResourceExhausted (pool full or topology
         elsewhere), Aborted.
         """
-        v.check_string(name, "name")
+        v.check_name(name, "name")
         if not caps:
             raise InvalidArgument(f"volume {name!r}: volume_capabilities are required")
         for cap in caps:
@@ -254,6 +254,11 @@ class ControllerCore:
         mutable = check_mutable(mutable_parameters, f"volume {name!r}")
         fs_type, provisioning = self._parse_parameters(parameters, caps)
         asked = parameters.get(PARAM_FS_TYPE) or next((c.fs_type for c in caps if c.fs_type), "")
+        wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
+        if not wants_mount and not asked:
+            # A raw block volume holds no filesystem of ours: record none, so listings
+            # show it as block (the node formats nothing for a block staging anyway).
+            fs_type = ""
         if source is not None:
             made = self.catalog.get_volume_by_name(name)
             if made is not None and made.content_source == source.label and \
@@ -269,7 +274,6 @@ class ControllerCore:
                     f"volume {name!r}: its source {source} holds {origin.fs_type}, not {asked}"
                 )
             fs_type = origin.fs_type
-        wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
         size = self.resolve_size(capacity, fs_type, wants_mount,
                                  at_least=origin.size_bytes if origin else 0)
         if origin is not None:
@@ -468,7 +472,8 @@ class ControllerCore:
                 check_capability(cap, self.config.filesystems)
             except InvalidArgument as exc:
                 return False, str(exc)
-            if cap.access_type is AccessType.MOUNT and cap.fs_type not in ("", volume.fs_type):
+            if cap.access_type is AccessType.MOUNT and volume.fs_type and \
+                    cap.fs_type not in ("", volume.fs_type):
                 return False, (f"volume {volume_id} holds {volume.fs_type}, not {cap.fs_type}")
         if parameters and parameters != volume.parameter_map:
             return False, f"volume {volume_id} was created with other parameters"

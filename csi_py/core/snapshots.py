@@ -146,7 +146,7 @@ class SnapshotCore:
         Raises InvalidArgument, NotFound (source), AlreadyExists (name taken by a
         snapshot of another volume), ResourceExhausted (no room), Aborted.
         """
-        v.check_string(name, "name")
+        v.check_name(name, "name")
         v.require(source_volume_id, "source_volume_id")
         _check_parameters(parameters, f"snapshot {name!r}")
         with self.locks.hold("snapshot-name:" + name, "CreateSnapshot"):
@@ -283,7 +283,7 @@ class SnapshotCore:
 
         Raises InvalidArgument, NotFound, AlreadyExists, ResourceExhausted, Aborted.
         """
-        v.check_string(name, "name")
+        v.check_name(name, "name")
         if not source_volume_ids:
             raise InvalidArgument(f"group snapshot {name!r}: source_volume_ids are required")
         repeated = sorted({vid for vid in source_volume_ids if source_volume_ids.count(vid) > 1})
