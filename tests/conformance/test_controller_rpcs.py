@@ -798,3 +798,22 @@ def test_get_capacity_for_capabilities_we_cannot_serve_is_zero(driver):
     assert multi.available_capacity == 0
     assert _capacity(driver, params={"replicas": "3"}).available_capacity == 0
     assert _capacity(driver, caps=[block_capability()]).available_capacity > 0
+
+
+def test_create_volume_as_external_provisioner_sends_a_prefixed_fstype(driver):
+    """A StorageClass with csi.storage.k8s.io/fstype: xfs reaches CreateVolume as
+    external-provisioner v6 sends it: the key stripped from the parameters, the value in
+    the capability's fs_type, and the PVC's metadata under csi.storage.k8s.io/."""
+    params = {"provisioning": "thin", "csi.storage.k8s.io/pvc/name": "data",
+              "csi.storage.k8s.io/pvc/namespace": "default",
+              "csi.storage.k8s.io/pv/name": "pvc-1"}
+    vol = create(driver, "pvc-prefixed", size=300 * MiB, caps=[mount_capability("xfs")],
+                 params=params)
+    assert vol.volume_context["fsType"] == "xfs"
+    # A CO that passes the key through is understood as well.
+    vol = create(driver, "pvc-prefixed-raw", size=300 * MiB, caps=[mount_capability()],
+                 params={"csi.storage.k8s.io/fstype": "xfs"})
+    assert vol.volume_context["fsType"] == "xfs"
+    expect_error(driver.client.controller.CreateVolume,
+                 create_request("pvc-prefixed-bad", params={"csi.storage.k8s.io/fstype": "zfs"}),
+                 Code.INVALID_ARGUMENT, "zfs")

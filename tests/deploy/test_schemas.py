@@ -141,15 +141,17 @@ def _apply_merge_patch(target: Any, patch: Any) -> Any:
 def test_example_validates(path) -> None:
     docs = tools.load_file(path)
     if path.name == "patch.yaml":
-        # Not an object but a patch for the PVC next to it: validate the patched PVC.
+        # A complete PVC (validated below like every example) that, applied or used as a
+        # patch, grows the PVC next to it and changes nothing else.
         pvcs = [d for d in tools.load_file(path.parent / "pvc-pod.yaml")
                 if d["kind"] == "PersistentVolumeClaim"]
-        assert len(pvcs) == 1
+        assert len(pvcs) == 1 and len(docs) == 1
         patched = _apply_merge_patch(pvcs[0], docs[0])
         old = pvcs[0]["spec"]["resources"]["requests"]["storage"]
         new = patched["spec"]["resources"]["requests"]["storage"]
         assert _bytes(new) > _bytes(old), f"the patch must grow the PVC ({old} -> {new})"
-        docs = [patched]
+        assert patched == _apply_merge_patch(pvcs[0], {"spec": {"resources": {
+            "requests": {"storage": new}}}}), "the patch must change only the size"
     failures = validate_docs(docs, str(path.relative_to(tools.REPO)))
     assert not failures, "\n".join(failures)
 

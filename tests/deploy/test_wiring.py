@@ -340,6 +340,8 @@ NEEDS: dict[str, list[tuple[str, str, set[str]]]] = {
         ("snapshot.storage.k8s.io", "volumesnapshots", {"get", "list"}),
         ("snapshot.storage.k8s.io", "volumesnapshotcontents", {"get", "list"}),
         ("storage.k8s.io", "volumeattachments", {"get", "list", "watch"}),
+        # Read by name for a PVC with a VolumeAttributesClass (see sidecar_facts.yaml).
+        ("storage.k8s.io", "volumeattributesclasses", {"get"}),
     ],
     "csi-attacher": [
         ("", "persistentvolumes", {"get", "list", "watch", "patch"}),
@@ -375,12 +377,10 @@ ALSO_ALLOWED: dict[str, list[tuple[str, str, set[str]]]] = {
     "csi-provisioner": [
         ("", "persistentvolumes", {"patch"}),
         ("", "events", {"list", "watch", "update"}),
-        ("snapshot.storage.k8s.io", "volumesnapshots", {"watch", "update", "patch"}),
-        ("storage.k8s.io", "volumeattributesclasses", {"get", "list", "watch"}),
+        ("snapshot.storage.k8s.io", "volumesnapshots", {"watch", "update"}),
     ],
     "csi-snapshotter": [
         ("", "events", {"list", "watch", "update"}),
-        ("snapshot.storage.k8s.io", "volumesnapshotcontents", {"create"}),
         ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", {"get", "list", "watch"}),
         ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents",
          {"get", "list", "watch", "update", "patch"}),
