@@ -55,3 +55,57 @@ def test_images_override_points_every_image_at_your_registry(tmp_path, layout) -
     docs_text = (tools.REPO / "docs" / "deployment.md").read_text()
     for n in names:
         assert f"- name: {n}" in docs_text, f"docs/deployment.md's images: example lacks {n}"
+
+
+# The two objects of external-snapshotter v8.7.0's snapshot-controller install that the
+# distributed-snapshotting component patches, as that release ships them (trimmed to
+# what the patches touch), so the check runs offline.
+SNAPSHOT_CONTROLLER = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: snapshot-controller
+  namespace: kube-system
+spec:
+  selector:
+    matchLabels: {app.kubernetes.io/name: snapshot-controller}
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: snapshot-controller}
+    spec:
+      containers:
+        - name: snapshot-controller
+          image: registry.k8s.io/sig-storage/snapshot-controller:v8.7.0
+          args: ["--v=5", "--leader-election=true"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: snapshot-controller-runner
+rules:
+  - apiGroups: [""]
+    resources: ["persistentvolumes"]
+    verbs: ["get", "list", "watch"]
+"""
+
+
+def test_distributed_snapshotting_component_configures_snapshot_controller(tmp_path) -> None:
+    cmd = tools.kustomize_command()
+    if not cmd:
+        tools.unavailable("kustomize", "neither kustomize nor `kubectl kustomize` found")
+    overlay = tmp_path / "snapshot-controller"
+    overlay.mkdir()
+    (overlay / "upstream.yaml").write_text(SNAPSHOT_CONTROLLER)
+    component = os.path.relpath(tools.DEPLOY / "components" / "distributed-snapshotting",
+                                overlay)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - upstream.yaml\ncomponents:\n  - {component}\n")
+    docs = tools.load_docs(tools.run([*cmd, str(overlay)]))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["--v=5", "--leader-election=true", "--enable-distributed-snapshotting=true"]
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]} \
+        in role["rules"]
+    assert not validate_docs(docs, "snapshot-controller + distributed-snapshotting")
