@@ -74,3 +74,39 @@ def test_secrets_never_reach_the_log_and_rpc_lines_carry_request_ids(driver, jso
     assert len({e["requestID"] for e in timings}) == len(timings)
     created = [e for e in entries if e["msg"].startswith("created volume")]
     assert created and created[0]["requestID"] in {e["requestID"] for e in timings}
+
+
+@pytest.mark.integration
+def test_serve_with_log_format_json_writes_one_object_per_line(workdir):
+    """The flag as the chart passes it: every stderr line of a real `csi-py serve` is a
+    JSON object with Kubernetes' field names, from start-up to a graceful stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from csi_py.rpc.client import Client
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the driver's pool and socket checks)")
+    sock = f"{workdir}/csi.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "csi_py", "serve", "--endpoint", f"unix://{sock}",
+         "--pool", f"{workdir}/pool", "--node-id", "n1", "--log-format=json"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        with Client(sock) as client:
+            client.wait_ready(30)
+            with pytest.raises(grpc.RpcError):
+                client.controller.DeleteVolume(pb.DeleteVolumeRequest(), timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = err.splitlines()
+    entries = [json.loads(line) for line in lines]  # fails on any non-JSON line
+    assert any(e["msg"].startswith("serving loop.csi-py.io") for e in entries)
+    assert entries[-1]["msg"] == "stopped"
+    refused = [e for e in entries if "INVALID_ARGUMENT" in e["msg"]]
+    assert refused and refused[0]["requestID"]
+    assert all({"ts", "caller", "logger", "msg", "v"} <= set(e) for e in entries)
