@@ -1,130 +1,303 @@
-"""Human-facing client commands against a running driver: volume create/list/delete, info."""
+"""Human-facing client commands against a running driver: volume and snapshot create,
+list and delete, and info. Each returns the process's exit status: 0 done, 1 failed
+(the reason printed on stderr in plain words)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py.config import MIN_FS_BYTES, ConfigError, endpoint_path, format_size
+from csi_py.output import Column, render, table
 from csi_py.rpc.client import Client, block_capability, mount_capability
 
+VOLUME_COLUMNS = (
+    Column("NAME", "name"), Column("ID", "id"), Column("SIZE", "size"), Column("TYPE", "type"),
+    Column("PROVISIONING", "provisioning"), Column("STATE", "state"),
+    Column("NODES", "nodes", wide=True), Column("BYTES", "capacityBytes", wide=True),
+    Column("CONDITION", "condition", wide=True),
+)
+SNAPSHOT_COLUMNS = (
+    Column("ID", "id"), Column("SOURCE VOLUME", "sourceVolumeId"), Column("SIZE", "size"),
+    Column("READY", "readyToUse"), Column("CREATED", "created"),
+    Column("BYTES", "sizeBytes", wide=True),
+)
 
-def _fail(exc: grpc.RpcError) -> int:
-    print(f"csi-py: {exc.code().name}: {exc.details()}", file=sys.stderr)
-    return 1
+
+class CommandError(Exception):
+    """A command cannot go on; the message is for a person and names what to do."""
 
 
-def _create(client: Client, args: argparse.Namespace, request: pb.CreateVolumeRequest
-            ) -> pb.Volume:
-    """CreateVolume with the name and size from the command line; prints the result."""
+def run(action: Callable[[Client, argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Connect to the driver at args.endpoint, run `action`, and turn every known failure
+    into one line on stderr and exit status 1."""
+    try:
+        path = endpoint_path(args.endpoint)
+        _check_listening(path)
+        with Client(path) as client:
+            try:
+                action(client, args)
+            except grpc.RpcError as exc:
+                raise _rpc_error(exc, path) from None
+    except (CommandError, ConfigError) as exc:
+        print(f"csi-py: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _no_driver(path: str, why: str) -> CommandError:
+    return CommandError(
+        f"no csi-py driver is listening on unix://{path} ({why}); start one with"
+        f" `csi-py serve --endpoint unix://{path} --pool /var/lib/csi-py`, or point"
+        " --endpoint (or $CSI_ENDPOINT) at a running one"
+    )
+
+
+def _check_listening(path: str) -> None:
+    """Connect once without gRPC, so a missing driver is reported in plain words rather
+    than as gRPC's retry noise. Raises CommandError."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(5.0)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        raise _no_driver(path, "the socket does not exist") from None
+    except ConnectionRefusedError:
+        raise _no_driver(path, "nothing answers on the socket") from None
+    except PermissionError:
+        raise CommandError(
+            f"cannot connect to unix://{path}: permission denied (the driver's socket is"
+            " owner-only; run as the user that runs the driver, usually root)"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK:
+            raise CommandError(f"unix://{path} is not a socket") from None
+        raise CommandError(f"cannot connect to unix://{path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+
+
+def _rpc_error(exc: grpc.RpcError, path: str) -> CommandError:
+    code = exc.code()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return _no_driver(path, "it stopped answering")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CommandError(f"the driver on unix://{path} did not answer in time; see its log")
+    return CommandError(f"{exc.details()} ({code.name})")
+
+
+def _emit(args: argparse.Namespace, columns: tuple[Column, ...], records: list[dict[str, Any]],
+          kind: str) -> None:
+    """Print records in the format -o asked for. Called only once everything is fetched,
+    so a failure never leaves a table header behind."""
+    fmt = getattr(args, "output", None) or ""
+    if fmt in ("json", "yaml"):
+        print(render({"kind": kind + "List", "items": records}, fmt))
+    elif records or fmt == "wide":
+        print(table(columns, records, wide=fmt == "wide"))
+    else:
+        print(f"No {kind.lower()}s found.", file=sys.stderr)
+
+
+def _emit_one(args: argparse.Namespace, columns: tuple[Column, ...], record: dict[str, Any]
+              ) -> None:
+    fmt = getattr(args, "output", None) or ""
+    if fmt in ("json", "yaml"):
+        print(render(record, fmt))
+    else:
+        print(table(columns, [record], wide=fmt == "wide"))
+
+
+# --- volumes ---------------------------------------------------------------------------
+
+
+def volume_record(vol: pb.Volume, status: Any = None) -> dict[str, Any]:
+    """A volume as the CLI shows it. `status` is a ListVolumes or ControllerGetVolume
+    status, when there is one."""
+    fs_type = vol.volume_context.get("fsType", "")
+    nodes = list(status.published_node_ids) if status is not None else []
+    abnormal = status is not None and status.HasField("volume_condition") and \
+        status.volume_condition.abnormal
+    return {
+        "name": vol.volume_context.get("name", ""),
+        "id": vol.volume_id,
+        "size": format_size(vol.capacity_bytes),
+        "capacityBytes": vol.capacity_bytes,
+        "type": fs_type or "block",
+        "provisioning": vol.volume_context.get("provisioning", ""),
+        "state": "Abnormal" if abnormal else "Published" if nodes else "Available",
+        "nodes": nodes,
+        "condition": status.volume_condition.message if abnormal else "",
+    }
+
+
+def _volumes(client: Client) -> Iterator[pb.ListVolumesResponse.Entry]:
+    token = ""
+    while True:
+        resp = client.controller.ListVolumes(
+            pb.ListVolumesRequest(max_entries=500, starting_token=token), timeout=client.timeout
+        )
+        yield from resp.entries
+        token = resp.next_token
+        if not token:
+            return
+
+
+def find_volume(client: Client, name_or_id: str) -> pb.ListVolumesResponse.Entry | None:
+    """The volume whose id or name is `name_or_id` (an id wins), or None."""
+    by_name = None
+    for entry in _volumes(client):
+        if entry.volume.volume_id == name_or_id:
+            return entry
+        if by_name is None and entry.volume.volume_context.get("name") == name_or_id:
+            by_name = entry
+    return by_name
+
+
+def _volume_id(client: Client, name_or_id: str) -> str:
+    entry = find_volume(client, name_or_id)
+    if entry is None:
+        raise CommandError(f'volume "{name_or_id}" not found (give its name or id;'
+                           " `csi-py volume list` shows them)")
+    return entry.volume.volume_id
+
+
+def _create(client: Client, args: argparse.Namespace, request: pb.CreateVolumeRequest,
+            fs_type: str) -> pb.Volume:
+    """CreateVolume with the name and size from the command line; prints the volume and,
+    on stderr, why its size differs from the one asked for."""
     request.name = args.name
-    request.capacity_range.required_bytes = args.size
+    if args.size:
+        request.capacity_range.required_bytes = args.size
     vol = client.controller.CreateVolume(request, timeout=client.timeout).volume
-    print(f"{vol.volume_id}\t{vol.capacity_bytes}\t{dict(vol.volume_context)}")
+    if args.size and vol.capacity_bytes > args.size:
+        made_fs = vol.volume_context.get("fsType", "") or fs_type
+        floor = MIN_FS_BYTES.get(made_fs, 0) if not args.block else 0
+        why = (f"the smallest {made_fs} volume is {format_size(floor)}"
+               if floor and vol.capacity_bytes == floor else
+               "the driver rounds sizes up to its granularity or the source's size")
+        print(f"note: asked for {format_size(args.size)}; created {format_size(vol.capacity_bytes)}"
+              f" ({why})", file=sys.stderr)
+    _emit_one(args, VOLUME_COLUMNS, volume_record(vol))
     return vol
 
 
-def volume(args: argparse.Namespace) -> int:
-    with Client(args.endpoint) as client:
-        try:
-            if args.action == "create":
-                params = {"provisioning": "thick"} if args.thick else {}
-                if args.fs_type:
-                    params["fsType"] = args.fs_type
-                vol = _create(client, args, pb.CreateVolumeRequest(
-                    parameters=params, volume_capabilities=[
-                        block_capability() if args.block else mount_capability(args.fs_type)]))
-                topo = vol.accessible_topology[0].segments if vol.accessible_topology else {}
-                print(f"# for a static PV: spec.csi.volumeHandle={vol.volume_id}; node affinity"
-                      f" {dict(topo)}", file=sys.stderr)
-            elif args.action == "list":
-                token = ""
-                print("VOLUME ID\tBYTES\tFS\tPUBLISHED ON")
-                while True:
-                    resp = client.controller.ListVolumes(
-                        pb.ListVolumesRequest(max_entries=500, starting_token=token),
-                        timeout=client.timeout,
-                    )
-                    for entry in resp.entries:
-                        vol = entry.volume
-                        nodes = ",".join(entry.status.published_node_ids) or "-"
-                        print(f"{vol.volume_id}\t{vol.capacity_bytes}\t"
-                              f"{vol.volume_context.get('fsType', '')}\t{nodes}")
-                    token = resp.next_token
-                    if not token:
-                        break
-            elif args.action == "delete":
-                client.controller.DeleteVolume(
-                    pb.DeleteVolumeRequest(volume_id=args.volume_id), timeout=client.timeout
-                )
-                print(f"deleted {args.volume_id}")
-            elif args.action in ("restore", "clone"):
-                source = pb.VolumeContentSource()
-                if args.action == "restore":
-                    source.snapshot.snapshot_id = args.source
-                else:
-                    source.volume.volume_id = args.source
-                _create(client, args, pb.CreateVolumeRequest(
-                    volume_content_source=source, volume_capabilities=[
-                        block_capability() if args.block else mount_capability()]))
-        except grpc.RpcError as exc:
-            return _fail(exc)
-    return 0
+def volume_create(client: Client, args: argparse.Namespace) -> None:
+    params = {"provisioning": "thick"} if args.thick else {}
+    if args.fs_type:
+        params["fsType"] = args.fs_type
+    cap = block_capability() if args.block else mount_capability(args.fs_type)
+    vol = _create(client, args, pb.CreateVolumeRequest(parameters=params,
+                                                       volume_capabilities=[cap]),
+                  args.fs_type)
+    topo = vol.accessible_topology[0].segments if vol.accessible_topology else {}
+    if getattr(args, "output", None) not in ("json", "yaml"):
+        affinity = ", ".join(f"{k}={v}" for k, v in topo.items())
+        print(f"# for a static PV: spec.csi.volumeHandle={vol.volume_id}; node affinity"
+              f" {affinity}", file=sys.stderr)
 
 
-def info(args: argparse.Namespace) -> int:
-    with Client(args.endpoint) as client:
-        try:
-            plugin = client.identity.GetPluginInfo(pb.GetPluginInfoRequest(), timeout=10)
-            node = client.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=10)
-            ready = client.identity.Probe(pb.ProbeRequest(), timeout=10).ready.value
-            cap = client.controller.GetCapacity(pb.GetCapacityRequest(), timeout=10)
-        except grpc.RpcError as exc:
-            return _fail(exc)
-    print(f"driver:   {plugin.name} {plugin.vendor_version}")
-    print(f"node:     {node.node_id} topology={dict(node.accessible_topology.segments)}")
-    print(f"ready:    {ready}")
-    print(f"capacity: {cap.available_capacity} bytes (thin)")
-    return 0
+def volume_list(client: Client, args: argparse.Namespace) -> None:
+    records = [volume_record(e.volume, e.status) for e in _volumes(client)]
+    _emit(args, VOLUME_COLUMNS, records, "Volume")
 
 
-def snapshot(args: argparse.Namespace) -> int:
-    with Client(args.endpoint) as client:
-        try:
-            if args.action == "create":
-                snap = _create_snapshot_with_progress(client, args.volume_id, args.name)
-                print(f"{snap.snapshot_id}\t{snap.size_bytes}\tready={snap.ready_to_use}")
-            elif args.action == "list":
-                token = ""
-                print("SNAPSHOT ID\tSOURCE VOLUME\tBYTES\tCREATED")
-                while True:
-                    resp = client.controller.ListSnapshots(
-                        pb.ListSnapshotsRequest(max_entries=500, starting_token=token,
-                                                source_volume_id=args.volume),
-                        timeout=client.timeout,
-                    )
-                    for entry in resp.entries:
-                        s = entry.snapshot
-                        created = s.creation_time.ToDatetime().isoformat(timespec="seconds")
-                        print(f"{s.snapshot_id}\t{s.source_volume_id}\t{s.size_bytes}\t"
-                              f"{created}")
-                    token = resp.next_token
-                    if not token:
-                        break
-            elif args.action == "delete":
-                client.controller.DeleteSnapshot(
-                    pb.DeleteSnapshotRequest(snapshot_id=args.snapshot_id),
-                    timeout=client.timeout,
-                )
-                print(f"deleted {args.snapshot_id}")
-        except grpc.RpcError as exc:
-            return _fail(exc)
-    return 0
+def volume_get(client: Client, args: argparse.Namespace) -> None:
+    entry = find_volume(client, args.volume)
+    if entry is None:
+        raise CommandError(f'volume "{args.volume}" not found')
+    _emit_one(args, VOLUME_COLUMNS, volume_record(entry.volume, entry.status))
+
+
+def volume_delete(client: Client, args: argparse.Namespace) -> None:
+    # DeleteVolume answers OK for an absent volume (CSI deletes are idempotent); a
+    # person who mistyped must hear about it, so look first.
+    entry = find_volume(client, args.volume)
+    if entry is None:
+        if args.ignore_not_found:
+            return
+        raise CommandError(f'volume "{args.volume}" not found; nothing deleted'
+                           " (--ignore-not-found makes this a success)")
+    vid = entry.volume.volume_id
+    client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), timeout=client.timeout)
+    name = entry.volume.volume_context.get("name", "")
+    print(f'volume "{name}" ({vid}) deleted' if name else f"volume {vid} deleted")
+
+
+def volume_copy(client: Client, args: argparse.Namespace) -> None:
+    """`volume restore SNAPSHOT NAME` and `volume clone VOLUME NAME`."""
+    source = pb.VolumeContentSource()
+    if args.action == "restore":
+        source.snapshot.snapshot_id = args.source
+    else:
+        source.volume.volume_id = _volume_id(client, args.source)
+    cap = block_capability() if args.block else mount_capability()
+    _create(client, args, pb.CreateVolumeRequest(volume_content_source=source,
+                                                 volume_capabilities=[cap]), "")
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+
+def snapshot_record(snap: pb.Snapshot) -> dict[str, Any]:
+    return {
+        "id": snap.snapshot_id,
+        "sourceVolumeId": snap.source_volume_id,
+        "size": format_size(snap.size_bytes),
+        "sizeBytes": snap.size_bytes,
+        "readyToUse": snap.ready_to_use,
+        "created": snap.creation_time.ToDatetime().isoformat(timespec="seconds") + "Z",
+    }
+
+
+def _snapshots(client: Client, volume_id: str = "", snapshot_id: str = ""
+               ) -> Iterator[pb.Snapshot]:
+    token = ""
+    while True:
+        resp = client.controller.ListSnapshots(
+            pb.ListSnapshotsRequest(max_entries=500, starting_token=token,
+                                    source_volume_id=volume_id, snapshot_id=snapshot_id),
+            timeout=client.timeout,
+        )
+        yield from (e.snapshot for e in resp.entries)
+        token = resp.next_token
+        if not token:
+            return
+
+
+def snapshot_create(client: Client, args: argparse.Namespace) -> None:
+    vid = _volume_id(client, args.volume)
+    snap = _create_snapshot_with_progress(client, vid, args.name)
+    _emit_one(args, SNAPSHOT_COLUMNS, snapshot_record(snap))
+
+
+def snapshot_list(client: Client, args: argparse.Namespace) -> None:
+    vid = _volume_id(client, args.volume) if args.volume else ""
+    _emit(args, SNAPSHOT_COLUMNS, [snapshot_record(s) for s in _snapshots(client, vid)],
+          "Snapshot")
+
+
+def snapshot_delete(client: Client, args: argparse.Namespace) -> None:
+    # As for volumes: DeleteSnapshot is idempotent, so look first.
+    if not any(s.snapshot_id == args.snapshot_id
+               for s in _snapshots(client, snapshot_id=args.snapshot_id)):
+        if args.ignore_not_found:
+            return
+        raise CommandError(f'snapshot "{args.snapshot_id}" not found; nothing deleted'
+                           " (--ignore-not-found makes this a success)")
+    client.controller.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=args.snapshot_id),
+                                     timeout=client.timeout)
+    print(f"snapshot {args.snapshot_id} deleted")
 
 
 def _create_snapshot_with_progress(client: Client, volume_id: str, name: str) -> pb.Snapshot:
@@ -158,3 +331,27 @@ def _create_snapshot_with_progress(client: Client, volume_id: str, name: str) ->
         if shown:
             print(file=sys.stderr)
         return future.result().snapshot
+
+
+# --- info ------------------------------------------------------------------------------
+
+
+def info(client: Client, args: argparse.Namespace) -> None:
+    plugin = client.identity.GetPluginInfo(pb.GetPluginInfoRequest(), timeout=10)
+    node = client.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=10)
+    ready = client.identity.Probe(pb.ProbeRequest(), timeout=10).ready.value
+    cap = client.controller.GetCapacity(pb.GetCapacityRequest(), timeout=10)
+    record = {
+        "driver": plugin.name, "version": plugin.vendor_version, "node": node.node_id,
+        "topology": dict(node.accessible_topology.segments), "ready": ready,
+        "availableBytes": cap.available_capacity, "pool": plugin.manifest.get("pool", ""),
+    }
+    fmt = getattr(args, "output", None) or ""
+    if fmt in ("json", "yaml"):
+        print(render(record, fmt))
+        return
+    topology = ", ".join(f"{k}={v}" for k, v in record["topology"].items())
+    print(f"driver:    {plugin.name} {plugin.vendor_version}")
+    print(f"node:      {node.node_id} ({topology})")
+    print(f"ready:     {'yes' if ready else 'no'}")
+    print(f"available: {format_size(cap.available_capacity)} for a new thin volume")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from csi_py.core.model import GiB, MiB
 
@@ -94,16 +96,92 @@ class Config:
         return self
 
 
+# Kubernetes quantity syntax (k8s.io/apimachinery resource.Quantity), as kubectl and
+# PVC specs write sizes: a decimal number, then a binary suffix, a decimal suffix or a
+# decimal exponent. Suffixes are case-sensitive; "m" is milli, not mega.
+_QUANTITY = re.compile(
+    r"(?P<num>\d+(?:\.\d*)?|\.\d+)"
+    r"(?:(?P<exp>[eE][+-]?\d{1,3})|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m|u|n))?"
+)
+_MULTIPLIERS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+_UNITS_HELP = ("Ki Mi Gi Ti Pi Ei (powers of 1024) or k M G T P E (powers of 1000),"
+               " e.g. 1.5Gi, 512Mi, 10G, 4096")
+# Far beyond any pool; keeps a hostile "9e999" from costing anything to evaluate.
+_MAX_SIZE = 2**64
+
+
 def parse_size(text: str) -> int:
-    """'10Gi', '512Mi', '1G', '4096' -> bytes. Raises ConfigError."""
-    units = {
-        "": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-        "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4,
-    }
-    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]i?)?[bB]?\s*", text)
+    """A Kubernetes quantity ('1.5Gi', '512Mi', '10G', '1e9', '4096') -> bytes, rounded
+    up to a whole byte. Raises ConfigError with the reason and examples."""
+    value = text.strip()
+    if value.startswith("-"):
+        raise ConfigError(f"{text!r}: a size cannot be negative")
+    match = _QUANTITY.fullmatch(value.removeprefix("+")) if len(value) <= 40 else None
     if not match:
-        raise ConfigError(f"{text!r} is not a size (examples: 1Gi, 512Mi, 4096)")
-    return int(match.group(1)) * units[(match.group(2) or "").lower()]
+        raise ConfigError(
+            f"{text!r} is not a size; use a Kubernetes quantity: {_UNITS_HELP}"
+            " (suffixes are case-sensitive)"
+        )
+    suffix = match.group("suffix") or ""
+    if suffix in ("m", "u", "n"):
+        raise ConfigError(
+            f"{text!r}: {suffix!r} is a fraction (milli, micro, nano) in Kubernetes quantities;"
+            " for megabytes write M (10^6 bytes) or Mi (2^20 bytes)"
+        )
+    number = Fraction(match.group("num"))
+    if match.group("exp"):
+        number *= Fraction(10) ** int(match.group("exp")[1:])
+    size = number * _MULTIPLIERS[suffix]
+    if size > _MAX_SIZE:
+        raise ConfigError(f"{text!r} is larger than any pool could hold")
+    return math.ceil(size)
+
+
+def format_size(size: int) -> str:
+    """Bytes -> a short binary quantity for people: '16Mi', '1.5Gi', '512'. Exact values
+    keep no decimals; others show one (rounded)."""
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        unit = _MULTIPLIERS[suffix]
+        if size >= unit:
+            if size % unit == 0:
+                return f"{size // unit}{suffix}"
+            return f"{size / unit:.1f}{suffix}"
+    return str(size)
+
+
+DEFAULT_ENDPOINT = "unix:///run/csi-py/csi.sock"
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+def default_endpoint() -> str:
+    """$CSI_ENDPOINT (the name CSI drivers' manifests use), else the standard socket."""
+    return os.environ.get("CSI_ENDPOINT") or DEFAULT_ENDPOINT
+
+
+def endpoint_path(endpoint: str) -> str:
+    """The absolute socket path an --endpoint names: 'unix:///run/csi.sock',
+    'unix://relative.sock' or a plain path (relative ones are taken from the current
+    directory). Raises ConfigError for another scheme (csi-py speaks only over unix
+    sockets), an empty path or one too long for a unix socket."""
+    scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme != "unix":
+        raise ConfigError(
+            f"--endpoint {endpoint!r}: csi-py serves CSI only on a unix socket; {scheme}://"
+            " is not supported (example: unix:///run/csi-py/csi.sock)"
+        )
+    path = rest if sep else endpoint.removeprefix("unix:")
+    if not path.strip():
+        raise ConfigError(f"--endpoint {endpoint!r} names no socket path"
+                          " (example: unix:///run/csi-py/csi.sock)")
+    path = os.path.abspath(path)
+    if len(path.encode()) > _MAX_SOCKET_PATH:
+        raise ConfigError(f"--endpoint: the socket path {path!r} is longer than the"
+                          f" {_MAX_SOCKET_PATH} bytes a unix socket allows")
+    return path
 
 
 def default_node_id() -> str:

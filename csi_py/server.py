@@ -18,6 +18,7 @@ import grpc
 
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
+from csi_py.logs import request_scope
 from csi_py.observability.metrics import Metrics
 from csi_py.rpc.controller import ControllerService
 from csi_py.rpc.group_controller import GroupControllerService
@@ -32,16 +33,17 @@ class SocketInUse(RuntimeError):
     """Another process is serving on the socket path."""
 
 
-def clear_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead driver. Idempotent.
+def check_socket_free(path: str) -> bool:
+    """Whether `path` may be served on: True when nothing is there, False when a stale
+    socket of a dead driver is (remove it before binding). Changes nothing.
 
-    Raises SocketInUse when something still answers on it, and FileExistsError when
-    the path is not a socket (we never delete a regular file or directory).
+    Raises SocketInUse when something still answers on it, and FileExistsError when the
+    path is not a socket (we never delete a regular file or directory).
     """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return True
     if not stat.S_ISSOCK(st.st_mode):
         raise FileExistsError(f"{path} exists and is not a socket; refusing to remove it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -51,17 +53,27 @@ def clear_stale_socket(path: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
             raise
-        os.unlink(path)
-        log.info("removed stale socket %s", path)
-        return
+        return False
     finally:
         probe.close()
     raise SocketInUse(f"another process is serving on {path}; stop it first")
 
 
+def clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead driver. Idempotent. Raises what
+    check_socket_free raises."""
+    if not check_socket_free(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        log.info("removed stale socket %s", path)
+
+
 class _Observer(grpc.ServerInterceptor):
-    """Counts each RPC by method and status code and times it (Prometheus), and logs
-    the time at debug level. Requests are never logged: some fields hold secrets."""
+    """Counts each RPC by method and status code and times it (Prometheus), gives it a
+    request id that every log line written while it runs carries, and logs its time at
+    debug level. Requests are never logged: some fields hold secrets."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -79,17 +91,19 @@ class _Observer(grpc.ServerInterceptor):
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             code = "OK"
-            try:
-                return inner(request, context)
-            except BaseException:
-                status = context.code()  # set by context.abort()
-                code = status.name if status is not None else "UNKNOWN"
-                raise
-            finally:
-                took = time.perf_counter() - start
-                metrics.observe(method, code, took)
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("%s -> %s in %.2f ms", method, code, took * 1e3)
+            with request_scope():
+                try:
+                    return inner(request, context)
+                except BaseException:
+                    status = context.code()  # set by context.abort()
+                    code = status.name if status is not None else "UNKNOWN"
+                    raise
+                finally:
+                    took = time.perf_counter() - start
+                    metrics.observe(method, code, took)
+                    # Failures are logged with their reason by rpc.errors, in this scope.
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("%s -> %s in %.2f ms", method, code, took * 1e3)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +64,39 @@ def _start(workdir: str, options: dict) -> tuple[object, object]:
     client = Client(config.socket_path)
     client.wait_ready(10)
     return server, client
+
+
+# Files at least this big are volume or snapshot images; smaller ones (catalogs, logs) stay
+# in a failed test's tmp_path to help debugging.
+_IMAGE_BYTES = 1 << 20
+
+
+def remove_images(root: str) -> list[str]:
+    """Delete the regular files of at least 1 MiB (apparent size) under root; return their
+    paths. Idempotent; never follows symlinks out of root."""
+    removed = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_size >= _IMAGE_BYTES:
+                    os.unlink(path)
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
+
+
+@pytest.fixture(autouse=True)
+def drop_images(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Remove the images a test made under its tmp_path once it is over, so a run leaves
+    no gigabytes under /tmp/pytest-of-*. Set up first, so its teardown runs after every
+    other fixture's (leak checks see the kernel objects before their files go)."""
+    root = str(request.getfixturevalue("tmp_path")) if "tmp_path" in request.fixturenames else ""
+    yield
+    if root:
+        remove_images(root)
 
 
 @pytest.fixture

@@ -45,6 +45,9 @@ from csi_py.state.records import Records, SnapshotRecord, VolumeRecord
 log = logging.getLogger(__name__)
 
 PARAM_FS_TYPE = "fsType"
+# The StorageClass key Kubernetes documents. external-provisioner strips it and puts its
+# value in the capability's fs_type; a CO that passes it through is understood too.
+PARAM_PREFIXED_FS_TYPE = "csi.storage.k8s.io/fstype"
 PARAM_PROVISIONING = "provisioning"
 KNOWN_PARAMETERS = (PARAM_FS_TYPE, PARAM_PROVISIONING)
 # Keys the external-provisioner adds (with --extra-create-metadata); they describe the
@@ -121,6 +124,11 @@ def check_volume_capability(volume: Volume, cap: Capability) -> None:
         )
 
 
+def requested_fs_type(parameters: dict[str, str]) -> str:
+    """The filesystem a CreateVolume's parameters name ("" for none). Pure."""
+    return parameters.get(PARAM_FS_TYPE) or parameters.get(PARAM_PREFIXED_FS_TYPE, "")
+
+
 def fit_growth(fs_type: str, mount: bool, old: int, size: int, limit: int, subject: str) -> int:
     """`size` for a filesystem of `old` bytes that must grow to fill it, raised to what
     the filesystem can grow to (btrfs: BTRFS_MIN_RESIZE_BYTES) when the limit allows.
@@ -166,7 +174,7 @@ class ControllerCore:
         cap_fs = {c.fs_type for c in caps if c.access_type is AccessType.MOUNT and c.fs_type}
         if len(cap_fs) > 1:
             raise InvalidArgument(f"volume capabilities ask for several filesystems: {cap_fs}")
-        fs_type = parameters.get(PARAM_FS_TYPE, "")
+        fs_type = requested_fs_type(parameters)
         if fs_type and fs_type not in self.config.filesystems:
             raise InvalidArgument(
                 f"parameter {PARAM_FS_TYPE}={fs_type!r} is not supported; choose one of"
@@ -246,14 +254,19 @@ class ControllerCore:
         incompatible request), OutOfRange, ResourceExhausted (pool full or topology
         elsewhere), Aborted.
         """
-        v.check_string(name, "name")
+        v.check_name(name, "name")
         if not caps:
             raise InvalidArgument(f"volume {name!r}: volume_capabilities are required")
         for cap in caps:
             check_capability(cap, self.config.filesystems)
         mutable = check_mutable(mutable_parameters, f"volume {name!r}")
         fs_type, provisioning = self._parse_parameters(parameters, caps)
-        asked = parameters.get(PARAM_FS_TYPE) or next((c.fs_type for c in caps if c.fs_type), "")
+        asked = requested_fs_type(parameters) or next((c.fs_type for c in caps if c.fs_type), "")
+        wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
+        if not wants_mount and not asked:
+            # A raw block volume holds no filesystem of ours: record none, so listings
+            # show it as block (the node formats nothing for a block staging anyway).
+            fs_type = ""
         if source is not None:
             made = self.catalog.get_volume_by_name(name)
             if made is not None and made.content_source == source.label and \
@@ -269,7 +282,6 @@ class ControllerCore:
                     f"volume {name!r}: its source {source} holds {origin.fs_type}, not {asked}"
                 )
             fs_type = origin.fs_type
-        wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
         size = self.resolve_size(capacity, fs_type, wants_mount,
                                  at_least=origin.size_bytes if origin else 0)
         if origin is not None:
@@ -493,7 +505,8 @@ class ControllerCore:
                 check_capability(cap, self.config.filesystems)
             except InvalidArgument as exc:
                 return False, str(exc)
-            if cap.access_type is AccessType.MOUNT and cap.fs_type not in ("", volume.fs_type):
+            if cap.access_type is AccessType.MOUNT and volume.fs_type and \
+                    cap.fs_type not in ("", volume.fs_type):
                 return False, (f"volume {volume_id} holds {volume.fs_type}, not {cap.fs_type}")
         if parameters and parameters != volume.parameter_map:
             return False, f"volume {volume_id} was created with other parameters"

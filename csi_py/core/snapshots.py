@@ -153,7 +153,7 @@ class SnapshotCore:
         snapshot of another volume), ResourceExhausted (no room, or a requisite
         topology elsewhere), Aborted.
         """
-        v.check_string(name, "name")
+        v.check_name(name, "name")
         v.require(source_volume_id, "source_volume_id")
         _check_parameters(parameters, f"snapshot {name!r}")
         require_here(f"snapshot {name!r}", requisite or [], self.controller.config)
@@ -305,7 +305,7 @@ class SnapshotCore:
 
         Raises InvalidArgument, NotFound, AlreadyExists, ResourceExhausted, Aborted.
         """
-        v.check_string(name, "name")
+        v.check_name(name, "name")
         if not source_volume_ids:
             raise InvalidArgument(f"group snapshot {name!r}: source_volume_ids are required")
         repeated = sorted({vid for vid in source_volume_ids if source_volume_ids.count(vid) > 1})

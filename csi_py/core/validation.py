@@ -82,6 +82,17 @@ def check_string(value: str, field: str, *, limit: int = MAX_STRING_BYTES) -> st
     return value
 
 
+def check_name(value: str, field: str) -> str:
+    """check_string, and no tab, LF or CR either: a name is echoed in log lines and by the
+    CLI, where a line break would forge or split a line. Kubernetes never makes such names.
+    Raises InvalidArgument."""
+    check_string(value, field)
+    for char in ("\n", "\r", "\t"):
+        if char in value:
+            raise InvalidArgument(f"{field} contains the control character U+{ord(char):04X}")
+    return value
+
+
 def check_map(values: dict[str, str], field: str) -> dict[str, str]:
     """A string map no larger than the spec's 4 KiB."""
     size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())

@@ -62,7 +62,9 @@ def volume(vol: Volume, topology_key: str, node_id: str) -> pb.Volume:
     return pb.Volume(
         volume_id=vol.id,
         capacity_bytes=vol.capacity_bytes,
-        volume_context={"fsType": vol.fs_type, "provisioning": vol.provisioning.value},
+        # fsType is "" for a raw block volume; name is for people (csi-py volume list).
+        volume_context={"fsType": vol.fs_type, "provisioning": vol.provisioning.value,
+                        "name": vol.name},
         accessible_topology=[pb.Topology(segments={topology_key: node_id})],
     )
 

@@ -62,7 +62,7 @@ def test_example_references_exist(path: Path) -> None:
             assert spec.get("volumeName") in pvs, "a static PVC names its PV"
         else:
             assert sc in classes, f"unknown StorageClass {sc}"
-            if classes[sc]["parameters"]["fsType"] == "xfs":
+            if classes[sc]["parameters"]["csi.storage.k8s.io/fstype"] == "xfs":
                 assert size >= XFS_MIN, "xfs needs at least 300Mi"
         source = spec.get("dataSource")
         if source:

@@ -23,6 +23,14 @@ CRD_KINDS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"),
 }
+# Prometheus Operator kinds the chart renders only when asked (metrics.*Monitor).
+MONITOR_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+# Every minor version the chart supports (its kubeVersion is >=1.30) up to the newest
+# schemas kubernetes-validate bundles, for the rendering that sets every value.
+ALL_K8S_VERSIONS = tuple(f"1.{minor}" for minor in range(30, 38))
 
 
 def _kv():
@@ -50,6 +58,14 @@ def check_crd(doc: dict[str, Any]) -> None:
                             "parameters"}, f"unknown VolumeSnapshotClass fields: {sorted(doc)}"
         assert doc.get("driver"), "VolumeSnapshotClass.driver is required"
         assert doc.get("deletionPolicy") in ("Delete", "Retain")
+    elif kind in ("ServiceMonitor", "PodMonitor"):
+        spec = doc.get("spec") or {}
+        endpoints = "endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"
+        assert set(spec) <= {"selector", "namespaceSelector", endpoints}, sorted(spec)
+        assert spec.get("selector", {}).get("matchLabels"), f"{kind} selects nothing"
+        for endpoint in spec.get(endpoints) or [None]:
+            assert endpoint and endpoint.get("port") == "metrics", f"{kind}: {endpoint}"
+            assert set(endpoint) <= {"port", "path", "interval"}, sorted(endpoint)
     elif kind == "VolumeSnapshot":
         spec = doc.get("spec") or {}
         assert set(spec) <= {"source", "volumeSnapshotClassName"}, sorted(spec)
@@ -60,7 +76,8 @@ def check_crd(doc: dict[str, Any]) -> None:
             f" and volumeSnapshotContentName, got {source}")
 
 
-def validate_docs(docs: list[dict[str, Any]], where: str) -> list[str]:
+def validate_docs(docs: list[dict[str, Any]], where: str,
+                  versions: tuple[str, ...] = K8S_VERSIONS) -> list[str]:
     """Validate each document at every version; return a list of failures."""
     kv = _kv()
     failures: list[str] = []
@@ -68,13 +85,13 @@ def validate_docs(docs: list[dict[str, Any]], where: str) -> list[str]:
     for doc in docs:
         key = (doc.get("apiVersion"), doc.get("kind"))
         label = f"{where}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-        if key in CRD_KINDS:
+        if key in CRD_KINDS or key in MONITOR_KINDS:
             try:
                 check_crd(doc)
             except AssertionError as exc:
                 failures.append(f"{label}: {exc}")
             continue
-        for wanted in K8S_VERSIONS:
+        for wanted in versions:
             version = _version(kv, wanted)
             minimum = MIN_VERSION.get(key)  # type: ignore[arg-type]
             if minimum and _older(version, minimum):
@@ -100,8 +117,14 @@ def test_kustomize_layout_validates(layout: str) -> None:
 @pytest.mark.parametrize("rendering", [r for r in tools.RENDERINGS if r.startswith("helm")])
 def test_chart_rendering_validates(rendering: str) -> None:
     docs = tools.render(rendering)
-    failures = validate_docs(docs, rendering)
+    versions = ALL_K8S_VERSIONS if "everything" in rendering else K8S_VERSIONS
+    failures = validate_docs(docs, rendering, versions)
     assert not failures, "\n".join(failures)
+
+
+def test_the_rendering_with_every_value_has_the_monitors() -> None:
+    kinds = {(d["apiVersion"], d["kind"]) for d in tools.render("helm-everything")}
+    assert MONITOR_KINDS <= kinds
 
 
 def _apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -118,15 +141,17 @@ def _apply_merge_patch(target: Any, patch: Any) -> Any:
 def test_example_validates(path) -> None:
     docs = tools.load_file(path)
     if path.name == "patch.yaml":
-        # Not an object but a patch for the PVC next to it: validate the patched PVC.
+        # A complete PVC (validated below like every example) that, applied or used as a
+        # patch, grows the PVC next to it and changes nothing else.
         pvcs = [d for d in tools.load_file(path.parent / "pvc-pod.yaml")
                 if d["kind"] == "PersistentVolumeClaim"]
-        assert len(pvcs) == 1
+        assert len(pvcs) == 1 and len(docs) == 1
         patched = _apply_merge_patch(pvcs[0], docs[0])
         old = pvcs[0]["spec"]["resources"]["requests"]["storage"]
         new = patched["spec"]["resources"]["requests"]["storage"]
         assert _bytes(new) > _bytes(old), f"the patch must grow the PVC ({old} -> {new})"
-        docs = [patched]
+        assert patched == _apply_merge_patch(pvcs[0], {"spec": {"resources": {
+            "requests": {"storage": new}}}}), "the patch must change only the size"
     failures = validate_docs(docs, str(path.relative_to(tools.REPO)))
     assert not failures, "\n".join(failures)
 

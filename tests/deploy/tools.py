@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CHART = REPO / "charts" / "csi-py"
 EXAMPLES = REPO / "examples"
+# Sets every chart value to something other than its default.
+EVERYTHING_VALUES = Path(__file__).resolve().parent / "values-everything.yaml"
 LAYOUTS = ("single-node", "distributed")
 NAMESPACE = "csi-py"
 RELEASE = "csi-py"
@@ -176,6 +178,10 @@ RENDERINGS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         "driver.poolHostPath=/srv/csi-pool", "metrics.port=9900", "healthPort=9899",
         "sidecars.snapshotter.enabled=false", "driver.maxVolumesPerNode=16")),
     "helm-no-metrics": ("helm", (), ("metrics.enabled=false",)),
+    "helm-everything": ("helm", (str(EVERYTHING_VALUES),), ()),
+    "helm-everything-single-node": ("helm", (str(EVERYTHING_VALUES),), (
+        "layout=single-node", "sidecars.snapshotter.enabled=true",
+        "volumeSnapshotClass.create=true")),
 }
 
 

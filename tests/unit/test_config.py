@@ -3,19 +3,36 @@
 import pytest
 
 from csi_py.cli import build_parser, config_from_args
-from csi_py.config import Config, ConfigError, parse_size
+from csi_py.config import Config, ConfigError, format_size, parse_size
 
 
-@pytest.mark.parametrize("text,expected", [("4096", 4096), ("1Ki", 1024), ("512Mi", 512 << 20),
-                                           ("10Gi", 10 << 30), ("1G", 10**9), ("2TiB", 2 << 40)])
-def test_parse_size(text, expected):
+@pytest.mark.parametrize("text,expected", [
+    ("4096", 4096), ("1Ki", 1024), ("512Mi", 512 << 20), ("10Gi", 10 << 30), ("1G", 10**9),
+    ("2Ti", 2 << 40), ("1.5Gi", 3 << 29), ("1Pi", 1 << 50), ("2Ei", 2 << 60), ("1k", 1000),
+    ("1M", 10**6), ("3E", 3 * 10**18), ("1e9", 10**9), ("1.5e3", 1500), (".5Ki", 512),
+    ("0.1", 1), ("1.0000001k", 1001), ("0", 0), (" 64Mi ", 64 << 20), ("+1Ki", 1024),
+])
+def test_parse_size_reads_kubernetes_quantities(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "-1", "1.5Gi", "ten", "1Xi"])
-def test_parse_size_refuses(text):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("text,says", [
+    ("", "not a size"), ("-1", "negative"), ("ten", "not a size"), ("1Xi", "not a size"),
+    ("1gi", "case-sensitive"), ("2TiB", "not a size"), ("1K", "not a size"),
+    ("100m", "milli"), ("5n", "milli, micro, nano"), ("9e999", "larger than any pool"),
+    ("1e300", "larger than any pool"), ("1" * 41, "not a size"),
+])
+def test_parse_size_refuses_with_a_reason(text, says):
+    with pytest.raises(ConfigError, match=says):
         parse_size(text)
+
+
+@pytest.mark.parametrize("size,text", [
+    (0, "0"), (512, "512"), (1024, "1Ki"), (16 << 20, "16Mi"), (3 << 29, "1.5Gi"),
+    (2702847246336, "2.5Ti"), (1 << 60, "1Ei"),
+])
+def test_format_size_is_short_and_binary(size, text):
+    assert format_size(size) == text
 
 
 def base(**kw):

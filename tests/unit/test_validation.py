@@ -38,6 +38,14 @@ def test_check_string_refuses_control_characters_and_empty():
         v.check_string("", "name")
 
 
+def test_check_name_also_refuses_line_breaks_and_tabs():
+    # Names end up in log lines and CLI tables: a newline would split or forge a line.
+    for bad in ("a\nb", "a\rb", "a\tb", "a\x00b"):
+        with pytest.raises(InvalidArgument, match="control character"):
+            v.check_name(bad, "name")
+    assert v.check_name("pvc-1d0e-é", "name") == "pvc-1d0e-é"
+
+
 def test_check_map_enforces_4k():
     v.check_map({"k": "v" * 4000}, "parameters")
     with pytest.raises(InvalidArgument, match="4096"):

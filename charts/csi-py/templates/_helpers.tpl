@@ -42,8 +42,28 @@ app.kubernetes.io/component: node
 {{- printf "%s/csi.sock" (include "csi-py.socketDir" .) -}}
 {{- end -}}
 
+{{/*
+An image reference: (dict "image" <repository, tag> "root" $). With global.imageRegistry
+or imageRegistry set, that registry replaces the image's own registry host (the first
+path part when it has a "." or ":"), or is put in front of a bare name.
+*/}}
 {{- define "csi-py.image" -}}
-{{- printf "%s:%s" .repository .tag -}}
+{{- $root := .root -}}
+{{- $registry := trimSuffix "/" (default $root.Values.imageRegistry ($root.Values.global).imageRegistry) -}}
+{{- $repo := .image.repository -}}
+{{- if $registry -}}
+{{- $parts := splitList "/" $repo -}}
+{{- if and (gt (len $parts) 1) (or (contains "." (first $parts)) (contains ":" (first $parts)) (eq (first $parts) "localhost")) -}}
+{{- $repo = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $repo = printf "%s/%s" $registry $repo -}}
+{{- end -}}
+{{- printf "%s:%s" $repo (default $root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* A sidecar's resources: its own, else the shared sidecars.resources. */}}
+{{- define "csi-py.sidecarResources" -}}
+{{- toYaml (default .root.Values.sidecars.resources .sidecar.resources) -}}
 {{- end -}}
 
 {{/* Which sidecars run, by layout. */}}
@@ -65,11 +85,7 @@ app.kubernetes.io/component: node
 
 {{/* The sidecars connect to the driver's owner-only (0600, root) socket as root. */}}
 {{- define "csi-py.sidecarSecurityContext" -}}
-runAsUser: 0
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: ["ALL"]
+{{- toYaml .Values.sidecars.securityContext -}}
 {{- end -}}
 
 {{- define "csi-py.socketMount" -}}
@@ -89,4 +105,26 @@ capabilities:
   valueFrom:
     fieldRef:
       fieldPath: spec.nodeName
+{{- end -}}
+
+{{/*
+A sidecar's --http-endpoint port, and for one that elects a leader a liveness probe on
+/healthz/leader-election (it fails while the replica cannot renew or take its lease):
+(dict "name" <port name> "port" <number> "leader" <bool>).
+*/}}
+{{- define "csi-py.sidecarHttp" -}}
+ports:
+  - name: {{ .name }}
+    containerPort: {{ .port }}
+    protocol: TCP
+{{- if .leader }}
+livenessProbe:
+  httpGet:
+    path: /healthz/leader-election
+    port: {{ .name }}
+  initialDelaySeconds: 10
+  timeoutSeconds: 10
+  periodSeconds: 20
+  failureThreshold: 3
+{{- end }}
 {{- end -}}
