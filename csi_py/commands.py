@@ -121,13 +121,13 @@ def _emit_one(args: argparse.Namespace, columns: tuple[Column, ...], record: dic
 # --- volumes ---------------------------------------------------------------------------
 
 
-def volume_record(vol: pb.Volume, status: Any = None) -> dict[str, Any]:
-    """A volume as the CLI shows it. `status` is a ListVolumes or ControllerGetVolume
-    status, when there is one."""
+def volume_record(vol: pb.Volume, status: Any = None,
+                  problems: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A volume as the CLI shows it. `status` is a ListVolumes status, when there is one;
+    `problems` are its health entries as "Reason: message" (empty when healthy)."""
     fs_type = vol.volume_context.get("fsType", "")
     nodes = list(status.published_node_ids) if status is not None else []
-    abnormal = status is not None and status.HasField("volume_condition") and \
-        status.volume_condition.abnormal
+    abnormal = bool(problems)
     return {
         "name": vol.volume_context.get("name", ""),
         "id": vol.volume_id,
@@ -137,8 +137,24 @@ def volume_record(vol: pb.Volume, status: Any = None) -> dict[str, Any]:
         "provisioning": vol.volume_context.get("provisioning", ""),
         "state": "Abnormal" if abnormal else "Published" if nodes else "Available",
         "nodes": nodes,
-        "condition": status.volume_condition.message if abnormal else "",
+        "condition": "; ".join(problems),
     }
+
+
+def _health(client: Client) -> dict[str, tuple[str, ...]]:
+    """Every volume's health problems by id (CSI v1.13 ControllerListVolumeHealth)."""
+    found: dict[str, tuple[str, ...]] = {}
+    token = ""
+    while True:
+        resp = client.controller.ControllerListVolumeHealth(
+            pb.ControllerListVolumeHealthRequest(max_entries=500, starting_token=token),
+            timeout=client.timeout)
+        for entry in resp.entries:
+            found[entry.volume_id] = tuple(f"{h.reason}: {h.message}"
+                                           for h in entry.health_statuses)
+        token = resp.next_token
+        if not token:
+            return found
 
 
 def _volumes(client: Client) -> Iterator[pb.ListVolumesResponse.Entry]:
@@ -208,7 +224,10 @@ def volume_create(client: Client, args: argparse.Namespace) -> None:
 
 
 def volume_list(client: Client, args: argparse.Namespace) -> None:
-    records = [volume_record(e.volume, e.status) for e in _volumes(client)]
+    volumes = list(_volumes(client))
+    health = _health(client) if volumes else {}
+    records = [volume_record(e.volume, e.status, health.get(e.volume.volume_id, ()))
+               for e in volumes]
     _emit(args, VOLUME_COLUMNS, records, "Volume")
 
 
@@ -216,7 +235,11 @@ def volume_get(client: Client, args: argparse.Namespace) -> None:
     entry = find_volume(client, args.volume)
     if entry is None:
         raise CommandError(f'volume "{args.volume}" not found')
-    _emit_one(args, VOLUME_COLUMNS, volume_record(entry.volume, entry.status))
+    health = client.controller.ControllerGetVolumeHealth(
+        pb.ControllerGetVolumeHealthRequest(volume_id=entry.volume.volume_id),
+        timeout=client.timeout).volume_health
+    problems = tuple(f"{h.reason}: {h.message}" for h in health.health_statuses)
+    _emit_one(args, VOLUME_COLUMNS, volume_record(entry.volume, entry.status, problems))
 
 
 def volume_delete(client: Client, args: argparse.Namespace) -> None:

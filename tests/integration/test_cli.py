@@ -116,6 +116,22 @@ def test_volume_commands_as_a_person_uses_them(driver, capsys):
     yaml = pytest.importorskip("yaml")
     assert yaml.safe_load(out) == listing
 
+    # A damaged image shows in STATE and CONDITION (the driver's health RPCs).
+    raw_id = by_name["raw"]["id"]
+    image = os.path.join(driver.pool, "volumes", raw_id + ".img")
+    os.truncate(image, 1 << 20)
+    try:
+        status, out, _ = _cli(capsys, "volume", "get", "raw", "-o", "json",
+                              "--endpoint", endpoint)
+        got = json.loads(out)
+        assert (status, got["state"]) == (0, "Abnormal")
+        assert got["condition"].startswith("ImageTruncated: ")
+        status, out, _ = _cli(capsys, "volume", "list", "--endpoint", endpoint)
+        assert {r[0]: r[-1] for r in _rows(out)[1]} == {"static-pv": "Available",
+                                                        "raw": "Abnormal"}
+    finally:
+        os.truncate(image, 3 << 29)
+
     status, out, err = _cli(capsys, "info", "--endpoint", endpoint)
     assert status == 0 and "loop.csi-py.io" in out and "ready:     yes" in out
 
