@@ -36,7 +36,13 @@ from csi_py.core.model import (
 from csi_py.core.mutable import apply_mutable, check_mutable
 from csi_py.core.pool import Pool
 from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
-from csi_py.core.topology import require_here, topology_matches
+from csi_py.core.snapshot_ids import is_snapshot_id
+from csi_py.core.topology import (
+    require_here,
+    restore_there,
+    snapshot_owner_elsewhere,
+    topology_matches,
+)
 from csi_py.linux import Host, files
 from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
 from csi_py.state.catalog import Catalog, NameTaken
@@ -380,10 +386,20 @@ class ControllerCore:
 
     def _resolve_source(self, name: str, source: ContentSource) -> Origin:
         """The snapshot or volume a new volume is made from. Raises InvalidArgument,
-        NotFound."""
+        NotFound, ResourceExhausted (a snapshot whose id names another node)."""
         if source.kind == "snapshot":
-            snap = self.catalog.get_snapshot(source.id) if v.is_snapshot_id(source.id) else None
+            snap = self.catalog.get_snapshot(source.id) if is_snapshot_id(source.id) else None
             if snap is None or not snap.ready:
+                # Looked up here first: a snapshot this pool holds is usable whatever node
+                # its id names (a node renamed on the same pool keeps its snapshots).
+                elsewhere = snapshot_owner_elsewhere(source.id, self.config)
+                if elsewhere is not None:
+                    # The spec's "Unable to provision in accessible_topology": the source
+                    # exists, but a volume made from it can only be on its node. With
+                    # WaitForFirstConsumer, external-provisioner answers this code by
+                    # sending the PVC back to the scheduler instead of retrying here.
+                    raise ResourceExhausted(
+                        f"volume {name!r}: " + restore_there(elsewhere, source.id, self.config))
                 raise NotFound(f"volume {name!r}: source snapshot {source.id!r} does not exist"
                                f" on node {self.config.node_id!r} (snapshots stay on their node)")
             return Origin(source, self.pool.snapshot_path(snap.id), snap.size_bytes,

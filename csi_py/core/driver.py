@@ -15,10 +15,11 @@ from csi_py.core.errors import Unavailable
 from csi_py.core.health import HealthChecker
 from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import AccessType, SnapshotState, VolumeState
+from csi_py.core.model import AccessType, Snapshot, SnapshotState, VolumeState
 from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
 from csi_py.core.rebuild import RebuildReport, open_catalog, rebuild
+from csi_py.core.snapshot_ids import file_key
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
@@ -206,11 +207,13 @@ def reconcile(driver: Driver) -> ReconcileReport:
         volume_id = pool.volume_id_of_image(entry.path)
         if volume_id is None or volume_id not in known:
             report.unknown_images.append(entry.path)
+    # Images are named by their snapshot's key, without the node part of its id.
+    snapshot_keys = {file_key(s.id) for s in _all_snapshots(catalog)}
     for entry in os.scandir(pool.snapshots_dir):
         if entry.name.startswith("."):
             _quietly(report, files.remove_file, entry.path)
             report.removed_temp_files.append(entry.path)
-        elif catalog.get_snapshot(entry.name.removesuffix(".img")) is None:
+        elif entry.name.removesuffix(".img") not in snapshot_keys:
             report.unknown_images.append(entry.path)
     report.removed_temp_files += files.remove_stale_temp_files(pool.records_dir)
     for path in report.unknown_images:
@@ -227,6 +230,15 @@ def _all_volume_ids(catalog: Catalog) -> list[str]:
             return ids
         ids.extend(v.id for v in page)
         after = page[-1].seq
+
+
+def _all_snapshots(catalog: Catalog) -> list[Snapshot]:
+    snaps: list[Snapshot] = []
+    after = 0
+    while page := catalog.list_snapshots(after, 1000):
+        snaps.extend(page)
+        after = page[-1].seq
+    return snaps
 
 
 def _quietly(report: ReconcileReport, func, *args) -> bool:  # type: ignore[no-untyped-def]

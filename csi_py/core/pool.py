@@ -9,7 +9,8 @@ import stat
 from dataclasses import dataclass
 
 from csi_py.core.errors import InvalidArgument
-from csi_py.core.validation import is_snapshot_id, is_volume_id
+from csi_py.core.snapshot_ids import file_key, is_snapshot_id
+from csi_py.core.validation import is_volume_id
 from csi_py.linux import files
 
 # Pool space held back for the catalog: thin volumes can fill the pool with their
@@ -36,10 +37,12 @@ class Pool:
         return os.path.join(self.root, "snapshots")
 
     def snapshot_path(self, snapshot_id: str) -> str:
-        """The image file of a snapshot. Raises InvalidArgument for a malformed id."""
+        """The image file of a snapshot, named by its key alone (`snap-<hex>`): the
+        node part of an id never becomes a path. Raises InvalidArgument for a malformed
+        id."""
         if not is_snapshot_id(snapshot_id):
             raise InvalidArgument(f"snapshot id {snapshot_id!r} is malformed")
-        return os.path.join(self.snapshots_dir, snapshot_id + ".img")
+        return os.path.join(self.snapshots_dir, file_key(snapshot_id) + ".img")
 
     @property
     def records_dir(self) -> str:

@@ -35,7 +35,8 @@ from csi_py.core.model import (
     VolumeState,
 )
 from csi_py.core.pool import Pool, PoolError
-from csi_py.core.validation import is_snapshot_id, is_volume_id
+from csi_py.core.snapshot_ids import is_snapshot_id
+from csi_py.core.validation import is_volume_id
 from csi_py.linux import Host, files
 from csi_py.linux.loop import LoopDevice
 from csi_py.state.catalog import Catalog, CatalogDamaged, CatalogError

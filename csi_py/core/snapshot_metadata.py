@@ -15,10 +15,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from csi_py.config import Config
 from csi_py.core import validation as v
 from csi_py.core.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from csi_py.core.model import Snapshot
 from csi_py.core.pool import Pool
+from csi_py.core.snapshot_ids import is_snapshot_id
+from csi_py.core.topology import snapshot_owner_elsewhere
 from csi_py.linux import extents
 from csi_py.state.catalog import Catalog
 
@@ -37,14 +40,18 @@ class RangeStream:
 
 
 class SnapshotMetadataCore:
-    def __init__(self, catalog: Catalog, pool: Pool) -> None:
+    def __init__(self, catalog: Catalog, pool: Pool, config: Config) -> None:
         self.catalog = catalog
         self.pool = pool
+        self.config = config
 
     def _snapshot(self, snapshot_id: str, field: str) -> Snapshot:
         v.require(snapshot_id, field)
-        snap = self.catalog.get_snapshot(snapshot_id) if v.is_snapshot_id(snapshot_id) else None
+        snap = self.catalog.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
         if snap is None or not snap.ready:
+            elsewhere = snapshot_owner_elsewhere(snapshot_id, self.config)
+            if elsewhere is not None:
+                raise NotFound(f"{field}: {elsewhere}; ask that node's driver")
             raise NotFound(f"{field}: snapshot {snapshot_id!r} does not exist")
         return snap
 

@@ -26,6 +26,7 @@ from csi_py.core.crashpoints import crash_point
 from csi_py.core.errors import (
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -33,7 +34,8 @@ from csi_py.core.errors import (
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.model import GroupSnapshot, Snapshot, SnapshotState, Volume
 from csi_py.core.pool import Pool
-from csi_py.core.topology import require_here
+from csi_py.core.snapshot_ids import is_snapshot_id, new_snapshot_id
+from csi_py.core.topology import require_here, snapshot_owner_elsewhere
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog, NameTaken
 from csi_py.state.records import Records
@@ -205,7 +207,7 @@ class SnapshotCore:
 
     def _record(self, name: str, source: Volume, group_id: str) -> Snapshot:
         snap = Snapshot(
-            id=v.new_snapshot_id(),
+            id=new_snapshot_id(self.controller.config.node_id),
             name=name,
             source_volume_id=source.id,
             size_bytes=source.capacity_bytes,
@@ -242,16 +244,19 @@ class SnapshotCore:
     # --- DeleteSnapshot ----------------------------------------------------------------
 
     def delete(self, snapshot_id: str) -> None:
-        """Delete a snapshot. Idempotent: an unknown id is success.
+        """Delete a snapshot. Idempotent: an unknown id is success, unless the id names
+        another node (see _refuse_elsewhere).
 
-        Raises InvalidArgument (empty id, or a member of a group snapshot), Aborted.
+        Raises InvalidArgument (empty id, or a member of a group snapshot),
+        FailedPrecondition (the id names another node), Aborted.
         """
         v.require(snapshot_id, "snapshot_id")
-        if not v.is_snapshot_id(snapshot_id):
+        if not is_snapshot_id(snapshot_id):
             return
         with self.locks.hold(snapshot_id, "DeleteSnapshot"):
             snap = self.catalog.get_snapshot(snapshot_id)
             if snap is None:
+                self._refuse_elsewhere([snapshot_id], "delete it")
                 return
             if snap.group_id:
                 raise InvalidArgument(
@@ -277,7 +282,7 @@ class SnapshotCore:
                 raise Aborted(f"starting_token {starting_token!r} is not one this driver issued;"
                               " list again from the start")
             after = int(starting_token)
-        if snapshot_id and not v.is_snapshot_id(snapshot_id):
+        if snapshot_id and not is_snapshot_id(snapshot_id):
             return SnapshotListing((), "")
         limit = min(max_entries or MAX_PAGE, MAX_PAGE)
         page = self.catalog.list_snapshots(after, limit + 1, source_volume_id=source_volume_id,
@@ -288,12 +293,33 @@ class SnapshotCore:
         return SnapshotListing(ready, str(page[-1].seq) if more and page else "")
 
     def get(self, snapshot_id: str) -> Snapshot:
-        """A ready snapshot. Raises InvalidArgument (empty), NotFound."""
+        """A ready snapshot. Raises InvalidArgument (empty), NotFound (saying where it
+        lives when its id names another node)."""
         v.require(snapshot_id, "snapshot_id")
-        snap = self.catalog.get_snapshot(snapshot_id) if v.is_snapshot_id(snapshot_id) else None
+        snap = self.catalog.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
         if snap is None or not snap.ready:
+            elsewhere = snapshot_owner_elsewhere(snapshot_id, self.controller.config)
+            if elsewhere is not None:
+                raise NotFound(f"{elsewhere}; ask that node's driver")
             raise NotFound(f"snapshot {snapshot_id!r} does not exist")
         return snap
+
+    def _refuse_elsewhere(self, snapshot_ids: list[str], action: str) -> None:
+        """Deleting what this node does not hold, when an id says another node holds it.
+
+        The spec answers OK for a snapshot that does not exist, but this driver cannot
+        know that: the snapshot is in another node's pool. An OK would make the CO forget
+        it (the VolumeSnapshotContent goes) while its data stays on that node for good.
+        So this is FAILED_PRECONDITION, which the CO retries, naming the node; in the
+        distributed layout the request belongs to that node's csi-snapshotter (the one
+        the content's snapshot.storage.kubernetes.io/managed-by label names).
+        Old-style ids (no node) keep the spec's OK. Raises FailedPrecondition."""
+        for sid in snapshot_ids:
+            elsewhere = snapshot_owner_elsewhere(sid, self.controller.config)
+            if elsewhere is not None:
+                raise FailedPrecondition(
+                    f"{elsewhere}; {action} through that node's driver (in Kubernetes, the"
+                    " csi-snapshotter running on that node). Nothing was deleted")
 
     # --- group snapshots ---------------------------------------------------------------
 
@@ -395,6 +421,8 @@ class SnapshotCore:
         with self.locks.hold(group_id, "DeleteVolumeGroupSnapshot"):
             group = self.catalog.get_group(group_id)
             if group is None:
+                # Group ids carry no node, but their members' ids do.
+                self._refuse_elsewhere(snapshot_ids, f"delete group snapshot {group_id}")
                 return
             _check_members(group, snapshot_ids)
             self._forget_group(group)
@@ -405,6 +433,11 @@ class SnapshotCore:
         v.require(group_id, "group_snapshot_id")
         group = self.catalog.get_group(group_id) if v.is_group_id(group_id) else None
         if group is None or group.state is not SnapshotState.READY:
+            for sid in snapshot_ids:
+                elsewhere = snapshot_owner_elsewhere(sid, self.controller.config)
+                if elsewhere is not None:
+                    raise NotFound(f"group snapshot {group_id!r}: its member {elsewhere};"
+                                   " ask that node's driver")
             raise NotFound(f"group snapshot {group_id!r} does not exist")
         _check_members(group, snapshot_ids)
         return group

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from csi_py.config import Config
 from csi_py.core.errors import ResourceExhausted
+from csi_py.core.snapshot_ids import foreign_owner
 
 
 def topology_matches(segments: dict[str, str], key: str, node_id: str) -> bool:
@@ -32,3 +33,22 @@ def require_here(subject: str, requisite: list[dict[str, str]], where: Config,
         f"{subject}: the requested topology {requisite} does not include node"
         f" {where.node_id!r}, the only node this driver instance serves"
     )
+
+
+def snapshot_owner_elsewhere(snapshot_id: str, where: Config) -> str | None:
+    """When `snapshot_id` names another node than this one, the words for where it
+    lives (``snapshot ... lives on node 'a', not on node 'b' that this driver serves``);
+    None when it may be ours (it names this node, or no node). Never raises."""
+    owner = foreign_owner(snapshot_id, where.node_id)
+    if owner is None:
+        return None
+    return (f"snapshot {snapshot_id} lives on {owner}, not on node {where.node_id!r} that"
+            " this driver serves (a snapshot is a file in the pool of the node that cut it)")
+
+
+def restore_there(owner_text: str, snapshot_id: str, where: Config) -> str:
+    """The advice that follows `snapshot_owner_elsewhere` for a restore."""
+    owner = foreign_owner(snapshot_id, where.node_id) or "the node that cut it"
+    return (f"{owner_text}; restore it on {owner}: with a WaitForFirstConsumer"
+            " StorageClass, place the pod that uses the new PVC there (a nodeSelector on"
+            " kubernetes.io/hostname), so that node's provisioner and driver restore it")

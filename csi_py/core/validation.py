@@ -23,7 +23,6 @@ MAX_PATH_BYTES = 4096
 NAME_MAX = 255
 
 _VOLUME_ID = re.compile(r"^vol-[0-9a-f]{32}$")
-_SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{32}$")
 _GROUP_ID = re.compile(r"^group-[0-9a-f]{32}$")
 
 
@@ -32,18 +31,9 @@ def new_volume_id() -> str:
     return "vol-" + uuid.uuid4().hex
 
 
-def new_snapshot_id() -> str:
-    """A fresh snapshot id: `snap-` and 32 hex digits."""
-    return "snap-" + uuid.uuid4().hex
-
-
 def new_group_id() -> str:
     """A fresh group snapshot id: `group-` and 32 hex digits."""
     return "group-" + uuid.uuid4().hex
-
-
-def is_snapshot_id(value: str) -> bool:
-    return bool(_SNAPSHOT_ID.match(value))
 
 
 def is_group_id(value: str) -> bool:

@@ -50,7 +50,7 @@ def _batches(stream: RangeStream, max_results: int, response_type: type,
 class SnapshotMetadataService(csi_pb2_grpc.SnapshotMetadataServicer):
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
-        self.core = SnapshotMetadataCore(driver.catalog, driver.pool)
+        self.core = SnapshotMetadataCore(driver.catalog, driver.pool, driver.config)
 
     @rpc_method
     def GetMetadataAllocated(self, request, context):  # noqa: N802

@@ -27,6 +27,7 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
+from csi_py.core.snapshot_ids import file_key
 from csi_py.linux import files
 
 RECORD_VERSION = 1
@@ -139,8 +140,10 @@ class Records:
         self.directory = directory
 
     def path(self, object_id: str) -> str:
-        """The record file of a volume or snapshot id (the caller validated the id)."""
-        return os.path.join(self.directory, object_id + SUFFIX)
+        """The record file of a volume or snapshot id (the caller validated the id). A
+        snapshot's is named by its key (`snap-<hex>`), like its image; the record
+        inside keeps the whole id, node part included."""
+        return os.path.join(self.directory, file_key(object_id) + SUFFIX)
 
     def put_volume(self, volume: Volume, format_state: str = FORMAT_UNKNOWN) -> None:
         """Write (or replace) a volume's record. Idempotent. Raises OSError."""
@@ -195,7 +198,7 @@ class Records:
                 found.unreadable.append(f"{path}: {exc}")
                 continue
             object_id = rec.volume.id if isinstance(rec, VolumeRecord) else rec.snapshot.id
-            if name != object_id + SUFFIX:
+            if name != file_key(object_id) + SUFFIX:
                 found.unreadable.append(f"{path}: it describes {object_id}")
             elif isinstance(rec, VolumeRecord):
                 found.volumes.append(rec)

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py.core.snapshot_ids import file_key
 from csi_py.rpc.client import block_capability
 from tests.conformance.helpers import (
     SMALL,
@@ -136,7 +137,7 @@ def test_create_group_reports_truthful_fields(driver, vols):
         assert snap.group_snapshot_id == group.group_snapshot_id
         assert snap.ready_to_use and snap.size_bytes == SMALL
         assert before - 1 <= _seconds(snap.creation_time) <= after + 1
-    assert snapshot_files(driver) == {s + ".img" for s in _ids(group)}
+    assert snapshot_files(driver) == {file_key(s) + ".img" for s in _ids(group)}
     # Members are ordinary snapshots to GetSnapshot and ListSnapshots.
     assert sorted(_listed(driver), key=lambda s: s.snapshot_id) == \
         sorted(group.snapshots, key=lambda s: s.snapshot_id)
@@ -152,7 +153,7 @@ def test_create_group_is_idempotent(driver, vols):
     assert sorted(_ids(again)) == sorted(_ids(first))
     driver.restart()
     assert _create_group(driver, "group-idem", a, b) == first
-    assert snapshot_files(driver) == {s + ".img" for s in _ids(first)}
+    assert snapshot_files(driver) == {file_key(s) + ".img" for s in _ids(first)}
 
 
 @pytest.mark.parametrize("change", ["other", "fewer", "more"])
@@ -163,7 +164,7 @@ def test_create_group_name_with_other_sources_is_already_exists(driver, vols, ch
     expect_error(group_stub(driver).CreateVolumeGroupSnapshot,
                  _create_request("group-taken", *sources),
                  Code.ALREADY_EXISTS, "group-taken", first.group_snapshot_id, a, b)
-    assert snapshot_files(driver) == {s + ".img" for s in _ids(first)}
+    assert snapshot_files(driver) == {file_key(s) + ".img" for s in _ids(first)}
     assert _get_group(driver, first.group_snapshot_id) == first
 
 
@@ -245,7 +246,7 @@ def test_delete_group_with_mismatched_snapshot_ids_is_invalid_argument(driver, v
                  Code.INVALID_ARGUMENT, group.group_snapshot_id, ids[0], ids[1])
     # Nothing was deleted: not the group, not its members, not the foreign snapshot.
     assert _get_group(driver, group.group_snapshot_id) == group
-    assert snapshot_files(driver) == {s + ".img" for s in ids + [foreign]}
+    assert snapshot_files(driver) == {file_key(s) + ".img" for s in ids + [foreign]}
 
 
 def test_delete_group_removes_it_and_its_members_idempotently(driver, vols):
@@ -255,7 +256,7 @@ def test_delete_group_removes_it_and_its_members_idempotently(driver, vols):
                                                   snapshot_ids=list(reversed(_ids(group))))
     for _ in range(2):
         group_stub(driver).DeleteVolumeGroupSnapshot(request, timeout=30)
-    assert snapshot_files(driver) == {keep.snapshot_id + ".img"}
+    assert snapshot_files(driver) == {file_key(keep.snapshot_id) + ".img"}
     assert _listed(driver) == [keep]
     expect_error(group_stub(driver).GetVolumeGroupSnapshot,
                  pb.GetVolumeGroupSnapshotRequest(group_snapshot_id=group.group_snapshot_id),

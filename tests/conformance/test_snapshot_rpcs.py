@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py.core.snapshot_ids import file_key
 from csi_py.rpc.client import block_capability, mount_capability
 from tests.conformance.helpers import (
     SMALL,
@@ -129,8 +130,8 @@ def test_create_snapshot_reports_truthful_fields(driver, vol):
     assert snap.ready_to_use
     assert snap.group_snapshot_id == ""
     assert before - 1 <= _seconds(snap.creation_time) <= after + 1
-    assert snapshot_files(driver) == {snap.snapshot_id + ".img"}
-    image = os.path.join(driver.pool, "snapshots", snap.snapshot_id + ".img")
+    assert snapshot_files(driver) == {file_key(snap.snapshot_id) + ".img"}
+    image = os.path.join(driver.pool, "snapshots", file_key(snap.snapshot_id) + ".img")
     assert os.path.getsize(image) == SMALL
     # Get and List report exactly what Create did.
     assert _get(driver, snap.snapshot_id) == snap
@@ -152,7 +153,7 @@ def test_create_snapshot_is_idempotent(driver, vol):
     first = snapshot(driver, vol.volume_id, "snap-idem")
     second = snapshot(driver, vol.volume_id, "snap-idem")
     assert first == second  # same id, same creation_time, same size
-    assert snapshot_files(driver) == {first.snapshot_id + ".img"}
+    assert snapshot_files(driver) == {file_key(first.snapshot_id) + ".img"}
     # After a restart too: the catalog, not memory, answers.
     driver.restart()
     assert snapshot(driver, vol.volume_id, "snap-idem") == first
@@ -165,7 +166,7 @@ def test_create_snapshot_name_of_another_volume_is_already_exists(driver, vol):
                  pb.CreateSnapshotRequest(source_volume_id=other.volume_id, name="snap-taken"),
                  Code.ALREADY_EXISTS, "snap-taken", first.snapshot_id, vol.volume_id,
                  other.volume_id)
-    assert snapshot_files(driver) == {first.snapshot_id + ".img"}
+    assert snapshot_files(driver) == {file_key(first.snapshot_id) + ".img"}
     assert [e.snapshot for e in _list(driver).entries] == [first]
 
 
@@ -201,7 +202,7 @@ def test_delete_snapshot_is_idempotent_and_removes_it(driver, vol):
     for _ in range(2):
         driver.client.controller.DeleteSnapshot(
             pb.DeleteSnapshotRequest(snapshot_id=gone.snapshot_id), timeout=30)
-    assert snapshot_files(driver) == {keep.snapshot_id + ".img"}
+    assert snapshot_files(driver) == {file_key(keep.snapshot_id) + ".img"}
     assert _listed_ids(driver) == [keep.snapshot_id]
     expect_error(driver.client.controller.GetSnapshot,
                  pb.GetSnapshotRequest(snapshot_id=gone.snapshot_id),
@@ -226,7 +227,7 @@ def test_delete_snapshot_of_a_group_member_is_invalid_argument(driver, vol):
                  "DeleteVolumeGroupSnapshot")
     # Nothing changed.
     assert _get(driver, member.snapshot_id) == member
-    assert snapshot_files(driver) == {s.snapshot_id + ".img" for s in group.snapshots}
+    assert snapshot_files(driver) == {file_key(s.snapshot_id) + ".img" for s in group.snapshots}
 
 
 # --- GetSnapshot --------------------------------------------------------------------------

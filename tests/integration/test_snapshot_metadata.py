@@ -16,6 +16,7 @@ import pytest
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
+from csi_py.core.snapshot_ids import file_key
 from csi_py.rpc.client import block_capability, mount_capability
 from tests.conformance.helpers import (
     MiB,
@@ -114,7 +115,7 @@ def byte_diff(a: str, b: str) -> list[tuple[int, int]]:
 
 
 def snap_image(driver, snapshot_id: str) -> str:
-    return os.path.join(driver.pool, "snapshots", snapshot_id + ".img")
+    return os.path.join(driver.pool, "snapshots", file_key(snapshot_id) + ".img")
 
 
 def write(path: str, chunks: list[int], size: int, seed: int) -> None:

@@ -24,6 +24,7 @@ import grpc
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py.core.crashpoints import ENV as CRASH_ENV
+from csi_py.core.snapshot_ids import file_key
 from csi_py.rpc.client import Client, block_capability, mount_capability
 from tests.conftest import NODE_ID
 from tests.kernel_leaks import loops_under, mounts_under
@@ -372,12 +373,12 @@ def disagreements(workdir: str, pool: str, *, expect_empty: bool = False,
     problems += [f"volume file without a catalog row: {f}" for f in sorted(files - want)]
     problems += [f"volume row without a file: {f}" for f in sorted(want - files)]
     sfiles = set(os.listdir(os.path.join(pool, "snapshots")))
-    swant = {sid + ".img" for sid in snaps}
+    swant = {file_key(sid) + ".img" for sid in snaps}
     problems += [f"snapshot file without a catalog row: {f}" for f in sorted(sfiles - swant)]
     problems += [f"snapshot row without a file: {f}" for f in sorted(swant - sfiles)]
     # Every image describes itself: one record per volume and snapshot, no more.
     records = set(os.listdir(os.path.join(pool, "records")))
-    rwant = {i + ".json" for i in (*volumes, *snaps)}
+    rwant = {file_key(i) + ".json" for i in (*volumes, *snaps)}
     problems += [f"record without a catalog row: {f}" for f in sorted(records - rwant)]
     problems += [f"catalog row without a record: {f}" for f in sorted(rwant - records)]
     staged = {vid: (state, device) for vid, state, device in rows["stagings"]}

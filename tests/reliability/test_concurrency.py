@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py.core.snapshot_ids import file_key
 from csi_py.linux import files
 from tests.conftest import needs_root
 from tests.reliability.harness import (
@@ -86,7 +87,7 @@ def test_64_parallel_snapshots_with_one_name_make_exactly_one_snapshot(driver):
     assert len(ids) == 1, ids
     (sid,) = ids
     assert v.snapshot(vid, "same-snapshot").snapshot_id == sid
-    assert os.listdir(os.path.join(driver.pool, "snapshots")) == [sid + ".img"]
+    assert os.listdir(os.path.join(driver.pool, "snapshots")) == [file_key(sid) + ".img"]
     assert [row[0] for row in catalog_rows(driver.pool)["snapshots"]] == [sid]
     v.delete_snapshot(sid)
     v.delete(vid)

@@ -25,6 +25,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py.core.snapshot_ids import file_key
 from csi_py.linux import real_host
 from tests.conftest import needs_root
 from tests.kernel_leaks import loops_under, mounts_under
@@ -106,7 +107,7 @@ def assert_nothing_left(driver, volumes: set[str], snapshots: set[str] = frozens
     assert rows["groups"] == []
     assert set(os.listdir(os.path.join(driver.pool, "volumes"))) == {v + ".img" for v in volumes}
     assert set(os.listdir(os.path.join(driver.pool, "snapshots"))) == \
-        {s + ".img" for s in snapshots}
+        {file_key(s) + ".img" for s in snapshots}
     assert disagreements(driver.workdir, driver.pool) == []
 
 

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py.core.snapshot_ids import file_key
 from csi_py.rpc.client import block_capability, mount_capability
 from tests.conftest import NODE_ID, needs_root
 from tests.kernel_leaks import mounts_under
@@ -93,7 +94,7 @@ def test_path_traversal_in_names_only_ever_names_files_by_id(driver, guarded):
     group = v.group_snapshot("../../../../etc/shadow", [vid])
     assert os.listdir(os.path.join(driver.pool, "volumes")) == [vid + ".img"]
     assert sorted(os.listdir(os.path.join(driver.pool, "snapshots"))) == sorted(
-        [sid + ".img"] + [s.snapshot_id + ".img" for s in group.snapshots])
+        [file_key(sid) + ".img"] + [file_key(s.snapshot_id) + ".img" for s in group.snapshots])
     v.delete_group(group.group_snapshot_id, [s.snapshot_id for s in group.snapshots])
     v.delete_snapshot(sid)
     v.delete(vid)

@@ -71,6 +71,9 @@ def test_a_deleted_catalog_is_rebuilt_with_names_sizes_and_groups(made):
         for vol in vols:
             got = driver.catalog.get_volume(vol.id)
             assert (got.name, got.capacity_bytes, got.fs_type) == (vol.name, 32 * MiB, "ext4")
+        # Ids keep their node part: records are named by the key, and hold the whole id.
+        assert snap.id.endswith(".n1") and all(s.endswith(".n1") for s in group.snapshot_ids)
+        assert os.path.exists(tmp_path / "pool" / "records" / (snap.id[:-len(".n1")] + ".json"))
         got = driver.catalog.get_snapshot(snap.id)
         assert (got.name, got.source_volume_id, got.size_bytes) == ("s0", vols[0].id, 32 * MiB)
         regrouped = driver.catalog.get_group(group.id)
