@@ -48,7 +48,9 @@ def snapshot_owner_elsewhere(snapshot_id: str, where: Config) -> str | None:
 
 def restore_there(owner_text: str, snapshot_id: str, where: Config) -> str:
     """The advice that follows `snapshot_owner_elsewhere` for a restore."""
-    owner = foreign_owner(snapshot_id, where.node_id) or "the node that cut it"
+    owner = foreign_owner(snapshot_id, where.node_id) or ""
+    if not owner.startswith("node "):
+        owner = "the node that cut it"  # an id with a digest: the node cannot be named
     return (f"{owner_text}; restore it on {owner}: with a WaitForFirstConsumer"
             " StorageClass, place the pod that uses the new PVC there (a nodeSelector on"
             " kubernetes.io/hostname), so that node's provisioner and driver restore it")

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
+from csi_py.core.snapshot_ids import file_key
 from tests.conftest import NODE_ID
 from tests.security.sandbox import Sandbox
 
@@ -51,7 +52,9 @@ NASTY = [
     "vol-", "vol-" + "0" * 32, "vol-" + "0" * 31 + "/", "vol-../../../sentinel/passwd",
     "vol-" + "a" * 32 + "/../../x", "VOL-" + "A" * 32, "vol-" + "0" * 32 + "\n",
     "vol-" + "0" * 32 + "\x00", "vol-" + "0" * 32 + ".img", "snap-" + "0" * 32,
-    "snap-../../x", "group-" + "0" * 32, "group-../x", "\x00", "\x00" * 10, "a\x00b",
+    "snap-../../x", "snap-" + "0" * 32 + ".other-node", "snap-" + "0" * 32 + "~" + "0" * 24,
+    "snap-" + "0" * 32 + "./../../x", "snap-" + "0" * 32 + ".", "group-" + "0" * 32,
+    "group-../x", "\x00", "\x00" * 10, "a\x00b",
     "a" * 128, "a" * 129, "a" * 4096, "é" * 64, "é" * 65, "\u202e\u0644", "\ufeff",
     "\U0001f4a5" * 40, "%s%n%x", "${IFS}", "$(reboot)", "`id`", "; rm -rf /",
     "| cat /etc/shadow", "\r\n", "\t", "*", "?", "~root", "-rf", "--help",
@@ -77,6 +80,14 @@ EPHEMERAL_VALUES = ["true", "false", "TRUE", "16Mi", "32Mi", "-1", "0", "1e9", "
 INLINE_HANDLES = ["csi-inline-0123abcd", "csi-inline-2"]
 SIZES = [0, -1, 1, 4095, 4096, 1 << 20, 16 << 20, 32 << 20, 64 << 20, 300 << 20,
          (1 << 31) - 1, 1 << 40, (1 << 63) - 1, -(1 << 63), 1 << 62]
+
+
+# What may follow a real snapshot's key (snap-<hex>): another node, hostile node parts,
+# a digest of the wrong length, a path.
+SNAPSHOT_ID_TAILS = [
+    "", ".other-node", "~" + "0" * 24, "~" + "0" * 23, "~", ".", "..", "./../../sentinel",
+    ".a/b", ".a\x00", ".a\n", "." + "n" * 91, ".é", ".-x", ".img", "/../x", ".other~" + "0" * 24,
+]
 
 
 def text(max_size: int = 200) -> st.SearchStrategy[str]:
@@ -115,7 +126,15 @@ class Targets:
         choices = [text(), st.sampled_from(NASTY)]
         if real:
             choices.append(st.sampled_from(real))
+        if self.snapshot_ids:
+            choices.append(self.snapshot_id_variants())
         return st.one_of(*choices)
+
+    def snapshot_id_variants(self) -> st.SearchStrategy[str]:
+        """A real snapshot's key with another node part: a foreign node, or hostile."""
+        keys = sorted({file_key(i) for i in self.snapshot_ids})
+        return st.builds(lambda key, tail: key + tail, st.sampled_from(keys),
+                         st.sampled_from(SNAPSHOT_ID_TAILS))
 
     def paths(self) -> st.SearchStrategy[str]:
         return st.one_of(st.sampled_from(self.sandbox.good_paths()),

@@ -389,3 +389,35 @@ def test_kernel_refusals_name_the_path_and_cause_and_are_never_internal(driver, 
     assert not os.path.ismount(staging)
     v.detach(vid)
     v.delete(vid)
+
+
+# Node parts a client might put after a real snapshot's key: a path, NUL, a line
+# break, an oversized or malformed node, a wrong-length digest, another node.
+FOREIGN_TAILS = [".other-node", "~" + "0" * 24, ".img"]  # (a node may be called "img")
+HOSTILE_TAILS = ["./../../sentinel/passwd", ".a/b", "/../../sentinel", ".a\x00", ".a\n",
+                 "." + "n" * 91, ".", "..", "~", "~" + "0" * 23, ".é", ".-x",
+                 "~" + "0" * 24 + "/..", " "]
+
+
+@pytest.mark.parametrize("tail", FOREIGN_TAILS + HOSTILE_TAILS)
+def test_forged_node_parts_of_a_real_snapshot_id_touch_nothing(driver, guarded, tail):
+    v = Volumes(driver.client)
+    c = driver.client.controller
+    vid = v.create("victim", "block").volume_id
+    sid = v.snapshot(vid, "victim-snap").snapshot_id
+    forged = file_key(sid) + tail
+    foreign = tail in FOREIGN_TAILS
+    # A well-formed id naming another node: deleting is refused, never a false OK.
+    assert code_of(c.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot_id=forged)) == (
+        grpc.StatusCode.FAILED_PRECONDITION if foreign else OK)
+    assert code_of(c.GetSnapshot, pb.GetSnapshotRequest(snapshot_id=forged)) == NOT_FOUND
+    assert not c.ListSnapshots(pb.ListSnapshotsRequest(snapshot_id=forged), timeout=30).entries
+    assert code_of(c.CreateVolume, create_request("from-forged", "block", snapshot_id=forged)) \
+        == (grpc.StatusCode.RESOURCE_EXHAUSTED if foreign else NOT_FOUND)
+    # The real snapshot is untouched and still the only one.
+    assert os.listdir(os.path.join(driver.pool, "snapshots")) == [file_key(sid) + ".img"]
+    assert [e.snapshot.snapshot_id for e in
+            c.ListSnapshots(pb.ListSnapshotsRequest(), timeout=30).entries] == [sid]
+    assert os.listdir(os.path.join(driver.pool, "volumes")) == [vid + ".img"]
+    v.delete_snapshot(sid)
+    v.delete(vid)
