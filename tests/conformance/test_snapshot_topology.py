@@ -117,8 +117,9 @@ def test_restore_on_the_snapshots_node_works_and_holds_its_data(driver):
 
 
 def test_restore_of_a_snapshot_from_another_nodes_pool_says_snapshots_are_node_bound(driver):
-    """A driver on another node does not know this node's snapshots: NOT_FOUND, saying
-    which node was asked and that snapshots stay on their node."""
+    """An old-style id (no node part) that this node does not hold: NOT_FOUND, saying
+    which node was asked and that snapshots stay on their node. (Ids that name their
+    node are refused naming it: tests/integration/test_two_nodes.py.)"""
     missing = "snap-" + "7" * 32
     expect_error(driver.client.controller.CreateVolume,
                  restore_request("pvc-restore-unknown", snapshot_id=missing),

@@ -279,6 +279,11 @@ def test_error_table(driver):
                  Code.NOT_FOUND, "snap-nope")
     expect_error(call(dlt), {"base_snapshot_id": a, "target_snapshot_id": elsewhere},
                  Code.INVALID_ARGUMENT, "same volume")
+    # A snapshot of another node (its id names the node): NOT_FOUND saying which node.
+    on_b = file_key(a) + ".node-b"
+    expect_error(call(alloc), {"snapshot_id": on_b}, Code.NOT_FOUND, on_b, "node 'node-b'")
+    expect_error(call(dlt), {"base_snapshot_id": a, "target_snapshot_id": on_b},
+                 Code.NOT_FOUND, "target_snapshot_id", "node 'node-b'")
     expect_error(call(dlt), {"base_snapshot_id": b, "target_snapshot_id": a},
                  Code.INVALID_ARGUMENT, "before")
     assert dlt(base_snapshot_id=a, target_snapshot_id=b) == []  # nothing changed
