@@ -705,7 +705,7 @@ def _umount(path: str) -> None:
 
 def _loop_attach(image: str) -> tuple[str, int]:
     """Attach `image` to a free loop device with direct I/O and 4 KiB blocks; (path, fd).
-    Another process may take the free device first: retry on EBUSY."""
+    Another process may take or remove the free device first: retry then."""
     backing = os.open(image, os.O_RDWR | os.O_DIRECT)
     try:
         ctl = os.open("/dev/loop-control", os.O_RDWR)
@@ -713,7 +713,13 @@ def _loop_attach(image: str) -> tuple[str, int]:
             for _ in range(50):
                 n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
                 dev = f"/dev/loop{n}"
-                fd = os.open(dev, os.O_RDWR)
+                try:
+                    fd = os.open(dev, os.O_RDWR)
+                except OSError as exc:
+                    # Another process removed or is re-creating that device: ask again.
+                    if exc.errno in (errno.ENXIO, errno.ENOENT):
+                        continue
+                    raise
                 cfg = bytearray(304)  # struct loop_config
                 cfg[0:4] = backing.to_bytes(4, "little")
                 cfg[4:8] = (4096).to_bytes(4, "little")
@@ -1002,6 +1008,19 @@ def list_all(c: Client, page: int) -> tuple[float, list[float], int]:
     return time.perf_counter() - t_all, pages, seen
 
 
+def list_ids(socket: str, page: int) -> list[str]:
+    """Every volume id, all pages."""
+    ids, token = [], ""
+    with Client(socket) as c:
+        while True:
+            r = c.controller.ListVolumes(pb.ListVolumesRequest(max_entries=page,
+                                                               starting_token=token))
+            ids += [e.volume.volume_id for e in r.entries]
+            token = r.next_token
+            if not token:
+                return ids
+
+
 def create_many(drv: DriverProc, kind: Kind, count: int, clients: int) -> list[float]:
     """CreateVolume restart-00000.. from `clients` clients; the latencies (ms)."""
     cap = capability(drv.spec, kind)
@@ -1096,9 +1115,7 @@ def bench_restart(specs: list[DriverSpec], workdir: str, count: int, clients: in
             drv = procs["csi-py"]
             drv.start(state=drv.state)
             res = out["drivers"]["csi-py"]
-            with Client(drv.socket) as c:
-                ids = [e.volume.volume_id for e in c.controller.ListVolumes(
-                    pb.ListVolumesRequest()).entries]
+            ids = list_ids(drv.socket, page)
 
             def deleter(w: int) -> None:
                 with Client(drv.socket) as c:
@@ -1109,10 +1126,10 @@ def bench_restart(specs: list[DriverSpec], workdir: str, count: int, clients: in
             with cf.ThreadPoolExecutor(clients) as pool:
                 list(pool.map(deleter, range(clients)))
             res["delete_s"] = round(time.perf_counter() - t0, 3)
-            with Client(drv.socket) as c:
-                res["left_after_delete"] = len(c.controller.ListVolumes(
-                    pb.ListVolumesRequest()).entries)
-            log(f"  csi-py deleted {len(ids)} in {res['delete_s']} s")
+            res["deleted"] = len(ids)
+            res["left_after_delete"] = len(list_ids(drv.socket, page))
+            log(f"  csi-py deleted {len(ids)} in {res['delete_s']} s, "
+                f"{res['left_after_delete']} left")
     finally:
         for drv in [*procs.values(), *empties.values()]:
             drv.stop()
