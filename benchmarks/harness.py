@@ -444,27 +444,50 @@ def git_rev() -> str:
 # --------------------------------------------------------------------------- client cost
 
 
-def null_server(sock: str) -> int:
+def _null_handlers(aio: bool) -> list[grpc.GenericRpcHandler]:
+    info = pb.GetPluginInfoResponse(name="null.bench", vendor_version="0")
+
+    def constant(resp: Any) -> Callable[[Any, Any], Any]:
+        if aio:
+            async def answer(_req: Any, _ctx: Any) -> Any:
+                return resp
+            return answer
+        return lambda _req, _ctx: resp
+
+    def unary(resp: Any, req: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            constant(resp), request_deserializer=req.FromString,
+            response_serializer=type(resp).SerializeToString)
+
+    return [
+        grpc.method_handlers_generic_handler("csi.v1.Identity", {
+            "GetPluginInfo": unary(info, pb.GetPluginInfoRequest),
+            "Probe": unary(pb.ProbeResponse(), pb.ProbeRequest)}),
+        grpc.method_handlers_generic_handler("csi.v1.Node", {
+            "NodeGetCapabilities": unary(pb.NodeGetCapabilitiesResponse(),
+                                         pb.NodeGetCapabilitiesRequest)}),
+    ]
+
+
+def null_server(sock: str, aio: bool) -> int:
     """A CSI Identity/Node server that does nothing (run as `harness.py --null-server
     SOCK` in a child process): what is left of a round trip to it is the client, gRPC
-    and the transport."""
-    def unary(fn: Callable[[Any, Any], Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
+    and the transport. `aio`: grpc.aio (one event loop) instead of the thread-pool
+    server csi-py uses, to see what the hand-off to a worker thread costs."""
+    if aio:
+        import asyncio
 
-    info = pb.GetPluginInfoResponse(name="null.bench", vendor_version="0")
-    handlers = [
-        grpc.method_handlers_generic_handler("csi.v1.Identity", {
-            "GetPluginInfo": unary(lambda _r, _c: info, pb.GetPluginInfoRequest,
-                                   pb.GetPluginInfoResponse),
-            "Probe": unary(lambda _r, _c: pb.ProbeResponse(), pb.ProbeRequest,
-                           pb.ProbeResponse)}),
-        grpc.method_handlers_generic_handler("csi.v1.Node", {
-            "NodeGetCapabilities": unary(lambda _r, _c: pb.NodeGetCapabilitiesResponse(),
-                                         pb.NodeGetCapabilitiesRequest,
-                                         pb.NodeGetCapabilitiesResponse)}),
-    ]
-    server = grpc.server(cf.ThreadPoolExecutor(4), handlers=handlers)
+        async def serve() -> None:
+            server = grpc.aio.server(handlers=_null_handlers(True))
+            server.add_insecure_port(f"unix:{sock}")
+            await server.start()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(server.stop(0)))
+            await server.wait_for_termination()
+
+        asyncio.run(serve())
+        return 0
+    server = grpc.server(cf.ThreadPoolExecutor(16), handlers=_null_handlers(False))
     server.add_insecure_port(f"unix:{sock}")
     server.start()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
@@ -472,43 +495,70 @@ def null_server(sock: str) -> int:
     return 0
 
 
-def noop_calls(socket: str, n: int) -> dict[str, Any]:
+def noop_calls(socket: str, n: int, gap_s: float = 0.0) -> dict[str, Any]:
     """GetPluginInfo n times (after 50 uncounted): wall time per call and the harness
-    process's own CPU time per call (the client's cost, whatever the server is)."""
+    process's own CPU time per call (the client's cost, whatever the server is). `gap_s`:
+    idle time before each call (a lifecycle's calls are not back to back: the client
+    works between them, and every thread of the server goes to sleep)."""
     with Client(socket) as c:
         for _ in range(50):
             c.identity.GetPluginInfo(pb.GetPluginInfoRequest())
         samples = []
-        cpu0 = time.process_time()
+        cpu = 0.0
         for _ in range(n):
+            if gap_s:
+                time.sleep(gap_s)
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             c.identity.GetPluginInfo(pb.GetPluginInfoRequest())
             samples.append((time.perf_counter() - t0) * 1e3)
-        cpu = time.process_time() - cpu0
+            cpu += time.process_time() - cpu0
     out = summarize(samples)
     out["client_cpu_ms_per_call"] = round(cpu / n * 1e3, 4)
     return out
 
 
-def bench_client(workdir: str, n: int) -> dict[str, Any]:
-    """The harness client against a null Python gRPC server in a child process."""
-    sock = os.path.join(workdir, "null.sock")
-    spec = DriverSpec("null-server", "-", lambda s, _st: [sys.executable, __file__,
-                                                         "--null-server", s], [], False)
-    drv = DriverProc(spec, os.path.join(workdir, "null"))
+def start_null(workdir: str, aio: bool) -> DriverProc:
+    name = "null-aio" if aio else "null-sync"
+    spec = DriverSpec(name, "-", lambda s, _st: [sys.executable, __file__, "--null-server", s,
+                                                *(["--aio"] if aio else [])], [], False)
+    drv = DriverProc(spec, os.path.join(workdir, name))
     os.makedirs(drv.workdir)
-    drv.socket = sock
+    drv.socket = os.path.join(drv.workdir, "null.sock")
     drv.log_path = os.path.join(drv.workdir, "log")
     with open(drv.log_path, "ab") as logf:
-        drv.proc = subprocess.Popen(spec.argv(sock, ""), stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        drv.proc = subprocess.Popen(spec.argv(drv.socket, ""), stdout=logf,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
     try:
         drv._wait_ready(time.perf_counter(), 60)
-        out = noop_calls(sock, n)
+    except BaseException:
+        drv.kill()
+        raise
+    return drv
+
+
+def bench_client(workdir: str, n: int) -> dict[str, Any]:
+    """The harness client against null Python gRPC servers in child processes: the
+    thread-pool server (what csi-py runs) and grpc.aio; calls back to back and with 5 ms
+    of idle before each."""
+    out: dict[str, Any] = {}
+    servers = [start_null(workdir, aio) for aio in (False, True)]
+    try:
+        for drv in servers:
+            out[drv.spec.name] = {"back_to_back": noop_calls(drv.socket, n),
+                                  "after_5ms_idle": noop_calls(drv.socket, max(n // 5, 50),
+                                                               0.005)}
     finally:
-        drv.stop()
-    log(f"client: GetPluginInfo against a null server p50 {out['p50']} ms, client CPU "
-        f"{out['client_cpu_ms_per_call']} ms per call")
+        for drv in servers:
+            drv.stop()
+    sync = out["null-sync"]["back_to_back"]
+    out.update(sync)  # the headline: the thread-pool server, back to back
+    log(f"client: GetPluginInfo against a null server p50 {sync['p50']} ms, client CPU "
+        f"{sync['client_cpu_ms_per_call']} ms per call; after 5 ms idle "
+        f"{out['null-sync']['after_5ms_idle']['p50']} ms; grpc.aio "
+        f"{out['null-aio']['back_to_back']['p50']} / "
+        f"{out['null-aio']['after_5ms_idle']['p50']} ms")
     return out
 
 
@@ -790,7 +840,9 @@ def bench_lifecycle(specs: list[DriverSpec], workdir: str, seq: int, clients: in
             drv.start()
             drivers.append(drv)
             out["drivers"][spec.name] = {"plugin": drv.plugin, "capabilities": drv.caps,
-                                         "noop_rpc": noop_calls(drv.socket, 300)}
+                                         "noop_rpc": noop_calls(drv.socket, 300),
+                                         "noop_rpc_after_5ms_idle": noop_calls(drv.socket, 100,
+                                                                               0.005)}
             for kind in spec.kinds:
                 chans = channels.setdefault(f"{spec.name}/{kind.label}", {})
                 units.append((spec.name, kind.label,
@@ -1360,9 +1412,10 @@ def main() -> int:
     ap.add_argument("--no-reference", action="store_true",
                     help="measure csi-py alone (no ratios to the reference)")
     ap.add_argument("--null-server", metavar="SOCKET", help=argparse.SUPPRESS)
+    ap.add_argument("--aio", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.null_server:
-        return null_server(args.null_server)
+        return null_server(args.null_server, args.aio)
     if args.quick:
         for k, v in QUICK.items():
             if ap.get_default(k) == getattr(args, k):
@@ -1383,7 +1436,8 @@ def main() -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
         "machine": machine(),
-        "parameters": {k: v for k, v in vars(args).items() if k != "null_server"},
+        "parameters": {k: v for k, v in vars(args).items()
+                       if k not in ("null_server", "aio")},
         "drivers": [s.name for s in specs],
     }
     workdir = tempfile.mkdtemp(prefix="csi-bench-")

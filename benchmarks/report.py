@@ -287,23 +287,31 @@ def render(res: dict[str, Any], findings: str, png_rel: str) -> tuple[str, str]:
     w("## The harness client's own cost")
     w("")
     if cl:
-        noop = {d: get(v.res, "lifecycle", "drivers", d, "noop_rpc") for d in
-                ("csi-py", "reference")}
         w(f"GetPluginInfo {cl['n']} times from the harness client (csi_py.rpc.client, one "
-          "channel) to a null Python gRPC server in a child process (it answers from a "
-          f"constant): **p50 {cl['p50']:.3f} ms** per round trip (p99 {cl['p99']:.3f} ms), of "
-          f"which the client process spends **{cl['client_cpu_ms_per_call']:.3f} ms CPU** per "
-          "call (its process time over the calls). That CPU time is the client's share of every "
-          "RPC below, for both drivers alike; the same call against the drivers themselves:")
+          "channel) to a null Python gRPC server in a child process (a thread-pool server like "
+          f"csi-py's; it answers from a constant): **p50 {cl['p50']:.3f} ms** per round trip "
+          f"(p99 {cl['p99']:.3f} ms), of which the client process spends "
+          f"**{cl['client_cpu_ms_per_call']:.3f} ms CPU** per call (its process time over the "
+          "calls). That is the client's share of every RPC below, for both drivers alike. The "
+          "same call after 5 ms of idle (as in a lifecycle, where the server's threads go to "
+          "sleep between calls), against a grpc.aio null server, and against the drivers:")
         w("")
-        w("| server | GetPluginInfo p50 | p99 | client CPU per call |")
-        w("|---|---:|---:|---:|")
-        w(f"| null server (Python) | {cl['p50']:.3f} ms | {cl['p99']:.3f} ms | "
-          f"{cl['client_cpu_ms_per_call']:.3f} ms |")
-        for d, x in noop.items():
+        w("| server | p50 back to back | p99 | client CPU per call | p50 after 5 ms idle | "
+          "client CPU |")
+        w("|---|---:|---:|---:|---:|---:|")
+        rows = [("null server, thread pool (Python)", get(cl, "null-sync", "back_to_back"),
+                 get(cl, "null-sync", "after_5ms_idle")),
+                ("null server, grpc.aio (Python)", get(cl, "null-aio", "back_to_back"),
+                 get(cl, "null-aio", "after_5ms_idle"))]
+        rows += [(d, get(v.res, "lifecycle", "drivers", d, "noop_rpc"),
+                  get(v.res, "lifecycle", "drivers", d, "noop_rpc_after_5ms_idle"))
+                 for d in ("csi-py", "reference")]
+        for name, x, y in rows:
             if x:
-                w(f"| {d} | {x['p50']:.3f} ms | {x['p99']:.3f} ms | "
-                  f"{x['client_cpu_ms_per_call']:.3f} ms |")
+                w(f"| {name} | {x['p50']:.3f} ms | {x['p99']:.3f} ms | "
+                  f"{x['client_cpu_ms_per_call']:.3f} ms | "
+                  f"{num(y and y['p50'], ' ms', 3)} | "
+                  f"{num(y and y['client_cpu_ms_per_call'], ' ms', 3)} |")
         w("")
     else:
         w("(not run)")
