@@ -914,6 +914,18 @@ def paired_ratios(batches: dict[tuple[str, str], dict[str, list[Batch]]]) -> dic
 
 # --------------------------------------------------------------------------- fio
 
+# (label, direct I/O, logical block size, queue attributes to set): the bare loop device
+# as csi-py configures it first, then one change each.
+LOOP_KNOBS: tuple[tuple[str, bool, int, dict[str, str]], ...] = (
+    ("bare losetup --direct-io", True, 4096, {}),
+    ("bare loop, 512-byte sectors", True, 512, {}),
+    ("bare loop, buffered (no direct I/O)", False, 4096, {}),
+    ("bare loop, scheduler mq-deadline", True, 4096, {"scheduler": "mq-deadline"}),
+    ("bare loop, rotational 0", True, 4096, {"rotational": "0"}),
+    ("bare loop, nomerges 2", True, 4096, {"nomerges": "2"}),
+    ("bare loop, nr_requests 32", True, 4096, {"nr_requests": "32"}),
+)
+
 FIO_JOBS = (
     ("rand_read_4k", "randread", "4k", 32),
     ("rand_write_4k", "randwrite", "4k", 32),
@@ -945,8 +957,8 @@ def fill(filename: str, size: int) -> None:
         timeout=600)
 
 
-def bench_io(specs: list[DriverSpec], workdir: str, size: int, runtime: int, rounds: int
-             ) -> dict[str, Any]:
+def bench_io(specs: list[DriverSpec], workdir: str, size: int, runtime: int, rounds: int,
+             knobs: bool = True) -> dict[str, Any]:
     """fio on every target, job by job and round by round: each job runs on all targets
     back to back, so a burst of load from elsewhere hits neighbours in the comparison
     alike. Every target is filled first (sequential write of the whole test size)."""
@@ -964,18 +976,23 @@ def bench_io(specs: list[DriverSpec], workdir: str, size: int, runtime: int, rou
     drivers: list[DriverProc] = []
     try:
         # The kernel's own limit: a loop device that losetup sets up like csi-py's
-        # (direct I/O, 4 KiB logical blocks, sparse file in the same filesystem).
-        image = os.path.join(poolfs, "bare.img")
-        with open(image, "wb") as fh:
-            fh.truncate(vol_size)
-        dev = run(["losetup", "-f", "--show", "--direct-io=on", "--sector-size", "4096",
-                   image]).stdout.strip()
+        # (direct I/O, 4 KiB logical blocks, sparse file in the same filesystem), and
+        # the same with one loop queue setting changed (knobs), each on its own device.
+        for label, dio, sector, queue in LOOP_KNOBS if knobs else LOOP_KNOBS[:1]:
+            image = os.path.join(poolfs, f"bare-{len(targets)}.img")
+            with open(image, "wb") as fh:
+                fh.truncate(vol_size)
+            dev = run(["losetup", "-f", "--show", f"--direct-io={'on' if dio else 'off'}",
+                       "--sector-size", str(sector), image]).stdout.strip()
 
-        def detach(dev: str = dev) -> None:
-            run(["losetup", "-d", dev])
+            def detach(dev: str = dev) -> None:
+                run(["losetup", "-d", dev])
 
-        cleanups.append(detach)
-        targets.append(("bare losetup --direct-io", dev))
+            cleanups.append(detach)
+            for attr, value in queue.items():
+                with open(f"/sys/block/{os.path.basename(dev)}/queue/{attr}", "w") as fh:
+                    fh.write(value)
+            targets.append((label, dev))
         for spec in specs:
             drv = DriverProc(spec, os.path.join(workdir, f"io-{spec.name}"))
             drv.start()
@@ -1459,7 +1476,7 @@ def main() -> int:
                             results["reference_version"] = d["plugin"].get("vendor_version")
                 elif section == "io":
                     results["io"] = bench_io(specs, workdir, args.fio_size, args.fio_runtime,
-                                             args.fio_rounds)
+                                             args.fio_rounds, knobs=not args.quick)
                 elif section == "restart":
                     results["restart"] = bench_restart(specs, workdir, args.volumes,
                                                        args.clients, args.page,

@@ -147,6 +147,8 @@ def targets(v: View) -> list[str]:
                     cr >= PREVIOUS["create_per_s"]))
         six.append((f"list all {num(ls, ' s', 3)} (was {PREVIOUS['list_all_s']} s)",
                     ls is not None and ls <= PREVIOUS["list_all_s"]))
+    if get(v.res, "snapshots", "data_bytes") != GiB:
+        sx = se = None  # another size than last round's: not comparable
     if sx is not None:
         six.append((f"xfs snapshot {sx:.3f} s (was {PREVIOUS['snapshot_xfs_s']} s)",
                     sx <= PREVIOUS["snapshot_xfs_s"]))
@@ -406,7 +408,10 @@ def render(res: dict[str, Any], findings: str, png_rel: str) -> tuple[str, str]:
           f"**{io['pool_fs_type']}** (from /proc/self/mountinfo) on the machine's disk. The "
           "bare loop device is `losetup --direct-io=on --sector-size 4096` over a sparse file in "
           "the same filesystem, no driver involved: the kernel's own limit for a loop-backed "
-          "volume. csi-py's ext4 volume runs fio on a file in the published mount, block "
+          "volume. The `bare loop, ...` rows are the same device with one setting changed "
+          "(512-byte logical blocks, no direct I/O, or one queue attribute in "
+          "/sys/block/loopN/queue: scheduler, rotational, nomerges, nr_requests), to measure "
+          "the loop knobs. csi-py's ext4 volume runs fio on a file in the published mount, block "
           "volumes on the published device. The reference's block volumes are buffered loop "
           "devices, so O_DIRECT inside them lands in the host's page cache: its numbers are "
           "cache speed, not disk speed, and are lost on a crash.")
