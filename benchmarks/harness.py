@@ -1,26 +1,40 @@
 #!/usr/bin/env python3
 """Benchmark csi-py side by side with the reference driver (csi-driver-host-path).
 
-Every driver is driven over its unix socket by the same client code
-(csi_py.rpc.client works against any CSI endpoint). Sections:
+The reference is a binary a person builds by hand (docs/benchmarks.md, "The reference")
+and hands over in REFERENCE_BIN; without it the run stops and says why (or measures
+csi-py alone with --no-reference, which then has no ratios). Every driver is driven over
+its unix socket by the same client code (csi_py.rpc.client works against any CSI endpoint).
 
-  lifecycle  per-RPC latency (p50/p90/p99) and lifecycle throughput (create, controller
-             publish, stage, publish, unpublish, unstage, controller unpublish, delete),
-             sequential and with N concurrent clients, for each volume kind
-  io         fio with O_DIRECT inside published volumes and on the pool filesystem
-  scale      10,000 volumes in csi-py's catalog: create, list pages, restart, RSS, delete
+Sections:
+
+  client     the harness client's own cost per call, against a null gRPC server
+  lifecycle  block and mount lifecycles (create, controller publish, stage, publish,
+             unpublish, unstage, controller unpublish, delete), sequential and with N
+             concurrent clients, csi-py and the reference and the kernel floor (the same
+             work done with the syscalls alone) in interleaved rounds; per-RPC latency
+  io         fio 4 KiB random read and write inside volumes, on the pool filesystem and
+             on a bare `losetup --direct-io` device
+  restart    N volumes (10,000): start-up until Probe answers ready and RSS, csi-py and
+             the reference interleaved; csi-py's creation and listing of all of them
   snapshots  CreateSnapshot of a 10 GiB volume holding 1 GiB on an xfs (reflink) and an
              ext4 pool, each on its own loop-mounted image
 
 Everything lives in one private temporary directory; nothing outside it is ever
-unmounted or detached, and the run fails if it leaves a loop device or mount behind.
-Results go to benchmarks/results/latest.json; benchmarks/report.py renders them.
+unmounted or detached, every driver runs in its own process group that is killed and
+checked empty when it stops (also after a failed start), and the run fails if it leaves a
+loop device, mount or process behind. Results go to benchmarks/results/latest.json;
+benchmarks/report.py renders them.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import ctypes
+import ctypes.util
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -63,6 +77,10 @@ LIFECYCLE_RPCS = (
 )
 
 
+class BenchError(RuntimeError):
+    """A condition that makes the run meaningless (no reference, a driver not ready)."""
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -74,15 +92,37 @@ def _unescape(path: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
 
 
-def own_mounts(prefix: str) -> list[str]:
-    """Mount points under `prefix`, in mount order."""
-    found = []
+def mountinfo() -> list[tuple[str, str, str]]:
+    """(major:minor, mount point, filesystem type) of every mount, in mount order."""
+    out = []
     with open("/proc/self/mountinfo") as fh:
         for line in fh:
-            mount_point = _unescape(line.split()[4])
-            if mount_point == prefix or mount_point.startswith(prefix + "/"):
-                found.append(mount_point)
-    return found
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            out.append((fields[2], _unescape(fields[4]), right.split()[0]))
+    return out
+
+
+def own_mounts(prefix: str) -> list[str]:
+    """Mount points under `prefix`, in mount order."""
+    return [mp for _dev, mp, _fs in mountinfo()
+            if mp == prefix or mp.startswith(prefix + "/")]
+
+
+def fs_type_of(path: str) -> str:
+    """The filesystem type of the mount holding `path`, from mountinfo (statfs cannot
+    tell ext2, ext3 and ext4 apart: they share one magic number)."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    best, best_fs = "", "unknown"
+    for mdev, mp, fs in mountinfo():
+        inside = real == mp or real.startswith(mp.rstrip("/") + "/") or mp == "/"
+        # The last mount with the longest matching mount point wins (later mounts hide
+        # earlier ones on the same point); the device number must agree.
+        if inside and mdev == dev and len(mp) >= len(best):
+            best, best_fs = mp, fs
+    return best_fs
 
 
 def own_loops(prefix: str) -> list[tuple[str, str]]:
@@ -141,6 +181,24 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces): state ppid pgrp ...
+        rest = stat[stat.rindex(")") + 2:].split()
+        if int(rest[2]) == pgid and rest[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -164,6 +222,10 @@ def summarize(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
 # --------------------------------------------------------------------------- drivers
 
 
@@ -184,6 +246,11 @@ class DriverSpec:
     send_fs_type: bool  # csi-py: parameters {"fsType": ...}; reference: nothing
 
 
+def probe_ready(resp: pb.ProbeResponse) -> bool:
+    """The spec: a Probe answer whose `ready` is unset means ready."""
+    return not resp.HasField("ready") or resp.ready.value
+
+
 @dataclass
 class DriverProc:
     spec: DriverSpec
@@ -192,41 +259,71 @@ class DriverProc:
     socket: str = ""
     state: str = ""
     log_path: str = ""
+    node_id: str = ""
     caps: dict[str, bool] = field(default_factory=dict)
+    plugin: dict[str, str] = field(default_factory=dict)
 
     def start(self, state: str | None = None, timeout: float = 60.0) -> float:
-        """Start the driver; return seconds from spawn until Probe is ready."""
+        """Start the driver in its own process group; return seconds from spawn until
+        Probe answers ready. On any failure the group is killed and reaped before the
+        error (BenchError, with the driver's log tail) is raised."""
         os.makedirs(self.workdir, exist_ok=True)
         self.socket = os.path.join(self.workdir, "csi.sock")
         self.state = state or os.path.join(self.workdir, "state")
         self.log_path = os.path.join(self.workdir, "driver.log")
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - kept open by the child
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             self.spec.argv(self.socket, self.state), stdout=logf, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=self.workdir,
+            stdin=subprocess.DEVNULL, cwd=self.workdir, start_new_session=True,
         )
         logf.close()
+        try:
+            elapsed = self._wait_ready(t0, timeout)
+            self._learn()
+        except BaseException:
+            self.kill()
+            raise
+        return elapsed
+
+    def _wait_ready(self, t0: float, timeout: float) -> float:
+        assert self.proc is not None
         deadline = t0 + timeout
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.spec.name} exited: {self.tail_log()}")
+                raise BenchError(f"{self.spec.name} exited with {self.proc.returncode} "
+                                 f"before making its socket: {self.tail_log()}")
             if time.perf_counter() > deadline:
-                raise TimeoutError(f"{self.spec.name} made no socket: {self.tail_log()}")
-            time.sleep(0.005)
+                raise BenchError(f"{self.spec.name} made no socket in {timeout:.0f} s: "
+                                 f"{self.tail_log()}")
+            time.sleep(0.002)
+        last = "no answer yet"
         with Client(self.socket) as c:
             while True:
                 try:
-                    if c.identity.Probe(pb.ProbeRequest(), timeout=2).ready.value:
-                        break
+                    resp = c.identity.Probe(pb.ProbeRequest(), timeout=2)
+                    if probe_ready(resp):
+                        return time.perf_counter() - t0
+                    last = "Probe answered ready=false"
                 except grpc.RpcError as exc:
+                    last = f"Probe failed: {exc.code().name}: {exc.details()}"
                     if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
                                           grpc.StatusCode.DEADLINE_EXCEEDED):
-                        raise
-                if self.proc.poll() is not None or time.perf_counter() > deadline:
-                    raise RuntimeError(f"{self.spec.name} not ready: {self.tail_log()}")
-                time.sleep(0.002)
-            elapsed = time.perf_counter() - t0
+                        raise BenchError(f"{self.spec.name} not ready: {last}") from exc
+                if self.proc.poll() is not None:
+                    raise BenchError(f"{self.spec.name} exited with {self.proc.returncode}"
+                                     f" ({last}): {self.tail_log()}")
+                if time.perf_counter() > deadline:
+                    raise BenchError(f"{self.spec.name} not ready in {timeout:.0f} s "
+                                     f"({last}): {self.tail_log()}")
+                time.sleep(0.001)
+
+    def _learn(self) -> None:
+        with Client(self.socket, timeout=30) as c:
+            info = c.identity.GetPluginInfo(pb.GetPluginInfoRequest())
+            self.plugin = {"name": info.name, "vendor_version": info.vendor_version}
             ctrl = c.controller.ControllerGetCapabilities(
                 pb.ControllerGetCapabilitiesRequest()).capabilities
             node = c.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()).capabilities
@@ -239,12 +336,11 @@ class DriverProc:
                 in ctrl_rpcs,
             }
             self.node_id = c.node.NodeGetInfo(pb.NodeGetInfoRequest()).node_id
-        return elapsed
 
-    def tail_log(self, n: int = 2000) -> str:
+    def tail_log(self, n: int = 1500) -> str:
         try:
             with open(self.log_path, errors="replace") as fh:
-                return fh.read()[-n:]
+                return fh.read()[-n:].strip() or "(empty log)"
         except OSError:
             return "(no log)"
 
@@ -254,16 +350,42 @@ class DriverProc:
         return self.proc.pid
 
     def stop(self) -> float:
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM, wait up to 30 s, then kill; return seconds until the driver exited.
+        Raises BenchError if anything of its process group is still alive after."""
+        if self.proc is None:
             return 0.0
         t0 = time.perf_counter()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return time.perf_counter() - t0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        took = time.perf_counter() - t0
+        self.kill()
+        return took
+
+    def kill(self) -> None:
+        """Kill the driver's whole process group, reap it and check that it is gone."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the driver leads its own group
+        for _ in range(100):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self.proc.poll() is None:
+                try:
+                    self.proc.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    continue
+            if not group_members(pgid):
+                self.proc = None
+                return
+            time.sleep(0.05)
+        raise BenchError(f"{self.spec.name}: processes {group_members(pgid)} of group "
+                         f"{pgid} survive SIGKILL")
 
 
 def csi_py_spec() -> DriverSpec:
@@ -276,27 +398,28 @@ def csi_py_spec() -> DriverSpec:
     return DriverSpec(
         name="csi-py", version=f"{csi_py.__version__} ({git_rev()})", argv=argv,
         send_fs_type=True,
-        kinds=[Kind("ext4", False, "ext4", 64 * MiB), Kind("xfs", False, "xfs", 300 * MiB),
-               Kind("block", True, "", 64 * MiB)],
+        kinds=[Kind("block", True, "", 64 * MiB), Kind("ext4", False, "ext4", 64 * MiB)],
     )
 
 
-def reference_spec() -> tuple[DriverSpec | None, str]:
-    env_file = os.path.join(HERE, ".work", "reference", "reference.env")
-    values: dict[str, str] = {}
-    if os.path.exists(env_file):
-        out = subprocess.run(["bash", "-c", f"set -a; . {env_file}; env -0"],
-                             capture_output=True, check=True).stdout
-        for item in out.split(b"\0"):
-            key, _, value = item.decode(errors="replace").partition("=")
-            if key.startswith("REFERENCE_"):
-                values[key] = value
-    binary = values.get("REFERENCE_BIN", "")
-    if not binary or not os.access(binary, os.X_OK):
-        why = values.get("REFERENCE_UNAVAILABLE") or "benchmarks/setup_reference.sh was not run"
-        return None, why
-    help_text = subprocess.run([binary, "-help"], capture_output=True, text=True).stderr
+def reference_spec(binary: str) -> DriverSpec:
+    """The reference from REFERENCE_BIN; BenchError saying why when it cannot be used."""
+    if not binary:
+        raise BenchError(
+            "REFERENCE_BIN is not set: build csi-driver-host-path's hostpathplugin by hand "
+            "(docs/benchmarks.md, 'The reference') and run REFERENCE_BIN=/path/to/"
+            "hostpathplugin benchmarks/run, or pass --no-reference to measure csi-py alone")
+    if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
+        raise BenchError(f"REFERENCE_BIN={binary} is not an executable file")
+    for tool in ("mount", "umount", "losetup", "fallocate"):
+        if not shutil.which(tool):
+            raise BenchError(f"the reference needs '{tool}' (util-linux) on PATH")
+    help_text = subprocess.run([binary, "-help"], capture_output=True, text=True,
+                               timeout=30).stderr
     known = set(re.findall(r"^\s+-([\w.-]+)", help_text, re.M))
+    if "endpoint" not in known or "statedir" not in known:
+        raise BenchError(f"REFERENCE_BIN={binary} does not look like hostpathplugin "
+                         f"(its -help lists no -endpoint/-statedir)")
     wanted = ["-enable-attach=true", "-enable-topology=true", "-enable-volume-expansion=true",
               "-maxvolumespernode=0"]
     extra = [f for f in wanted if f[1:].split("=")[0] in known]
@@ -305,12 +428,10 @@ def reference_spec() -> tuple[DriverSpec | None, str]:
         return [binary, "-endpoint", f"unix://{sock}", "-nodeid", NODE_ID, "-statedir", state,
                 *extra]
 
-    spec = DriverSpec(
-        name="reference", version=values.get("REFERENCE_VERSION", "unknown"), argv=argv,
-        send_fs_type=False,
-        kinds=[Kind("mount", False, "", 64 * MiB), Kind("block", True, "", 64 * MiB)],
+    return DriverSpec(
+        name="reference", version="(from GetPluginInfo)", argv=argv, send_fs_type=False,
+        kinds=[Kind("block", True, "", 64 * MiB), Kind("mount", False, "", 64 * MiB)],
     )
-    return spec, ""
 
 
 def git_rev() -> str:
@@ -318,6 +439,127 @@ def git_rev() -> str:
         return run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+# --------------------------------------------------------------------------- client cost
+
+
+def _null_handlers(aio: bool) -> list[grpc.GenericRpcHandler]:
+    info = pb.GetPluginInfoResponse(name="null.bench", vendor_version="0")
+
+    def constant(resp: Any) -> Callable[[Any, Any], Any]:
+        if aio:
+            async def answer(_req: Any, _ctx: Any) -> Any:
+                return resp
+            return answer
+        return lambda _req, _ctx: resp
+
+    def unary(resp: Any, req: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            constant(resp), request_deserializer=req.FromString,
+            response_serializer=type(resp).SerializeToString)
+
+    return [
+        grpc.method_handlers_generic_handler("csi.v1.Identity", {
+            "GetPluginInfo": unary(info, pb.GetPluginInfoRequest),
+            "Probe": unary(pb.ProbeResponse(), pb.ProbeRequest)}),
+        grpc.method_handlers_generic_handler("csi.v1.Node", {
+            "NodeGetCapabilities": unary(pb.NodeGetCapabilitiesResponse(),
+                                         pb.NodeGetCapabilitiesRequest)}),
+    ]
+
+
+def null_server(sock: str, aio: bool) -> int:
+    """A CSI Identity/Node server that does nothing (run as `harness.py --null-server
+    SOCK` in a child process): what is left of a round trip to it is the client, gRPC
+    and the transport. `aio`: grpc.aio (one event loop) instead of the thread-pool
+    server csi-py uses, to see what the hand-off to a worker thread costs."""
+    if aio:
+        import asyncio
+
+        async def serve() -> None:
+            server = grpc.aio.server(handlers=_null_handlers(True))
+            server.add_insecure_port(f"unix:{sock}")
+            await server.start()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(server.stop(0)))
+            await server.wait_for_termination()
+
+        asyncio.run(serve())
+        return 0
+    server = grpc.server(cf.ThreadPoolExecutor(16), handlers=_null_handlers(False))
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
+    server.wait_for_termination()
+    return 0
+
+
+def noop_calls(socket: str, n: int, gap_s: float = 0.0) -> dict[str, Any]:
+    """GetPluginInfo n times (after 50 uncounted): wall time per call and the harness
+    process's own CPU time per call (the client's cost, whatever the server is). `gap_s`:
+    idle time before each call (a lifecycle's calls are not back to back: the client
+    works between them, and every thread of the server goes to sleep)."""
+    with Client(socket) as c:
+        for _ in range(50):
+            c.identity.GetPluginInfo(pb.GetPluginInfoRequest())
+        samples = []
+        cpu = 0.0
+        for _ in range(n):
+            if gap_s:
+                time.sleep(gap_s)
+            cpu0 = time.process_time()
+            t0 = time.perf_counter()
+            c.identity.GetPluginInfo(pb.GetPluginInfoRequest())
+            samples.append((time.perf_counter() - t0) * 1e3)
+            cpu += time.process_time() - cpu0
+    out = summarize(samples)
+    out["client_cpu_ms_per_call"] = round(cpu / n * 1e3, 4)
+    return out
+
+
+def start_null(workdir: str, aio: bool) -> DriverProc:
+    name = "null-aio" if aio else "null-sync"
+    spec = DriverSpec(name, "-", lambda s, _st: [sys.executable, __file__, "--null-server", s,
+                                                *(["--aio"] if aio else [])], [], False)
+    drv = DriverProc(spec, os.path.join(workdir, name))
+    os.makedirs(drv.workdir)
+    drv.socket = os.path.join(drv.workdir, "null.sock")
+    drv.log_path = os.path.join(drv.workdir, "log")
+    with open(drv.log_path, "ab") as logf:
+        drv.proc = subprocess.Popen(spec.argv(drv.socket, ""), stdout=logf,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+    try:
+        drv._wait_ready(time.perf_counter(), 60)
+    except BaseException:
+        drv.kill()
+        raise
+    return drv
+
+
+def bench_client(workdir: str, n: int) -> dict[str, Any]:
+    """The harness client against null Python gRPC servers in child processes: the
+    thread-pool server (what csi-py runs) and grpc.aio; calls back to back and with 5 ms
+    of idle before each."""
+    out: dict[str, Any] = {}
+    servers = [start_null(workdir, aio) for aio in (False, True)]
+    try:
+        for drv in servers:
+            out[drv.spec.name] = {"back_to_back": noop_calls(drv.socket, n),
+                                  "after_5ms_idle": noop_calls(drv.socket, max(n // 5, 50),
+                                                               0.005)}
+    finally:
+        for drv in servers:
+            drv.stop()
+    sync = out["null-sync"]["back_to_back"]
+    out.update(sync)  # the headline: the thread-pool server, back to back
+    log(f"client: GetPluginInfo against a null server p50 {sync['p50']} ms, client CPU "
+        f"{sync['client_cpu_ms_per_call']} ms per call; after 5 ms idle "
+        f"{out['null-sync']['after_5ms_idle']['p50']} ms; grpc.aio "
+        f"{out['null-aio']['back_to_back']['p50']} / "
+        f"{out['null-aio']['after_5ms_idle']['p50']} ms")
+    return out
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -451,17 +693,13 @@ def merge(batches: list[Batch], clients: int) -> dict[str, Any]:
     for b in batches:
         for rpc, v in b.samples.items():
             samples[rpc].extend(v)
-    done = sum(b.done for b in batches)
-    seconds = sum(b.seconds for b in batches)
     rounds = [round(b.done / b.seconds, 2) for b in batches if b.seconds]
     return {
         "clients": clients,
-        "lifecycles": done,
-        "seconds": round(seconds, 3),
-        "per_second": round(done / seconds, 2) if seconds else 0.0,
+        "lifecycles": sum(b.done for b in batches),
         "per_second_rounds": rounds,
-        "per_second_median_round": statistics.median(rounds) if rounds else 0.0,
-        "rpc": {rpc: summarize(samples[rpc]) for rpc in LIFECYCLE_RPCS if samples.get(rpc)},
+        "per_second": statistics.median(rounds) if rounds else 0.0,
+        "rpc": {rpc: summarize(v) for rpc, v in samples.items()},
         "errors": [e for b in batches for e in b.errors][:5],
     }
 
@@ -482,95 +720,117 @@ def csi_lifecycle(drv: DriverProc, kind: Kind, tag: str, channels: dict[int, Cli
     return one
 
 
-FLOOR_LOCK = threading.Lock()
+# --------------------------------------------------------------------------- kernel floor
+#
+# The same work as a lifecycle with the syscalls alone, no driver and no catalog: a sparse
+# file, a loop device set up with LOOP_CONFIGURE (direct I/O, 4 KiB logical blocks), bind
+# mounts with mount(2), umount2(2), LOOP_CLR_FD. The ext4 floor adds mkfs.ext4 -b 4096 (the
+# one program) and the filesystem mount and unmount of staging. Nothing a driver does for
+# the same volume can take less.
+
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CLR_FD = 0x4C01
+LO_FLAGS_DIRECT_IO = 16
+MS_BIND = 4096
+MNT_DETACH = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
-def floor_lifecycle(workdir: str, block: bool, size: int, name: str) -> dict[str, float]:
-    """The external commands csi-driver-host-path runs for one volume's lifecycle, run
-    directly (no gRPC, no state file): a lower bound of the reference's own time.
-
-    Block: CreateVolume = fallocate + `losetup -j` + `losetup -f --show`; NodePublish =
-    `losetup -j` + bind mount + bind remount (k8s mount-utils); NodeUnpublish = umount;
-    DeleteVolume = `losetup -j` + `losetup -d`. Mount volumes are directories: create =
-    mkdir, publish = bind mount + bind remount, unpublish = umount, delete = rm -r.
-    Stage, unstage and controller (un)publish only touch its state file: counted as 0.
-    Like the reference, which holds one global mutex in every RPC, each step runs under
-    one lock (FLOOR_LOCK), so concurrent clients interleave but never overlap.
-    """
-    path = os.path.join(workdir, "floor", name)
-    target = os.path.join(workdir, "floor-targets", name)
-    times: dict[str, float] = {}
-
-    def t(rpc: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        with FLOOR_LOCK:
-            r = fn()
-        times[rpc] = (time.perf_counter() - t0) * 1e3
-        return r
-
-    if block:
-        def create() -> str:
-            run(["fallocate", "-l", f"{size >> 20}M", path])
-            run(["losetup", "-j", path])
-            return run(["losetup", "-f", "--show", path]).stdout.strip()
-
-        dev = t("CreateVolume", create)
-
-        def publish() -> None:
-            run(["losetup", "-j", path])
-            open(target, "w").close()
-            run(["mount", "-o", "bind", dev, target])
-            run(["mount", "-o", "bind,remount", dev, target])
-    else:
-        t("CreateVolume", lambda: os.makedirs(path))
-
-        def publish() -> None:
-            os.makedirs(target)
-            run(["mount", "-o", "bind", path, target])
-            run(["mount", "-o", "bind,remount", path, target])
-
-    t("NodePublishVolume", publish)
-
-    def unpublish() -> None:
-        run(["umount", target])
-        os.remove(target) if block else os.rmdir(target)
-
-    t("NodeUnpublishVolume", unpublish)
-    if block:
-        def delete() -> None:
-            run(["losetup", "-j", path])
-            run(["losetup", "-d", dev])
-            os.remove(path)
-    else:
-        def delete() -> None:
-            shutil.rmtree(path)
-    t("DeleteVolume", delete)
-    return times
+def _mount(src: str, dst: str, fstype: str | None, flags: int) -> None:
+    if _libc.mount(src.encode(), dst.encode(), fstype.encode() if fstype else None, flags,
+                   None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount {src} {dst}: {os.strerror(e)}")
 
 
-def noop_rpc(drv: DriverProc, n: int = 500) -> dict[str, Any]:
-    """Latency of RPCs that do no work (GetPluginInfo, NodeGetCapabilities): the floor
-    that gRPC, the client and the server's request handling put under every RPC."""
-    out: dict[str, Any] = {}
-    with Client(drv.socket) as c:
-        for name, fn in (
-                ("GetPluginInfo", lambda: c.identity.GetPluginInfo(pb.GetPluginInfoRequest())),
-                ("NodeGetCapabilities",
-                 lambda: c.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()))):
-            rec = Recorder()
+def _umount(path: str) -> None:
+    if _libc.umount2(path.encode(), 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"umount {path}: {os.strerror(e)}")
+
+
+def _loop_attach(image: str) -> tuple[str, int]:
+    """Attach `image` to a free loop device with direct I/O and 4 KiB blocks; (path, fd).
+    Another process may take or remove the free device first: retry then."""
+    backing = os.open(image, os.O_RDWR | os.O_DIRECT)
+    try:
+        ctl = os.open("/dev/loop-control", os.O_RDWR)
+        try:
             for _ in range(50):
-                fn()
-            for _ in range(n):
-                rec.timed(name, fn)
-            out[name] = summarize(rec.samples[name])
-    return out
+                n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+                dev = f"/dev/loop{n}"
+                try:
+                    fd = os.open(dev, os.O_RDWR)
+                except OSError as exc:
+                    # Another process removed or is re-creating that device: ask again.
+                    if exc.errno in (errno.ENXIO, errno.ENOENT):
+                        continue
+                    raise
+                cfg = bytearray(304)  # struct loop_config
+                cfg[0:4] = backing.to_bytes(4, "little")
+                cfg[4:8] = (4096).to_bytes(4, "little")
+                cfg[8 + 52:8 + 56] = LO_FLAGS_DIRECT_IO.to_bytes(4, "little")
+                try:
+                    fcntl.ioctl(fd, LOOP_CONFIGURE, bytes(cfg))
+                    return dev, fd
+                except OSError as exc:
+                    os.close(fd)
+                    if exc.errno != errno.EBUSY:
+                        raise
+            raise OSError(errno.EBUSY, "no free loop device after 50 tries")
+        finally:
+            os.close(ctl)
+    finally:
+        os.close(backing)
 
 
-def bench_lifecycle(specs: list[DriverSpec], workdir: str, seq_n: int, clients: int,
+def floor_lifecycle(workdir: str, ext4: bool, size: int, name: str) -> dict[str, float]:
+    """One lifecycle of the kernel floor; {"lifecycle": ms}."""
+    base = os.path.join(workdir, "floor")
+    image = os.path.join(base, name + ".img")
+    staging = os.path.join(base, "staging-" + name)
+    target = os.path.join(base, "target-" + name)
+    t0 = time.perf_counter()
+    fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, size)
+    os.close(fd)
+    dev, loop_fd = _loop_attach(image)
+    try:
+        if ext4:
+            run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-E",
+                 "nodiscard,lazy_itable_init=1,lazy_journal_init=1", dev])
+            os.mkdir(staging)
+            _mount(dev, staging, "ext4", 0)
+            os.mkdir(target)
+            _mount(staging, target, None, MS_BIND)
+            _umount(target)
+            os.rmdir(target)
+            _umount(staging)
+            os.rmdir(staging)
+        else:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+            _mount(dev, target, None, MS_BIND)
+            _umount(target)
+            os.unlink(target)
+    finally:
+        fcntl.ioctl(loop_fd, LOOP_CLR_FD)
+        os.close(loop_fd)
+    os.unlink(image)
+    return {"lifecycle": (time.perf_counter() - t0) * 1e3}
+
+
+def bench_lifecycle(specs: list[DriverSpec], workdir: str, seq: int, clients: int,
                     per_client: int, rounds: int) -> dict[str, Any]:
-    """All drivers and kinds, interleaved in `rounds` rounds so that a burst of load from
-    elsewhere on the machine hits every one of them alike."""
-    out: dict[str, Any] = {}
+    """Every driver and kind and the kernel floor, in `rounds` interleaved rounds (the
+    order rotates each round) so that a burst of load from elsewhere on the machine hits
+    all of them alike. Each round: `seq` sequential lifecycles, then `clients` clients
+    doing `per_client` each."""
+    out: dict[str, Any] = {"rounds": rounds, "seq_per_round": seq, "clients": clients,
+                           "per_client_per_round": per_client, "drivers": {}}
     drivers: list[DriverProc] = []
     channels: dict[str, dict[int, Client]] = {}
     units: list[tuple[str, str, Callable[[str], Callable[[int, int], Any]]]] = []
@@ -579,63 +839,94 @@ def bench_lifecycle(specs: list[DriverSpec], workdir: str, seq_n: int, clients: 
             drv = DriverProc(spec, os.path.join(workdir, f"lifecycle-{spec.name}"))
             drv.start()
             drivers.append(drv)
-            out[spec.name] = {"_capabilities": drv.caps, "_noop_rpc": noop_rpc(drv)}
+            out["drivers"][spec.name] = {"plugin": drv.plugin, "capabilities": drv.caps,
+                                         "noop_rpc": noop_calls(drv.socket, 300),
+                                         "noop_rpc_after_5ms_idle": noop_calls(drv.socket, 100,
+                                                                               0.005)}
             for kind in spec.kinds:
-                key = f"{spec.name}/{kind.label}"
-                chans = channels.setdefault(key, {})
+                chans = channels.setdefault(f"{spec.name}/{kind.label}", {})
                 units.append((spec.name, kind.label,
                               lambda tag, drv=drv, kind=kind, chans=chans:
                               csi_lifecycle(drv, kind, tag, chans)))
-                out[spec.name][kind.label] = {"size_bytes": kind.size}
-        if not any(s.name == "reference" for s in specs):
-            os.makedirs(os.path.join(workdir, "floor"))
-            os.makedirs(os.path.join(workdir, "floor-targets"))
-            out["reference-floor"] = {}
-            for label, block in (("mount", False), ("block", True)):
-                out["reference-floor"][label] = {"size_bytes": 64 * MiB}
-                units.append(("reference-floor", label,
-                              lambda tag, block=block, label=label:
-                              lambda w, i: floor_lifecycle(workdir, block, 64 * MiB,
-                                                           f"{label}-{tag}-{w}-{i}")))
-        seq_per_round = max(1, seq_n // rounds)
-        conc_per_round = max(1, per_client // rounds)
+        os.makedirs(os.path.join(workdir, "floor"))
+        for label, ext4 in (("block", False), ("ext4", True)):
+            units.append(("kernel-floor", label,
+                          lambda tag, ext4=ext4, label=label:
+                          lambda w, i: floor_lifecycle(workdir, ext4, 64 * MiB,
+                                                       f"{label}-{tag}-{w}-{i}")))
         log(f"lifecycle: {len(units)} driver/kind pairs, {rounds} interleaved rounds of "
-            f"{seq_per_round} sequential + {clients}x{conc_per_round} concurrent lifecycles")
+            f"{seq} sequential + {clients}x{per_client} concurrent lifecycles")
         batches: dict[tuple[str, str], dict[str, list[Batch]]] = defaultdict(
             lambda: {"sequential": [], "concurrent": []})
         for _name, _label, make in units:
-            run_batch(make("warm"), 1, 2)
+            b = run_batch(make("warm"), 1, 2)
+            if b.errors:
+                raise BenchError(f"{_name} {_label} warm-up failed: {b.errors[0]}")
         for r in range(rounds):
             order = units[r % len(units):] + units[:r % len(units)]
             for name, label, make in order:
-                batches[(name, label)]["sequential"].append(
-                    run_batch(make(f"s{r}"), 1, seq_per_round))
+                batches[(name, label)]["sequential"].append(run_batch(make(f"s{r}"), 1, seq))
                 batches[(name, label)]["concurrent"].append(
-                    run_batch(make(f"c{r}"), clients, conc_per_round))
+                    run_batch(make(f"c{r}"), clients, per_client))
             log(f"  round {r + 1}/{rounds} done")
+        results: dict[str, Any] = defaultdict(dict)
         for (name, label), modes in batches.items():
-            entry = out[name][label]
-            entry["sequential"] = merge(modes["sequential"], 1)
-            entry["concurrent"] = merge(modes["concurrent"], clients)
+            entry = {m: merge(modes[m], 1 if m == "sequential" else clients)
+                     for m in ("sequential", "concurrent")}
+            results[name][label] = entry
             log(f"  {name} {label}: {entry['sequential']['per_second']}/s sequential, "
-                f"{entry['concurrent']['per_second']}/s with {clients} clients; NodePublish "
-                f"p50 {entry['sequential']['rpc'].get('NodePublishVolume', {}).get('p50')} ms"
+                f"{entry['concurrent']['per_second']}/s with {clients} clients"
                 + (f"; ERRORS {entry['sequential']['errors'] + entry['concurrent']['errors']}"
                    if entry['sequential']['errors'] or entry['concurrent']['errors'] else ""))
+        out["results"] = dict(results)
+        # Ratios of the same round (neighbours in time), then their median.
+        out["paired_ratios"] = paired_ratios(batches)
     finally:
         for chans in channels.values():
             for c in chans.values():
                 c.close()
         for drv in drivers:
-            out[drv.spec.name]["_stop_seconds"] = round(drv.stop(), 3)
+            out["drivers"].setdefault(drv.spec.name, {})["stop_seconds"] = round(drv.stop(), 3)
+    return out
+
+
+PAIRS = (("block", "csi-py", "block", "reference", "block"),
+         ("ext4 vs directories", "csi-py", "ext4", "reference", "mount"),
+         ("block vs kernel floor", "csi-py", "block", "kernel-floor", "block"),
+         ("ext4 vs kernel floor", "csi-py", "ext4", "kernel-floor", "ext4"))
+
+
+def paired_ratios(batches: dict[tuple[str, str], dict[str, list[Batch]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, a_drv, a_kind, b_drv, b_kind in PAIRS:
+        a, b = batches.get((a_drv, a_kind)), batches.get((b_drv, b_kind))
+        if not a or not b:
+            continue
+        entry = {}
+        for mode in ("sequential", "concurrent"):
+            per_round = [ratio(x.done / x.seconds, y.done / y.seconds)
+                         for x, y in zip(a[mode], b[mode], strict=True) if x.seconds and y.seconds]
+            vals = [v for v in per_round if v]
+            entry[mode] = {"rounds": vals, "median": statistics.median(vals) if vals else None}
+        out[label] = entry
     return out
 
 
 # --------------------------------------------------------------------------- fio
 
+# (label, direct I/O, logical block size, queue attributes to set): the bare loop device
+# as csi-py configures it first, then one change each.
+LOOP_KNOBS: tuple[tuple[str, bool, int, dict[str, str]], ...] = (
+    ("bare losetup --direct-io", True, 4096, {}),
+    ("bare loop, 512-byte sectors", True, 512, {}),
+    ("bare loop, buffered (no direct I/O)", False, 4096, {}),
+    ("bare loop, scheduler mq-deadline", True, 4096, {"scheduler": "mq-deadline"}),
+    ("bare loop, rotational 0", True, 4096, {"rotational": "0"}),
+    ("bare loop, nomerges 2", True, 4096, {"nomerges": "2"}),
+    ("bare loop, nr_requests 32", True, 4096, {"nr_requests": "32"}),
+)
+
 FIO_JOBS = (
-    ("seq_write_1m", "write", "1M", 4),
-    ("seq_read_1m", "read", "1M", 4),
     ("rand_read_4k", "randread", "4k", 32),
     ("rand_write_4k", "randwrite", "4k", 32),
 )
@@ -653,52 +944,54 @@ def fio_job(filename: str, size: int, runtime: int, job: tuple[str, str, str, in
     side = result["write"] if "write" in rw else result["read"]
     clat = side.get("clat_ns", {}).get("percentile", {})
     return {
-        "bw_mib_s": round(side["bw_bytes"] / MiB, 1),
         "iops": round(side["iops"], 1),
         "clat_p50_us": round(clat.get("50.000000", 0) / 1e3, 1),
         "clat_p99_us": round(clat.get("99.000000", 0) / 1e3, 1),
     }
 
 
-def bench_io(specs: list[DriverSpec], workdir: str, size: int, runtime: int
-             ) -> dict[str, Any]:
-    """fio on every target, job by job: each job runs on all targets back to back, so a
-    burst of load from elsewhere on the machine hits neighbours in the comparison alike.
-    Sequential write runs first everywhere, so the reads read written data."""
-    out: dict[str, Any] = {"size_bytes": size, "runtime_s": runtime,
+def fill(filename: str, size: int) -> None:
+    """Write `size` bytes once, so that reads read data and not holes."""
+    run(["fio", "--name=fill", f"--filename={filename}", f"--size={size}", "--rw=write",
+         "--bs=1M", "--iodepth=8", "--direct=1", "--ioengine=libaio", "--end_fsync=1"],
+        timeout=600)
+
+
+def bench_io(specs: list[DriverSpec], workdir: str, size: int, runtime: int, rounds: int,
+             knobs: bool = True) -> dict[str, Any]:
+    """fio on every target, job by job and round by round: each job runs on all targets
+    back to back, so a burst of load from elsewhere hits neighbours in the comparison
+    alike. Every target is filled first (sequential write of the whole test size)."""
+    poolfs = os.path.join(workdir, "io-poolfs")
+    os.makedirs(poolfs)
+    pool_type = fs_type_of(poolfs)
+    out: dict[str, Any] = {"size_bytes": size, "runtime_s": runtime, "rounds": rounds,
+                           "pool_fs_type": pool_type,
                            "jobs": {n: {"rw": rw, "bs": bs, "iodepth": d}
                                     for n, rw, bs, d in FIO_JOBS},
                            "targets": {}}
-    poolfs = os.path.join(workdir, "io-poolfs")
-    os.makedirs(poolfs)
     vol_size = size * 2
-    targets: list[tuple[str, str]] = [
-        (f"pool filesystem ({fs_type_of(poolfs)})", os.path.join(poolfs, "fio.dat"))]
+    targets: list[tuple[str, str]] = [("pool filesystem", os.path.join(poolfs, "fio.dat"))]
     cleanups: list[Callable[[], None]] = []
     drivers: list[DriverProc] = []
     try:
-        # The same kernel paths without any driver: loop devices made by losetup over a
-        # file in the pool filesystem. "buffered" is what csi-driver-host-path's block
-        # volumes are (fallocate + losetup, no direct I/O); "direct-io" is configured like
-        # csi-py's (direct I/O, 4 KiB logical blocks, sparse file).
-        for label, direct, alloc in (
-                ("losetup direct-io, 4k sectors (sparse file)", True, False),
-                ("reference-style block (fallocate + losetup, buffered)", False, True)):
-            if any(s.name == "reference" for s in specs) and not direct:
-                continue  # measured on the real reference below
-            image = os.path.join(poolfs, f"loop-{len(targets)}.img")
-            if alloc:
-                run(["fallocate", "-l", str(vol_size), image])
-            else:
-                with open(image, "wb") as fh:
-                    fh.truncate(vol_size)
-            extra = ["--sector-size", "4096"] if direct else []
-            dev = run(["losetup", "-f", "--show", f"--direct-io={'on' if direct else 'off'}",
-                       *extra, image]).stdout.strip()
+        # The kernel's own limit: a loop device that losetup sets up like csi-py's
+        # (direct I/O, 4 KiB logical blocks, sparse file in the same filesystem), and
+        # the same with one loop queue setting changed (knobs), each on its own device.
+        for label, dio, sector, queue in LOOP_KNOBS if knobs else LOOP_KNOBS[:1]:
+            image = os.path.join(poolfs, f"bare-{len(targets)}.img")
+            with open(image, "wb") as fh:
+                fh.truncate(vol_size)
+            dev = run(["losetup", "-f", "--show", f"--direct-io={'on' if dio else 'off'}",
+                       "--sector-size", str(sector), image]).stdout.strip()
+
             def detach(dev: str = dev) -> None:
-                subprocess.run(["losetup", "-d", dev], capture_output=True)
+                run(["losetup", "-d", dev])
 
             cleanups.append(detach)
+            for attr, value in queue.items():
+                with open(f"/sys/block/{os.path.basename(dev)}/queue/{attr}", "w") as fh:
+                    fh.write(value)
             targets.append((label, dev))
         for spec in specs:
             drv = DriverProc(spec, os.path.join(workdir, f"io-{spec.name}"))
@@ -707,16 +1000,26 @@ def bench_io(specs: list[DriverSpec], workdir: str, size: int, runtime: int
             c = Client(drv.socket)
             cleanups.append(c.close)
             for kind in spec.kinds:
-                if kind.label == "xfs" or (spec.name == "reference" and not kind.block):
-                    continue  # one filesystem is enough; the reference's is the pool fs
+                if spec.name == "reference" and not kind.block:
+                    continue  # a directory in the pool filesystem: that is the pool row
                 p = bring_up(c, drv, kind, f"io-{kind.label}", Recorder(), size=vol_size)
                 cleanups.append(lambda c=c, drv=drv, p=p: tear_down(c, drv, p, Recorder()))
                 path = p.target if kind.block else os.path.join(p.target, "fio.dat")
                 targets.append((f"{spec.name} {kind.label}", path))
-        for job in FIO_JOBS:
-            for label, path in targets:
-                log(f"io: {job[0]} on {label}")
-                out["targets"].setdefault(label, {})[job[0]] = fio_job(path, size, runtime, job)
+        for label, path in targets:
+            log(f"io: filling {label}")
+            fill(path, size)
+        for r in range(rounds):
+            for job in FIO_JOBS:
+                for label, path in targets:
+                    log(f"io: round {r + 1} {job[0]} on {label}")
+                    out["targets"].setdefault(label, {}).setdefault(job[0], []).append(
+                        fio_job(path, size, runtime, job))
+        for jobs in out["targets"].values():
+            for name, runs in jobs.items():
+                jobs[name] = {"runs": runs,
+                              "iops": statistics.median(x["iops"] for x in runs),
+                              "clat_p50_us": statistics.median(x["clat_p50_us"] for x in runs)}
         for _label, path in targets:
             if os.path.isfile(path):
                 os.unlink(path)
@@ -731,117 +1034,175 @@ def bench_io(specs: list[DriverSpec], workdir: str, size: int, runtime: int
     return out
 
 
-def fs_type_of(path: str) -> str:
-    try:
-        return run(["stat", "-f", "-c", "%T", path]).stdout.strip()
-    except subprocess.CalledProcessError:
-        return "unknown"
+# --------------------------------------------------------------------------- restart
 
 
-# --------------------------------------------------------------------------- scale
+def reference_fill_state(drv: DriverProc, count: int) -> None:
+    """Give a stopped reference `count` mount volumes. Creating them through the RPC costs
+    O(volumes) each (the reference rewrites one JSON file of every volume on each change),
+    so one is created through the RPC and its record, as the reference wrote it, is copied
+    with fresh ids, names and directories: the file it then reads is its own format."""
+    path = os.path.join(drv.state, "state.json")
+    with open(path) as fh:
+        state = json.load(fh)
+    template = state["Volumes"][0]
+    vols = []
+    for i in range(count):
+        v = dict(template)
+        vid = f"{i:08x}-bench-0000-0000-{i:012x}"
+        v["VolID"] = vid
+        v["VolName"] = f"restart-{i:05d}"
+        v["VolPath"] = os.path.join(os.path.dirname(template["VolPath"]), vid)
+        os.makedirs(v["VolPath"], exist_ok=True)
+        vols.append(v)
+    shutil.rmtree(template["VolPath"], ignore_errors=True)
+    state["Volumes"] = vols
+    with open(path + ".tmp", "w") as fh:
+        json.dump(state, fh)
+    os.replace(path + ".tmp", path)
 
 
-def bench_scale(workdir: str, count: int, clients: int, page: int, size: int
-                ) -> dict[str, Any]:
-    spec = csi_py_spec()
-    kind = Kind("ext4", False, "ext4", size)
+def list_all(c: Client, page: int) -> tuple[float, list[float], int]:
+    pages, seen, token = [], 0, ""
+    t_all = time.perf_counter()
+    while True:
+        t1 = time.perf_counter()
+        r = c.controller.ListVolumes(pb.ListVolumesRequest(max_entries=page,
+                                                           starting_token=token))
+        pages.append((time.perf_counter() - t1) * 1e3)
+        seen += len(r.entries)
+        token = r.next_token
+        if not token:
+            break
+    return time.perf_counter() - t_all, pages, seen
+
+
+def list_ids(socket: str, page: int) -> list[str]:
+    """Every volume id, all pages."""
+    ids, token = [], ""
+    with Client(socket) as c:
+        while True:
+            r = c.controller.ListVolumes(pb.ListVolumesRequest(max_entries=page,
+                                                               starting_token=token))
+            ids += [e.volume.volume_id for e in r.entries]
+            token = r.next_token
+            if not token:
+                return ids
+
+
+def create_many(drv: DriverProc, kind: Kind, count: int, clients: int) -> list[float]:
+    """CreateVolume restart-00000.. from `clients` clients; the latencies (ms)."""
+    cap = capability(drv.spec, kind)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def creator(w: int) -> None:
+        lat = []
+        with Client(drv.socket) as c:
+            for i in range(w, count, clients):
+                t0 = time.perf_counter()
+                c.controller.CreateVolume(pb.CreateVolumeRequest(
+                    name=f"restart-{i:05d}", capacity_range=pb.CapacityRange(
+                        required_bytes=kind.size), volume_capabilities=[cap],
+                    parameters=params(drv.spec, kind)))
+                lat.append((time.perf_counter() - t0) * 1e3)
+        with lock:
+            latencies.extend(lat)
+
+    with cf.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(creator, range(clients)))
+    return latencies
+
+
+def bench_restart(specs: list[DriverSpec], workdir: str, count: int, clients: int,
+                  page: int, rounds: int) -> dict[str, Any]:
+    """Start-up until Probe answers ready, with an empty pool and with `count` volumes,
+    every driver in turn for `rounds` rounds; RSS right after ready. csi-py's volumes are
+    made through CreateVolume (16 MiB ext4, thin) by `clients` clients, listed, and
+    deleted at the end."""
     out: dict[str, Any] = {"volumes": count, "clients": clients, "page_size": page,
-                           "volume_size_bytes": size}
-    # Start-up on an empty pool: the floor (interpreter, imports, socket) for comparison.
-    empty = DriverProc(spec, os.path.join(workdir, "scale-empty"))
-    out["startup_empty_pool_s"] = round(empty.start(), 3)
-    out["rss_empty_pool_kib"] = proc_status(empty.pid).get("VmRSS")
-    empty.stop()
-
-    drv = DriverProc(spec, os.path.join(workdir, "scale"))
-    drv.start()
+                           "rounds": rounds, "drivers": {}}
+    procs = {s.name: DriverProc(s, os.path.join(workdir, f"restart-{s.name}")) for s in specs}
+    empties = {s.name: DriverProc(s, os.path.join(workdir, f"restart-empty-{s.name}"))
+               for s in specs}
     try:
-        cap = capability(spec, kind)
-        latencies: list[float] = []
-        lat_lock = threading.Lock()
-        ids: list[str] = []
-
-        def creator(w: int) -> list[str]:
-            made, lat = [], []
+        for name, drv in procs.items():
+            drv.start()
+            res: dict[str, Any] = {}
+            out["drivers"][name] = res
+            kind = Kind("ext4", False, "ext4", 16 * MiB) if name == "csi-py" else \
+                Kind("mount", False, "", 16 * MiB)
+            if name == "reference":
+                with Client(drv.socket) as c:
+                    c.controller.CreateVolume(pb.CreateVolumeRequest(
+                        name="restart-template", capacity_range=pb.CapacityRange(
+                            required_bytes=kind.size),
+                        volume_capabilities=[capability(drv.spec, kind)]))
+                drv.stop()
+                reference_fill_state(drv, count)
+                res["volumes_made_by"] = "its own state file, one RPC-made record copied"
+                continue
+            log(f"restart: creating {count} volumes in csi-py with {clients} clients")
+            t0 = time.perf_counter()
+            latencies = create_many(drv, kind, count, clients)
+            res["create_s"] = round(time.perf_counter() - t0, 3)
+            res["create_per_s"] = round(count / res["create_s"], 1)
+            res["create_latency_ms"] = summarize(latencies)
             with Client(drv.socket) as c:
-                for i in range(w, count, clients):
-                    t0 = time.perf_counter()
-                    v = c.controller.CreateVolume(pb.CreateVolumeRequest(
-                        name=f"scale-{i:05d}", capacity_range=pb.CapacityRange(
-                            required_bytes=size), volume_capabilities=[cap],
-                        parameters=params(spec, kind))).volume
-                    lat.append((time.perf_counter() - t0) * 1e3)
-                    made.append(v.volume_id)
-            with lat_lock:
-                latencies.extend(lat)
-            return made
+                total, pages, seen = list_all(c, page)
+            res["list_all_s"] = round(total, 3)
+            res["list_page_ms"] = summarize(pages)
+            res["list_seen"] = seen
+            res["hwm_before_restart_kib"] = proc_status(drv.pid).get("VmHWM")
+            res["stop_s"] = round(drv.stop(), 3)
+            log(f"  created in {res['create_s']} s, listed in {res['list_all_s']} s")
+        for r in range(rounds):
+            for name in (list(procs) if r % 2 == 0 else list(reversed(procs))):
+                for label, drv in (("full", procs[name]), ("empty", empties[name])):
+                    took = drv.start(state=drv.state or None)
+                    st = proc_status(drv.pid)
+                    res = out["drivers"][name]
+                    res.setdefault(f"startup_{label}_s", []).append(round(took, 4))
+                    res.setdefault(f"rss_{label}_kib", []).append(st.get("VmRSS"))
+                    res.setdefault(f"hwm_{label}_kib", []).append(st.get("VmHWM"))
+                    if label == "full" and name == "csi-py" and r == rounds - 1:
+                        with Client(drv.socket) as c:
+                            total, _pages, seen = list_all(c, page)
+                        res["list_all_after_restart_s"] = round(total, 3)
+                        res["list_seen_after_restart"] = seen
+                        res["hwm_after_list_kib"] = proc_status(drv.pid).get("VmHWM")
+                    drv.stop()
+            log(f"  restart round {r + 1}/{rounds} done")
+        for name, res in out["drivers"].items():
+            for key in [k for k in res if k.startswith(("startup_", "rss_", "hwm_"))
+                        and isinstance(res[k], list)]:
+                res[key + "_median"] = statistics.median(res[key])
+            log(f"  {name}: start-up with {count} volumes {res['startup_full_s_median']} s "
+                f"(empty {res['startup_empty_s_median']} s), RSS "
+                f"{res['rss_full_kib_median']} KiB")
+        if "csi-py" in procs:
+            drv = procs["csi-py"]
+            drv.start(state=drv.state)
+            res = out["drivers"]["csi-py"]
+            ids = list_ids(drv.socket, page)
 
-        log(f"scale: creating {count} volumes with {clients} clients")
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(clients) as pool:
-            for made in pool.map(creator, range(clients)):
-                ids.extend(made)
-        out["create_s"] = round(time.perf_counter() - t0, 3)
-        out["create_per_s"] = round(count / out["create_s"], 1)
-        out["create_latency_ms"] = summarize(latencies)
-        out["rss_after_create_kib"] = proc_status(drv.pid).get("VmRSS")
-        log(f"  {out['create_s']} s ({out['create_per_s']}/s); listing")
+            def deleter(w: int) -> None:
+                with Client(drv.socket) as c:
+                    for vid in ids[w::clients]:
+                        c.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
 
-        def list_all(c: Client) -> tuple[float, list[float], int]:
-            pages, seen, token = [], 0, ""
-            t_all = time.perf_counter()
-            while True:
-                t1 = time.perf_counter()
-                r = c.controller.ListVolumes(pb.ListVolumesRequest(
-                    max_entries=page, starting_token=token))
-                pages.append((time.perf_counter() - t1) * 1e3)
-                seen += len(r.entries)
-                token = r.next_token
-                if not token:
-                    break
-            return time.perf_counter() - t_all, pages, seen
-
-        with Client(drv.socket) as c:
-            total, pages, seen = list_all(c)
-        out["list_all_s"] = round(total, 3)
-        out["list_pages"] = len(pages)
-        out["list_page_ms"] = summarize(pages)
-        out["list_seen"] = seen
-        out["rss_after_list_kib"] = proc_status(drv.pid).get("VmRSS")
-        out["hwm_before_restart_kib"] = proc_status(drv.pid).get("VmHWM")
-        log(f"  all {len(pages)} pages in {out['list_all_s']} s; restarting")
-
-        out["stop_s"] = round(drv.stop(), 3)
-        out["startup_s"] = round(drv.start(state=drv.state), 3)
-        out["rss_after_startup_kib"] = proc_status(drv.pid).get("VmRSS")
-        with Client(drv.socket) as c:
-            total, pages, seen = list_all(c)
-        out["list_all_after_restart_s"] = round(total, 3)
-        out["list_seen_after_restart"] = seen
-        st = proc_status(drv.pid)
-        out["rss_after_restart_list_kib"] = st.get("VmRSS")
-        out["hwm_after_restart_kib"] = st.get("VmHWM")
-        log(f"  start-up {out['startup_s']} s (empty pool {out['startup_empty_pool_s']} s), "
-            f"RSS {out['rss_after_restart_list_kib']} KiB; deleting")
-
-        def deleter(w: int) -> None:
-            with Client(drv.socket) as c:
-                for vid in ids[w::clients]:
-                    c.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
-
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(clients) as pool:
-            list(pool.map(deleter, range(clients)))
-        out["delete_s"] = round(time.perf_counter() - t0, 3)
-        out["delete_per_s"] = round(count / out["delete_s"], 1)
-        with Client(drv.socket) as c:
-            out["left_after_delete"] = len(c.controller.ListVolumes(
-                pb.ListVolumesRequest()).entries)
-        log(f"  deleted in {out['delete_s']} s")
+            t0 = time.perf_counter()
+            with cf.ThreadPoolExecutor(clients) as pool:
+                list(pool.map(deleter, range(clients)))
+            res["delete_s"] = round(time.perf_counter() - t0, 3)
+            res["deleted"] = len(ids)
+            res["left_after_delete"] = len(list_ids(drv.socket, page))
+            log(f"  csi-py deleted {len(ids)} in {res['delete_s']} s, "
+                f"{res['left_after_delete']} left")
     finally:
-        drv.stop()
+        for drv in [*procs.values(), *empties.values()]:
+            drv.stop()
     return out
-
 
 # --------------------------------------------------------------------------- snapshots
 
@@ -995,7 +1356,7 @@ def bench_snapshots(workdir: str, vol_size: int, data: int, pool_size: int
 # --------------------------------------------------------------------------- machine
 
 
-def machine(ref: DriverSpec | None, ref_why: str) -> dict[str, Any]:
+def machine() -> dict[str, Any]:
     cpu = "unknown"
     with open("/proc/cpuinfo") as fh:
         for line in fh:
@@ -1021,8 +1382,6 @@ def machine(ref: DriverSpec | None, ref_why: str) -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError, IndexError):
             return "unavailable"
 
-    import grpc as _grpc
-
     return {
         "cpu_model": cpu,
         "cores": os.cpu_count(),
@@ -1030,70 +1389,98 @@ def machine(ref: DriverSpec | None, ref_why: str) -> dict[str, Any]:
         "kernel": platform.release(),
         "distro": distro,
         "python": platform.python_version(),
-        "grpcio": _grpc.__version__,
+        "grpcio": grpc.__version__,
         "fio": version(["fio", "--version"]),
-        "go": version(["go", "version"]),
+        "tmp_dir": tempfile.gettempdir(),
         "tmp_filesystem": fs_type_of(tempfile.gettempdir()),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "csi_py_version": csi_py_spec().version,
-        "reference_version": ref.version if ref else None,
-        "reference_unavailable": None if ref else ref_why,
     }
 
 
 # --------------------------------------------------------------------------- main
 
+QUICK = {"seq": 3, "per_client": 1, "rounds": 2, "fio_runtime": 2, "fio_size": 32 * MiB,
+         "fio_rounds": 1, "volumes": 500, "restart_rounds": 1, "client_calls": 300,
+         "snapshot_volume": 1 * GiB, "snapshot_data": 128 * MiB}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="lifecycle,io,scale,snapshots")
+    ap.add_argument("--sections", default="client,lifecycle,io,restart,snapshots")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
-    ap.add_argument("--seq", type=int, default=60, help="sequential lifecycles per kind")
+    ap.add_argument("--quick", action="store_true",
+                    help="small counts for checking the harness (results not for the docs)")
+    ap.add_argument("--seq", type=int, default=8, help="sequential lifecycles per round")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--per-client", type=int, default=6, help="lifecycles per concurrent client")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="interleaved rounds the lifecycle counts are split into")
+    ap.add_argument("--per-client", type=int, default=2,
+                    help="lifecycles per concurrent client per round")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved lifecycle rounds")
+    ap.add_argument("--client-calls", type=int, default=2000)
     ap.add_argument("--fio-size", type=int, default=256 * MiB)
-    ap.add_argument("--fio-runtime", type=int, default=10)
-    ap.add_argument("--scale", type=int, default=10_000)
-    ap.add_argument("--scale-page", type=int, default=500)
+    ap.add_argument("--fio-runtime", type=int, default=5)
+    ap.add_argument("--fio-rounds", type=int, default=2)
+    ap.add_argument("--volumes", type=int, default=10_000, help="for the restart section")
+    ap.add_argument("--restart-rounds", type=int, default=3)
+    ap.add_argument("--page", type=int, default=500)
     ap.add_argument("--snapshot-volume", type=int, default=10 * GiB)
     ap.add_argument("--snapshot-data", type=int, default=1 * GiB)
-    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="measure csi-py alone (no ratios to the reference)")
+    ap.add_argument("--null-server", metavar="SOCKET", help=argparse.SUPPRESS)
+    ap.add_argument("--aio", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.null_server:
+        return null_server(args.null_server, args.aio)
+    if args.quick:
+        for k, v in QUICK.items():
+            if ap.get_default(k) == getattr(args, k):
+                setattr(args, k, v)
     if os.geteuid() != 0:
         print("the benchmark needs root (loop devices, mounts)", file=sys.stderr)
         return 1
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-
-    ref, ref_why = (None, "--no-reference") if args.no_reference else reference_spec()
-    specs = [csi_py_spec()] + ([ref] if ref else [])
-    if not ref:
-        log(f"reference driver unavailable ({ref_why}); measuring the reference floor instead")
+    specs = [csi_py_spec()]
+    if not args.no_reference:
+        try:
+            specs.append(reference_spec(os.environ.get("REFERENCE_BIN", "")))
+        except BenchError as exc:
+            print(f"benchmark: reference unavailable: {exc}", file=sys.stderr)
+            return 2
 
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(ref, ref_why),
-        "parameters": vars(args),
+        "quick": args.quick,
+        "machine": machine(),
+        "parameters": {k: v for k, v in vars(args).items()
+                       if k not in ("null_server", "aio")},
+        "drivers": [s.name for s in specs],
     }
     workdir = tempfile.mkdtemp(prefix="csi-bench-")
     os.chmod(workdir, 0o700)
-    log(f"workdir {workdir}")
+    log(f"workdir {workdir} ({fs_type_of(workdir)}); drivers {', '.join(results['drivers'])}")
     status = 0
     t_start = time.perf_counter()
     try:
         for section in sections:
             t0 = time.perf_counter()
             try:
-                if section == "lifecycle":
+                if section == "client":
+                    results["client"] = bench_client(workdir, args.client_calls)
+                elif section == "lifecycle":
                     results["lifecycle"] = bench_lifecycle(
                         specs, workdir, args.seq, args.clients, args.per_client, args.rounds)
+                    for name, d in results["lifecycle"]["drivers"].items():
+                        if name == "reference":
+                            results["reference_version"] = d["plugin"].get("vendor_version")
                 elif section == "io":
-                    results["io"] = bench_io(specs, workdir, args.fio_size, args.fio_runtime)
-                elif section == "scale":
-                    results["scale"] = bench_scale(workdir, args.scale, args.clients,
-                                                   args.scale_page, 16 * MiB)
+                    results["io"] = bench_io(specs, workdir, args.fio_size, args.fio_runtime,
+                                             args.fio_rounds, knobs=not args.quick)
+                elif section == "restart":
+                    results["restart"] = bench_restart(specs, workdir, args.volumes,
+                                                       args.clients, args.page,
+                                                       args.restart_rounds)
                 elif section == "snapshots":
                     results["snapshots"] = bench_snapshots(
                         workdir, args.snapshot_volume, args.snapshot_data, 16 * GiB)
@@ -1102,6 +1489,7 @@ def main() -> int:
             except Exception as exc:  # noqa: BLE001 - keep the other sections
                 traceback.print_exc()
                 results.setdefault("errors", {})[section] = f"{type(exc).__name__}: {exc}"
+                log(f"section {section} FAILED: {exc}")
                 status = 1
             results.setdefault("section_seconds", {})[section] = round(
                 time.perf_counter() - t0, 1)

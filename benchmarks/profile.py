@@ -13,7 +13,7 @@ Scenarios (all on a private temporary pool, cleaned up like the harness):
   snapshot   CreateSnapshot of a published ext4 volume on an ext4 pool (a sparse copy)
   startup    start-up with N volumes in the catalog (py-spy launches the driver)
 
-Writes benchmarks/results/profile/profile.json (read by report.py), <scenario>.md and the
+Writes benchmarks/results/profile/profile.json, <scenario>.md and the
 raw collapsed stacks <scenario>.collapsed.txt.
 """
 

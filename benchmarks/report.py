@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Render benchmarks/results/latest.json into docs/benchmarks.md, docs/benchmarks.png and
-benchmarks/results/summary.md. Every csi-py number is shown next to the baseline measured
-in the same run and as a ratio against it."""
+benchmarks/results/summary.md. Every csi-py figure stands next to the reference measured in
+the same run and as a ratio to it; the profile findings (benchmarks/findings.md, written by
+hand from py-spy runs) are included as they are."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ GiB = 1 << 30
 
 RPCS = ("CreateVolume", "ControllerPublishVolume", "NodeStageVolume", "NodePublishVolume",
         "NodeUnpublishVolume", "NodeUnstageVolume", "ControllerUnpublishVolume", "DeleteVolume")
-# csi-py kind -> the reference kind it is compared with (the reference ignores fsType:
-# its "mount" volumes are plain directories).
-PAIRS = (("ext4", "mount"), ("xfs", "mount"), ("block", "block"))
+# Figures of the round before this one (docs/benchmarks.md at 6397d49, csi-py 506ea76),
+# for target 6: none of them may get worse.
+PREVIOUS = {"create_per_s": 596.0, "list_all_s": 0.221, "snapshot_xfs_s": 0.055,
+            "snapshot_ext4_s": 0.773}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -39,466 +41,433 @@ def num(v: float | None, unit: str = "", nd: int = 1) -> str:
     return f"{v:,.{nd}f}{unit}"
 
 
-class Baseline:
-    """The reference measured in this run, or, when its binary could not be built, the
-    floor of its work: the external commands it runs, without its gRPC or state file."""
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+class View:
+    """The numbers the tables need, from latest.json."""
 
     def __init__(self, res: dict[str, Any]) -> None:
-        life = res.get("lifecycle", {})
-        self.real = "reference" in life
-        self.life = life.get("reference") or life.get("reference-floor") or {}
-        m = res["machine"]
-        if self.real:
-            self.name = f"reference ({m.get('reference_version')})"
-            self.short = "ref"
-        else:
-            self.name = "reference floor"
-            self.short = "floor"
-        self.unavailable = m.get("reference_unavailable")
+        self.res = res
+        life = res.get("lifecycle") or {}
+        self.life = life.get("results", {})
+        self.pairs = life.get("paired_ratios", {})
+        self.clients = life.get("clients", 8)
+
+    def tput(self, drv: str, kind: str, mode: str) -> float | None:
+        return get(self.life, drv, kind, mode, "per_second")
+
+    def p50(self, drv: str, kind: str, rpc: str) -> float | None:
+        return get(self.life, drv, kind, "sequential", "rpc", rpc, "p50")
+
+    def pair(self, label: str, mode: str) -> float | None:
+        return get(self.pairs, label, mode, "median")
+
+    def io(self, target: str, job: str) -> float | None:
+        return get(self.res, "io", "targets", target, job, "iops")
+
+    def restart(self, drv: str, key: str) -> Any:
+        return get(self.res, "restart", "drivers", drv, key)
 
 
-def lifecycle_tables(res: dict[str, Any], base: Baseline) -> tuple[list[str], dict[str, Any]]:
-    life = res.get("lifecycle", {})
-    csi = life.get("csi-py", {})
-    lines: list[str] = []
-    facts: dict[str, Any] = {}
-    lines += [
-        f"| kind | csi-py sequential | {base.short} sequential | ratio | csi-py "
-        f"{_clients(res)} clients | {base.short} {_clients(res)} clients | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for mine, theirs in PAIRS:
-        if mine not in csi:
-            continue
-        c, b = csi[mine], base.life.get(theirs, {})
-        cs, cc = c["sequential"]["per_second"], c["concurrent"]["per_second"]
-        bs = b.get("sequential", {}).get("per_second")
-        bc = b.get("concurrent", {}).get("per_second")
-        facts[mine] = {"seq": cs, "conc": cc, "base_seq": bs, "base_conc": bc,
-                       "r_seq": ratio(cs, bs), "r_conc": ratio(cc, bc)}
-        lines.append(f"| {mine} ({c['size_bytes'] >> 20} MiB) vs {base.short} {theirs} | "
-                     f"{cs:.1f}/s | {num(bs)}/s | {fx(ratio(cs, bs))} | {cc:.1f}/s | "
-                     f"{num(bc)}/s | {fx(ratio(cc, bc))} |")
-    return lines, facts
+def targets(v: View) -> list[str]:
+    rows = ["| # | target | csi-py | reference | ratio (csi-py / reference) | verdict |",
+            "|---|---|---|---|---|---|"]
+    n = v.clients
+    for label, kind, ref_kind, need, num_ in (
+            ("Block lifecycle >= 5x the reference", "block", "block", 5.0, "1"),
+            ("ext4 lifecycle >= 2x the reference's plain directories", "ext4", "mount", 2.0,
+             "2")):
+        pair = "block" if kind == "block" else "ext4 vs directories"
+        rs, rc = v.pair(pair, "sequential"), v.pair(pair, "concurrent")
+        ok = None if rs is None or rc is None else rs >= need and rc >= need
+        rows.append(
+            f"| {num_} | {label}, sequential / {n} clients | "
+            f"{num(v.tput('csi-py', kind, 'sequential'), '/s')} / "
+            f"{num(v.tput('csi-py', kind, 'concurrent'), '/s')} | "
+            f"{num(v.tput('reference', ref_kind, 'sequential'), '/s')} / "
+            f"{num(v.tput('reference', ref_kind, 'concurrent'), '/s')} | "
+            f"{fx(rs)} / {fx(rc)} | {verdict(ok)} |")
+    for rpc, limit in (("NodePublishVolume", 0.5), ("NodeUnpublishVolume", 0.5),
+                       ("CreateVolume", 1.0)):
+        mine = [v.p50("csi-py", k, rpc) for k in ("block", "ext4")]
+        theirs = [v.p50("reference", k, rpc) for k in ("block", "mount")]
+        ok = None if None in mine else max(m for m in mine if m is not None) <= limit
+        rows.append(
+            f"| 3 | {rpc} p50 <= {limit} ms (block / ext4; reference block / directory) | "
+            f"{num(mine[0], ' ms', 2)} / {num(mine[1], ' ms', 2)} | "
+            f"{num(theirs[0], ' ms', 2)} / {num(theirs[1], ' ms', 2)} | "
+            f"{fx(ratio(mine[0], theirs[0]))} / {fx(ratio(mine[1], theirs[1]))} | "
+            f"{verdict(ok)} |")
+    pool = "pool filesystem"
+    for job, what in (("rand_read_4k", "read"), ("rand_write_4k", "write")):
+        p = v.io(pool, job)
+        vals = {t: v.io(t, job) for t in ("csi-py ext4", "csi-py block", "reference block",
+                                          "bare losetup --direct-io")}
+        ok = None if p is None or None in (vals["csi-py ext4"], vals["csi-py block"]) else \
+            min(vals["csi-py ext4"] or 0, vals["csi-py block"] or 0) >= 0.9 * p
+        rows.append(
+            f"| 4 | 4 KiB random {what} in a volume >= 0.9x the pool fs (ext4 / block; "
+            f"bare loop) | {fx(ratio(vals['csi-py ext4'], p))} / "
+            f"{fx(ratio(vals['csi-py block'], p))} of the pool; bare `losetup --direct-io` "
+            f"{fx(ratio(vals['bare losetup --direct-io'], p))} | block "
+            f"{fx(ratio(vals['reference block'], p))} of the pool (buffered: page cache) | "
+            f"block {fx(ratio(vals['csi-py block'], vals['reference block']))} | "
+            f"{verdict(ok)} (see I/O) |")
+    vols = get(v.res, "restart", "volumes")
+    s_c, s_r = v.restart("csi-py", "startup_full_s_median"), \
+        v.restart("reference", "startup_full_s_median")
+    rss_c, rss_r = v.restart("csi-py", "rss_full_kib_median"), \
+        v.restart("reference", "rss_full_kib_median")
+    rows.append(
+        f"| 5 | restart until Probe answers, {num(vols, '', 0)} volumes: <= 0.3 s | "
+        f"{num(s_c, ' s', 3)} | {num(s_r, ' s', 3)} | {fx(ratio(s_c, s_r))} (lower is "
+        f"better) | {verdict(None if s_c is None else s_c <= 0.3)} |")
+    rows.append(
+        f"| 5 | resident memory after that start-up < 80 MiB | "
+        f"{num(rss_c and rss_c / 1024, ' MiB')} | {num(rss_r and rss_r / 1024, ' MiB')} | "
+        f"{fx(ratio(rss_c, rss_r))} | "
+        f"{verdict(None if rss_c is None else rss_c < 80 * 1024)} |")
+    cr = v.restart("csi-py", "create_per_s")
+    ls = v.restart("csi-py", "list_all_s")
+    sx = get(v.res, "snapshots", "xfs pool", "create_snapshot_s")
+    se = get(v.res, "snapshots", "ext4 pool", "create_snapshot_s")
+    six = []
+    if cr is not None and vols == 10_000:
+        six.append((f"create {num(cr, '/s')} (was {PREVIOUS['create_per_s']:.0f}/s)",
+                    cr >= PREVIOUS["create_per_s"]))
+        six.append((f"list all {num(ls, ' s', 3)} (was {PREVIOUS['list_all_s']} s)",
+                    ls is not None and ls <= PREVIOUS["list_all_s"]))
+    if get(v.res, "snapshots", "data_bytes") != GiB:
+        sx = se = None  # another size than last round's: not comparable
+    if sx is not None:
+        six.append((f"xfs snapshot {sx:.3f} s (was {PREVIOUS['snapshot_xfs_s']} s)",
+                    sx <= PREVIOUS["snapshot_xfs_s"]))
+    if se is not None:
+        six.append((f"ext4 snapshot {se:.3f} s (was {PREVIOUS['snapshot_ext4_s']} s)",
+                    se <= PREVIOUS["snapshot_ext4_s"]))
+    rows.append(
+        "| 6 | no figure of the last round worse (10k creation and listing, 1 GiB "
+        "snapshot; csi-sanity is not run here) | " + "; ".join(t for t, _ in six) +
+        " | | | " + (verdict(all(ok for _, ok in six)) if six else "n/a") + " (loaded "
+        "machine: compare in a quiet run) |")
+    return rows
 
 
-def _clients(res: dict[str, Any]) -> int:
-    return int(res.get("parameters", {}).get("clients", 8))
-
-
-def latency_tables(res: dict[str, Any], base: Baseline) -> list[str]:
-    csi = res.get("lifecycle", {}).get("csi-py", {})
-    lines: list[str] = []
-    for mine, theirs in PAIRS:
-        if mine not in csi:
-            continue
-        rpc_c = csi[mine]["sequential"]["rpc"]
-        rpc_b = base.life.get(theirs, {}).get("sequential", {}).get("rpc", {})
-        lines += [
-            f"**{mine}** (csi-py) vs **{theirs}** ({base.short}), sequential, milliseconds:",
-            "",
-            f"| RPC | p50 | p90 | p99 | {base.short} p50 | {base.short} p90 | "
-            f"{base.short} p99 | p50 ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        total_c = total_b = 0.0
-        for rpc in RPCS:
-            c = rpc_c.get(rpc)
-            if not c:
-                continue
-            b = rpc_b.get(rpc)
-            b_txt: tuple[str, ...]
-            if b is None and not base.real and rpc in ("NodeStageVolume", "NodeUnstageVolume",
-                                                       "ControllerPublishVolume",
-                                                       "ControllerUnpublishVolume"):
-                b_txt = ("(state file)",) * 3
-                r_txt = "n/a"
-            else:
-                b_txt = tuple(num((b or {}).get(k), nd=2) for k in ("p50", "p90", "p99"))
-                r_txt = fx(ratio(c["p50"], (b or {}).get("p50")))
-            total_c += c["p50"]
-            total_b += (b or {}).get("p50", 0.0)
-            lines.append(f"| {rpc} | {c['p50']:.2f} | {c['p90']:.2f} | {c['p99']:.2f} | "
-                         f"{b_txt[0]} | {b_txt[1]} | {b_txt[2]} | {r_txt} |")
-        lines.append(f"| sum of p50s | {total_c:.2f} | | | {total_b:.2f} | | | "
-                     f"{fx(ratio(total_c, total_b))} |")
-        lines.append("")
-    return lines
-
-
-IO_JOBS = (("seq_write_1m", "bw_mib_s", "MiB/s"), ("seq_read_1m", "bw_mib_s", "MiB/s"),
-           ("rand_read_4k", "iops", "IOPS"), ("rand_write_4k", "iops", "IOPS"))
-
-
-def io_table(res: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    io = res.get("io")
-    if not io:
-        return ["(not run)"], {}
-    targets = io["targets"]
-    pool_key = next((k for k in targets if k.startswith("pool filesystem")), "")
-    pool = targets.get(pool_key, {})
-    ref_key = next((k for k in targets if k.startswith("reference ")), None)
-    lines = [
-        "| where | " + " | ".join(f"{j.replace('_', ' ')} ({u})" for j, _, u in IO_JOBS) + " |",
-        "|---|" + "---:|" * len(IO_JOBS),
-    ]
-    facts: dict[str, Any] = {}
-    for name, jobs in targets.items():
-        cells = []
-        for job, key, _unit in IO_JOBS:
-            v = jobs.get(job, {}).get(key)
-            r = ratio(v, pool.get(job, {}).get(key))
-            cells.append(f"{num(v, nd=0)} ({fx(r)} pool)" if name != pool_key
-                         else num(v, nd=0))
-            facts.setdefault(name, {})[job] = {"value": v, "vs_pool": r,
-                                               "vs_ref": ratio(v, targets.get(ref_key or "", {})
-                                                               .get(job, {}).get(key))}
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines, facts
-
-
-def chart(res: dict[str, Any], base: Baseline, life: dict[str, Any], io: dict[str, Any],
-          path: str) -> None:
+def chart(v: View, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 6))
-    # 1. lifecycle throughput
     ax = axes[0]
-    kinds = [k for k, _ in PAIRS if k in life]
-    xs = range(len(kinds))
-    w = 0.2
-    series = [("csi-py sequential", [life[k]["seq"] for k in kinds], "#1f77b4"),
-              (f"{base.short} sequential", [life[k]["base_seq"] or 0 for k in kinds], "#aec7e8"),
-              (f"csi-py {_clients(res)} clients", [life[k]["conc"] for k in kinds], "#d62728"),
-              (f"{base.short} {_clients(res)} clients", [life[k]["base_conc"] or 0 for k in kinds],
-               "#ff9896")]
-    for i, (label, vals, color) in enumerate(series):
-        bars = ax.bar([x + (i - 1.5) * w for x in xs], vals, w, label=label, color=color)
-        if i in (0, 2):
-            base_vals = series[i + 1][1]
-            for bar, v, bv in zip(bars, vals, base_vals, strict=True):
-                if bv:
-                    ax.annotate(f"{v / bv:.2f}x", (bar.get_x() + bar.get_width() / 2, v),
+    groups = [("block", "block", "block"), ("ext4", "mount", "ext4")]
+    labels = [f"{a} sequential" for a, _, _ in groups] + \
+        [f"{a} {v.clients} clients" for a, _, _ in groups]
+    modes = ["sequential"] * 2 + ["concurrent"] * 2
+    w = 0.27
+    for i, (drv, color, which) in enumerate((("csi-py", "#1f77b4", 0), ("reference", "#ff7f0e", 1),
+                                             ("kernel-floor", "#7f7f7f", 2))):
+        vals = [v.tput(drv, g[which if drv != "kernel-floor" else 2] if drv != "csi-py"
+                       else g[0], m) or 0
+                for g, m in zip(groups * 2, modes, strict=True)]
+        bars = ax.bar([x + (i - 1) * w for x in range(4)], vals, w, label=drv, color=color)
+        if drv == "csi-py":
+            # The median of the per-round ratios, as in the tables.
+            pairs = [v.pair("block" if g[0] == "block" else "ext4 vs directories", m)
+                     for g, m in zip(groups * 2, modes, strict=True)]
+            for bar, val, r in zip(bars, vals, pairs, strict=True):
+                if r:
+                    ax.annotate(f"{r:.2f}x", (bar.get_x() + bar.get_width() / 2, val),
                                 ha="center", va="bottom", fontsize=8)
-    pairs = dict(PAIRS)
-    ax.set_xticks(list(xs), [f"{k}\nvs {base.short} {pairs[k]}" for k in kinds])
-    ax.set_ylabel("volume lifecycles per second")
-    ax.set_title("Lifecycle throughput (create .. delete)")
+    ax.set_yscale("log")
+    ax.set_xticks(range(4), [lb.replace(" ", "\n", 1) for lb in labels], fontsize=8)
+    ax.set_ylabel("lifecycles per second (log); reference mount = directories")
+    ax.set_title("Lifecycle throughput, median of rounds (label: ratio to reference)")
     ax.legend(fontsize=8)
-    # 2. per-RPC p50 latency, block and ext4
     ax = axes[1]
-    csi = res.get("lifecycle", {}).get("csi-py", {})
-    labels, mine, theirs = [], [], []
-    for k, theirs_kind in (("block", "block"), ("ext4", "mount")):
-        if k not in csi:
-            continue
-        for rpc in ("CreateVolume", "NodeStageVolume", "NodePublishVolume",
-                    "NodeUnpublishVolume", "NodeUnstageVolume", "DeleteVolume"):
-            c = csi[k]["sequential"]["rpc"].get(rpc, {}).get("p50")
-            b = base.life.get(theirs_kind, {}).get("sequential", {}).get("rpc", {}).get(
-                rpc, {}).get("p50")
+    names, mine, theirs = [], [], []
+    for kind, ref_kind in (("block", "block"), ("ext4", "mount")):
+        for rpc in RPCS:
+            c = v.p50("csi-py", kind, rpc)
             if c is None:
                 continue
-            labels.append(f"{k} {rpc.replace('Volume', '').replace('Node', 'N.')}")
+            names.append(f"{kind} {rpc.replace('Volume', '')}")
             mine.append(c)
-            theirs.append(b or 0)
-    ys = range(len(labels))
+            theirs.append(v.p50("reference", ref_kind, rpc) or 0)
+    ys = range(len(names))
     ax.barh([y - 0.2 for y in ys], mine, 0.4, label="csi-py p50", color="#1f77b4")
-    ax.barh([y + 0.2 for y in ys], theirs, 0.4, label=f"{base.short} p50", color="#aec7e8")
-    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.barh([y + 0.2 for y in ys], theirs, 0.4, label="reference p50", color="#ff7f0e")
+    ax.set_yticks(list(ys), names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.axvline(1.0, color="grey", ls=":", lw=1)
-    ax.set_xlabel("milliseconds (log); dotted: 1 ms")
-    ax.set_title("Per-RPC median latency, sequential")
+    ax.axvline(0.5, color="green", ls="--", lw=1, label="0.5 ms")
+    ax.set_xlabel("milliseconds (log)")
+    ax.set_title("Per-RPC p50, sequential")
     ax.legend(fontsize=8)
-    # 3. I/O ratio vs the pool filesystem
     ax = axes[2]
-    names = [n for n in io if not n.startswith("pool filesystem")]
-    jobs = [j for j, _, _ in IO_JOBS]
-    w = 0.8 / max(len(names), 1)
-    top = 1.6
-    for i, n in enumerate(names):
-        vals = [io[n][j]["vs_pool"] or 0 for j in jobs]
-        xs_ = [x + (i - (len(names) - 1) / 2) * w for x in range(len(jobs))]
-        ax.bar(xs_, [min(v, top) for v in vals], w,
-               label=n if len(n) < 40 else n[:37] + "...")
-        for x, v in zip(xs_, vals, strict=True):
-            ax.annotate(f"{v:.2f}" if v < top else f"{v:.1f}\n(cut)",
-                        (x, min(v, top)), ha="center", va="bottom", fontsize=6)
-    ax.set_ylim(0, top + 0.25)
+    io_targets = [t for t in (get(v.res, "io", "targets") or {}) if t != "pool filesystem"]
+    jobs = ["rand_read_4k", "rand_write_4k"]
+    w = 0.8 / max(len(io_targets), 1)
+    for i, t in enumerate(io_targets):
+        vals = [ratio(v.io(t, j), v.io("pool filesystem", j)) or 0 for j in jobs]
+        xs = [x + (i - (len(io_targets) - 1) / 2) * w for x in range(len(jobs))]
+        ax.bar(xs, vals, w, label=t)
+        for x, val in zip(xs, vals, strict=True):
+            ax.annotate(f"{val:.2f}", (x, val), ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.axhline(0.9, color="green", ls="--", lw=1, label="target 0.9")
     ax.set_xticks(range(len(jobs)), [j.replace("_", " ") for j in jobs])
-    ax.set_ylabel("ratio to the pool filesystem (O_DIRECT fio)")
-    ax.set_title("I/O inside a volume vs the pool filesystem")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
-    fig.suptitle(f"csi-py vs {base.name}, same run, {res['machine']['cores']} cores, "
-                 f"{res['started'][:10]}", fontsize=11)
+    ax.set_ylabel("IOPS ratio to the pool filesystem (fio O_DIRECT, iodepth 32)")
+    ax.set_title("4 KiB random I/O inside a volume")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"csi-py vs reference {v.res.get('reference_version')}, one run, "
+                 f"{v.res['machine']['cores']} shared cores (loaded), {v.res['started'][:10]}",
+                 fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def targets(res: dict[str, Any], base: Baseline, life: dict[str, Any],
-            io: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(target, measured, ratio, verdict) rows."""
-    rows = []
-
-    def rel(f: dict[str, Any], need: float) -> str:
-        vals = [r for r in (f["r_seq"], f["r_conc"]) if r is not None]
-        if not vals:
-            return "not measured"
-        ok = all(r >= need for r in vals)
-        if base.real:
-            return "**met**" if ok else "**missed**"
-        if ok:
-            return "**met** (against the floor, so also against the reference)"
-        # The reference's time per lifecycle is at least the floor's; how much more would
-        # it need for csi-py to meet the target?
-        extra = need * 1e3 / f["seq"] - 1e3 / f["base_seq"]
-        return (f"**missed** unless the reference spends {extra:.1f} ms more per lifecycle "
-                f"than its commands take (sequential: csi-py {1e3 / f['seq']:.1f} ms, floor "
-                f"{1e3 / f['base_seq']:.1f} ms)")
-
-    b = life.get("block")
-    if b:
-        rows.append(("Block-volume lifecycle throughput >= 3x the reference",
-                     f"{b['seq']:.1f}/s sequential, {b['conc']:.1f}/s with {_clients(res)} "
-                     f"clients ({base.short}: {num(b['base_seq'])}/s, {num(b['base_conc'])}/s)",
-                     f"{fx(b['r_seq'])}, {fx(b['r_conc'])}",
-                     rel(b, 3.0)))
-    e = life.get("ext4")
-    if e:
-        rows.append(("Mount-volume (ext4, formatted at first stage) lifecycle throughput >= the "
-                     "reference's",
-                     f"{e['seq']:.1f}/s sequential, {e['conc']:.1f}/s with {_clients(res)} "
-                     f"clients ({base.short}: {num(e['base_seq'])}/s, {num(e['base_conc'])}/s)",
-                     f"{fx(e['r_seq'])}, {fx(e['r_conc'])}",
-                     rel(e, 1.0)))
-    csi = res.get("lifecycle", {}).get("csi-py", {})
-    if csi:
-        p50s = {k: csi[k]["sequential"]["rpc"]["NodePublishVolume"]["p50"]
-                for k in ("ext4", "xfs", "block") if k in csi}
-        bp = {k: base.life.get(t, {}).get("sequential", {}).get("rpc", {}).get(
-            "NodePublishVolume", {}).get("p50") for k, t in PAIRS if k in p50s}
-        rows.append(("NodePublishVolume p50 <= 1 ms (reference ~8 ms)",
-                     ", ".join(f"{k} {v:.2f} ms" for k, v in p50s.items()),
-                     ", ".join(f"{k} {fx(ratio(v, bp.get(k)))}" for k, v in p50s.items()),
-                     "**met**" if max(p50s.values()) <= 1.0 else "**missed**"))
-    vol = io.get("csi-py ext4")
-    if vol:
-        sw = vol["seq_write_1m"]["vs_pool"]
-        rr = vol["rand_read_4k"]["vs_pool"]
-        rw = vol["rand_write_4k"]["vs_pool"]
-        t = res["io"]["targets"]["csi-py ext4"]
-        rows.append(("Sequential write and random 4 KiB IOPS inside a volume >= 90% of the pool "
-                     "filesystem's",
-                     f"seq write {t['seq_write_1m']['bw_mib_s']:.0f} MiB/s, rand read "
-                     f"{t['rand_read_4k']['iops']:.0f} IOPS, rand write "
-                     f"{t['rand_write_4k']['iops']:.0f} IOPS (ext4 volume)",
-                     f"{fx(sw)}, {fx(rr)}, {fx(rw)} of the pool fs",
-                     "**met**" if min(sw or 0, rr or 0, rw or 0) >= 0.9 else
-                     "**missed**" + (" (seq write met)" if (sw or 0) >= 0.9 else "")))
-    sc = res.get("scale")
-    if sc:
-        rss = max(v for k, v in sc.items() if k.startswith(("rss_", "hwm_")) and v)
-        rows.append((f"{sc['volumes']:,} volumes: all ListVolumes pages < 1 s",
-                     f"{sc['list_pages']} pages of {sc['page_size']} in {sc['list_all_s']:.3f} s "
-                     f"(after restart {sc['list_all_after_restart_s']:.3f} s)",
-                     f"{sc['list_all_s']:.2f}x of the limit",
-                     "**met**" if max(sc["list_all_s"], sc["list_all_after_restart_s"]) < 1
-                     else "**missed**"))
-        rows.append((f"{sc['volumes']:,} volumes: start-up < 2 s",
-                     f"{sc['startup_s']:.3f} s to Probe ready (empty pool: "
-                     f"{sc['startup_empty_pool_s']:.3f} s)",
-                     f"{sc['startup_s'] / 2:.2f}x of the limit",
-                     "**met**" if sc["startup_s"] < 2 else "**missed**"))
-        rows.append((f"{sc['volumes']:,} volumes: RSS < 150 MiB",
-                     f"{rss / 1024:.1f} MiB peak (VmHWM; {sc['rss_empty_pool_kib'] / 1024:.1f} "
-                     f"MiB with an empty pool)",
-                     f"{rss / 1024 / 150:.2f}x of the limit",
-                     "**met**" if rss / 1024 < 150 else "**missed**"))
-    if not base.real:
-        rows = [(a, b_, c + (" (floor)" if "x" in c and "limit" not in c and "pool" not in c
-                             else ""), d) for a, b_, c, d in rows]
-    return rows
-
-
-def render(res: dict[str, Any], profile: dict[str, Any] | None, png_rel: str
-           ) -> tuple[str, str]:
-    base = Baseline(res)
+def render(res: dict[str, Any], findings: str, png_rel: str) -> tuple[str, str]:
+    v = View(res)
     m = res["machine"]
-    life_lines, life = lifecycle_tables(res, base)
-    io_lines, io = io_table(res)
-    rows = targets(res, base, life, io)
-    p = res.get("parameters", {})
     out: list[str] = []
     w = out.append
     w("# Benchmarks")
     w("")
     w("csi-py measured side by side with the Go reference driver, "
-      "[csi-driver-host-path](https://github.com/kubernetes-csi/csi-driver-host-path), "
-      "on one machine in one run. Every number below comes from "
-      "`benchmarks/results/latest.json` of that run; rerun with `benchmarks/run` "
-      "(see [Rerunning](#rerunning)).")
+      "[csi-driver-host-path](https://github.com/kubernetes-csi/csi-driver-host-path) "
+      f"{res.get('reference_version') or '(not run)'}, built by hand (see "
+      "[The reference](#the-reference)), on one machine in one run, driven by the same "
+      "Python client. Every number comes from `benchmarks/results/latest.json` of that run; "
+      "rerun with `REFERENCE_BIN=... benchmarks/run` (see [Rerunning](#rerunning)).")
     w("")
-    if not base.real:
-        w("> **The reference binary could not be built on this machine**: "
-          f"{(base.unavailable or '').strip()}")
-        w(">")
-        w("> In its place the harness measured the **reference floor** in the same run: the "
-          "external commands csi-driver-host-path runs for each volume (block: `fallocate`, "
-          "`losetup -j`, `losetup -f --show`, bind `mount` + bind-remount `mount` the way "
-          "k8s mount-utils does it, `umount`, `losetup -d`; mount volumes: `mkdir`, the same "
-          "two `mount`s, `umount`, `rm -r`), run directly without its gRPC server or its JSON "
-          "state file. The reference does at least this work, so its throughput can only be "
-          "lower and its latencies only higher: a csi-py/floor ratio is a **lower bound** of "
-          "the csi-py/reference ratio. For I/O, the reference's block volume data path is "
-          "reproduced exactly (a `fallocate`d file on `losetup` without direct I/O); it "
-          "involves no driver code. With a reference binary (`REFERENCE_BIN=...` or a "
-          "checkout in `benchmarks/.work/src/csi-driver-host-path`, see below) the same "
-          "command measures the real driver instead.")
+    if res.get("quick"):
+        w("> **A --quick run**: small counts, for checking the harness only.")
         w("")
-    w("![csi-py vs the reference](" + png_rel + ")")
+    w(f"> **Loaded machine.** The run shared {m['cores']} cores with other work (load average "
+      f"{m['loadavg_at_start']} at the start, {m.get('loadavg_at_end')} at the end). "
+      "Absolute numbers are noisy; what counts are the ratios, measured in interleaved rounds "
+      "(the order rotates every round) and taken as the median of the per-round ratios.")
+    w("")
+    if res.get("errors"):
+        w("> **Sections that failed:** " + "; ".join(f"{k}: {e}" for k, e in
+                                                    res["errors"].items()))
+        w("")
+    w(f"![csi-py vs the reference]({png_rel})")
     w("")
     w("## Targets")
     w("")
-    w("| target | measured | ratio | verdict |")
-    w("|---|---|---|---|")
-    for a, b, c, d in rows:
-        w(f"| {a} | {b} | {c} | {d} |")
+    out.extend(targets(v))
     w("")
-    w("Ratios are csi-py / baseline: above 1 is better for throughput and I/O, below 1 is "
-      "better for latencies. Latencies are medians (p50) unless a column says otherwise.")
-    w("")
-    w("Reading these numbers:")
-    w("")
-    la, le = m.get("loadavg_at_start"), m.get("loadavg_at_end")
-    w(f"- The machine is shared (load average {la} at the start, {le} at the end, on "
-      f"{m['cores']} cores), so numbers move between runs. The lifecycle section therefore runs "
-      f"every driver and kind in {p.get('rounds', 3)} interleaved rounds (per-round "
-      f"throughputs are in latest.json), and fio runs each job on all targets back to back.")
-    noop = res.get("lifecycle", {}).get("csi-py", {}).get("_noop_rpc", {}).get("GetPluginInfo")
-    pub = (profile or {}).get("publish", {}).get("NodePublishVolume", {}).get("handler_ms", {})
-    if noop:
-        w(f"- An RPC that does nothing (GetPluginInfo) takes {noop['p50']:.2f} ms p50 from the "
-          f"Python client to the Python server and back: that much of every csi-py latency is "
-          f"gRPC and request dispatch, not driver work."
-          + (f" In the profiled run below (py-spy attached, debug logging on) "
-             f"NodePublishVolume's handler itself, by the server's own timing, took "
-             f"{pub['p50']:.2f} ms p50." if pub.get("p50") is not None else ""))
-    io_t = res.get("io", {}).get("targets", {})
-    raw = next((v for k, v in io_t.items() if k.startswith("losetup direct-io")), None)
-    pool_v = next((v for k, v in io_t.items() if k.startswith("pool filesystem")), None)
-    if raw and pool_v:
-        w(f"- I/O: a loop device that `losetup` configures like csi-py's (direct I/O, 4 KiB "
-          f"sectors), with no driver involved, reaches "
-          f"{raw['rand_read_4k']['iops'] / pool_v['rand_read_4k']['iops']:.2f}x the pool's "
-          f"random-read and "
-          f"{raw['rand_write_4k']['iops'] / pool_v['rand_write_4k']['iops']:.2f}x its "
-          f"random-write IOPS in this run: the kernel's loop driver sets the ceiling for any "
-          f"loop-backed volume. The reference's block volumes are buffered loop devices, so "
-          f"O_DIRECT inside them still lands in the page cache: their numbers above the pool's "
-          f"are cache speed, not disk speed, and are lost on a crash.")
+    w("Throughput ratios above 1 favour csi-py; for latencies, start-up and memory below 1 "
+      "does. Why each missed target is missed, and what would win the most, is in "
+      "[Where the time goes](#where-the-time-goes).")
     w("")
     w("## Machine")
     w("")
     w("| | |")
     w("|---|---|")
-    for key in ("cpu_model", "cores", "memory_gib", "kernel", "distro", "python", "grpcio",
-                "fio", "go", "tmp_filesystem", "csi_py_version", "reference_version"):
-        w(f"| {key} | {m.get(key)} |")
-    w(f"| run | {res['started']}, {res.get('total_seconds')} s "
-      f"({', '.join(f'{k} {v} s' for k, v in res.get('section_seconds', {}).items())}) |")
+    for k in ("cpu_model", "cores", "memory_gib", "kernel", "distro", "python", "grpcio", "fio",
+              "tmp_filesystem", "csi_py_version"):
+        w(f"| {k} | {m.get(k)} |")
+    w(f"| reference | {res.get('reference_version')} |")
+    secs = ", ".join(f"{k} {s} s" for k, s in res.get("section_seconds", {}).items())
+    w(f"| run | {res['started']}, {res.get('total_seconds')} s ({secs}) |")
     w("")
-    w("## Volume lifecycle")
+    cl = res.get("client")
+    w("## The harness client's own cost")
     w("")
-    w(f"One lifecycle = CreateVolume, ControllerPublishVolume, NodeStageVolume, "
-      f"NodePublishVolume, NodeUnpublishVolume, NodeUnstageVolume, ControllerUnpublishVolume, "
-      f"DeleteVolume over the driver's unix socket (csi_py.rpc.client, the same code for "
-      f"every driver). Sequential: {p.get('seq')} lifecycles from one client; concurrent: "
-      f"{_clients(res)} clients with their own channel, {p.get('per_client')} lifecycles each. "
-      f"Two uncounted warm-up lifecycles first. ext4 and block volumes are 64 MiB, xfs "
-      f"300 MiB (its minimum); csi-py formats ext4/xfs at the first NodeStageVolume. "
-      f"The reference's mount volumes are directories (it ignores fsType).")
-    w("")
-    w("Throughput, lifecycles per second:")
-    w("")
-    out += life_lines
-    w("")
-    w("Per-RPC latency:")
-    w("")
-    noop = {k: v.get("_noop_rpc") for k, v in res.get("lifecycle", {}).items()
-            if isinstance(v, dict) and v.get("_noop_rpc")}
-    if noop:
-        w("RPCs that do no work show the floor that gRPC, the Python client and the server's "
-          "request handling put under every call (500 calls each, milliseconds):")
+    if cl:
+        w(f"GetPluginInfo {cl['n']} times from the harness client (csi_py.rpc.client, one "
+          "channel) to a null Python gRPC server in a child process (a thread-pool server like "
+          f"csi-py's; it answers from a constant): **p50 {cl['p50']:.3f} ms** per round trip "
+          f"(p99 {cl['p99']:.3f} ms), of which the client process spends "
+          f"**{cl['client_cpu_ms_per_call']:.3f} ms CPU** per call (its process time over the "
+          "calls). That is the client's share of every RPC below, for both drivers alike. The "
+          "same call after 5 ms of idle (as in a lifecycle, where the server's threads go to "
+          "sleep between calls), against a grpc.aio null server, and against the drivers:")
         w("")
-        w("| driver | RPC | p50 | p90 | p99 |")
-        w("|---|---|---:|---:|---:|")
-        for drv_name, rpcs in noop.items():
-            for rpc, st in rpcs.items():
-                w(f"| {drv_name} | {rpc} | {st['p50']:.3f} | {st['p90']:.3f} | "
-                  f"{st['p99']:.3f} |")
+        w("| server | p50 back to back | p99 | client CPU per call | p50 after 5 ms idle | "
+          "client CPU |")
+        w("|---|---:|---:|---:|---:|---:|")
+        rows = [("null server, thread pool (Python)", get(cl, "null-sync", "back_to_back"),
+                 get(cl, "null-sync", "after_5ms_idle")),
+                ("null server, grpc.aio (Python)", get(cl, "null-aio", "back_to_back"),
+                 get(cl, "null-aio", "after_5ms_idle"))]
+        rows += [(d, get(v.res, "lifecycle", "drivers", d, "noop_rpc"),
+                  get(v.res, "lifecycle", "drivers", d, "noop_rpc_after_5ms_idle"))
+                 for d in ("csi-py", "reference")]
+        for name, x, y in rows:
+            if x:
+                w(f"| {name} | {x['p50']:.3f} ms | {x['p99']:.3f} ms | "
+                  f"{x['client_cpu_ms_per_call']:.3f} ms | "
+                  f"{num(y and y['p50'], ' ms', 3)} | "
+                  f"{num(y and y['client_cpu_ms_per_call'], ' ms', 3)} |")
         w("")
-    out += latency_tables(res, base)
-    w("## I/O through a volume")
-    w("")
-    if res.get("io"):
-        w(f"fio {m.get('fio')}, O_DIRECT (`--direct=1 --ioengine=libaio`), "
-          f"{res['io']['runtime_s']} s per job over {res['io']['size_bytes'] >> 20} MiB: "
-          "sequential 1 MiB write and read (iodepth 4), random 4 KiB read and write "
-          "(iodepth 32). Volumes are twice that size; the ext4 volume runs fio on a file inside "
-          "the published mount, block volumes on the published device node. The pool "
-          f"filesystem is {m.get('tmp_filesystem')} on the machine's disk; the `losetup` rows "
-          "are loop devices made by `losetup` over a file in the same filesystem, with no "
-          "driver involved, to separate the loop driver's own cost from csi-py's.")
-        w("")
-    out += io_lines
-    w("")
-    sc = res.get("scale")
-    w("## Scale: 10,000 volumes")
-    w("")
-    if sc:
-        w(f"{sc['volumes']:,} thin {sc['volume_size_bytes'] >> 20} MiB ext4 volumes created by "
-          f"{sc['clients']} concurrent clients in one csi-py catalog, then ListVolumes paged "
-          f"with max_entries={sc['page_size']}, then a restart (SIGTERM, start, time until "
-          f"Probe answers ready: start-up includes reconciling every volume with the kernel), "
-          f"then all deleted. RSS is VmRSS/VmHWM from /proc/PID/status.")
-        w("")
-        w("| measure | value |")
-        w("|---|---:|")
-        items = [
-            ("create all", f"{sc['create_s']:.1f} s ({sc['create_per_s']:.0f}/s; p50 "
-                           f"{sc['create_latency_ms']['p50']:.1f} ms, p99 "
-                           f"{sc['create_latency_ms']['p99']:.1f} ms per call)"),
-            ("list all pages", f"{sc['list_all_s']:.3f} s ({sc['list_pages']} pages, p50 "
-                               f"{sc['list_page_ms']['p50']:.1f} ms, max "
-                               f"{sc['list_page_ms']['max']:.1f} ms per page)"),
-            ("list all pages after restart", f"{sc['list_all_after_restart_s']:.3f} s"),
-            ("stop (SIGTERM until exit)", f"{sc['stop_s']:.3f} s"),
-            ("start-up until Probe ready", f"{sc['startup_s']:.3f} s"),
-            ("start-up, empty pool (same run)", f"{sc['startup_empty_pool_s']:.3f} s"),
-            ("RSS, empty pool", f"{sc['rss_empty_pool_kib'] / 1024:.1f} MiB"),
-            ("RSS after creating", f"{sc['rss_after_create_kib'] / 1024:.1f} MiB"),
-            ("RSS after listing", f"{sc['rss_after_list_kib'] / 1024:.1f} MiB"),
-            ("peak RSS before restart (VmHWM)", f"{sc['hwm_before_restart_kib'] / 1024:.1f} MiB"),
-            ("RSS after restart + listing", f"{sc['rss_after_restart_list_kib'] / 1024:.1f} MiB"),
-            ("delete all", f"{sc['delete_s']:.1f} s ({sc['delete_per_s']:.0f}/s)"),
-            ("volumes left after delete", str(sc["left_after_delete"])),
-        ]
-        for a, b in items:
-            w(f"| {a} | {b} |")
-        w("")
-        w("The reference is not run at this scale: its state is one JSON file rewritten "
-          "on every change, so each call costs O(volumes).")
     else:
         w("(not run)")
+        w("")
+    w("## Volume lifecycle")
     w("")
+    lf = res.get("lifecycle")
+    if lf:
+        w(f"One lifecycle = {', '.join(RPCS)} over the driver's unix socket. Each of "
+          f"{lf['rounds']} interleaved rounds runs, for every driver and kind, "
+          f"{lf['seq_per_round']} sequential lifecycles from one client and then "
+          f"{lf['clients']} clients (own channel each) doing {lf['per_client_per_round']} each; "
+          "two uncounted warm-up lifecycles first. Volumes are 64 MiB. csi-py's ext4 volumes "
+          "are real filesystems (mkfs.ext4 at the first NodeStageVolume); the reference ignores "
+          "fsType: its mount volumes are plain directories. The **kernel floor** does the same "
+          "work with the syscalls alone in the harness (no driver, no catalog): a sparse file, "
+          "LOOP_CTL_GET_FREE + LOOP_CONFIGURE (direct I/O, 4 KiB logical blocks), bind mounts "
+          "with mount(2), umount2(2), LOOP_CLR_FD, unlink; its ext4 lifecycle adds `mkfs.ext4 "
+          "-b 4096` and the mount and unmount of the staging filesystem.")
+        w("")
+        w("Lifecycles per second, median of the rounds, and the median of the per-round ratios:")
+        w("")
+        w(f"| kind | csi-py seq | reference seq | ratio | csi-py {v.clients} clients | "
+          f"reference {v.clients} clients | ratio | kernel floor seq / {v.clients} clients |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for kind, ref_kind, pair in (("block", "block", "block"),
+                                     ("ext4", "mount", "ext4 vs directories")):
+            w(f"| {kind} vs reference {ref_kind} | {num(v.tput('csi-py', kind, 'sequential'))} | "
+              f"{num(v.tput('reference', ref_kind, 'sequential'))} | "
+              f"{fx(v.pair(pair, 'sequential'))} | "
+              f"{num(v.tput('csi-py', kind, 'concurrent'))} | "
+              f"{num(v.tput('reference', ref_kind, 'concurrent'))} | "
+              f"{fx(v.pair(pair, 'concurrent'))} | "
+              f"{num(v.tput('kernel-floor', kind, 'sequential'))} / "
+              f"{num(v.tput('kernel-floor', kind, 'concurrent'))} |")
+        w("")
+        fb = get(v.life, "kernel-floor", "block", "sequential", "rpc", "lifecycle", "p50")
+        fe = get(v.life, "kernel-floor", "ext4", "sequential", "rpc", "lifecycle", "p50")
+        sb = sum(v.p50("csi-py", "block", r) or 0 for r in RPCS)
+        se = sum(v.p50("csi-py", "ext4", r) or 0 for r in RPCS)
+        w(f"The kernel floor of a block lifecycle is **{num(fb, ' ms', 2)}** p50 (csi-py's "
+          f"eight p50s add up to {sb:.2f} ms: {fx(ratio(sb, fb))} the floor); of an ext4 "
+          f"lifecycle with 4 KiB blocks **{num(fe, ' ms', 2)}** (csi-py {se:.2f} ms, "
+          f"{fx(ratio(se, fe))}). csi-py / kernel floor throughput, median of rounds: block "
+          f"{fx(v.pair('block vs kernel floor', 'sequential'))} sequential, "
+          f"{fx(v.pair('block vs kernel floor', 'concurrent'))} with {v.clients} clients; "
+          f"ext4 {fx(v.pair('ext4 vs kernel floor', 'sequential'))}, "
+          f"{fx(v.pair('ext4 vs kernel floor', 'concurrent'))}.")
+        w("")
+        w("Per-round throughput (lifecycles/s), to see the noise:")
+        w("")
+        w("| driver kind | sequential rounds | concurrent rounds |")
+        w("|---|---|---|")
+        for drv, kinds in v.life.items():
+            for kind, e in kinds.items():
+                seq_r, conc_r = (", ".join(f"{x:.0f}" for x in e[mode]["per_second_rounds"])
+                                 for mode in ("sequential", "concurrent"))
+                w(f"| {drv} {kind} | {seq_r} | {conc_r} |")
+        w("")
+        w("Per-RPC latency, milliseconds (sequential p50 / p99; with "
+          f"{v.clients} clients p50):")
+        w("")
+        w("| RPC | csi-py block | reference block | csi-py ext4 | reference mount |")
+        w("|---|---:|---:|---:|---:|")
+        for rpc in RPCS:
+            cells = []
+            for drv, kind in (("csi-py", "block"), ("reference", "block"), ("csi-py", "ext4"),
+                              ("reference", "mount")):
+                s = get(v.life, drv, kind, "sequential", "rpc", rpc)
+                c = get(v.life, drv, kind, "concurrent", "rpc", rpc)
+                cells.append(f"{s['p50']:.2f} / {s['p99']:.2f}; {c['p50']:.2f}" if s and c
+                             else "n/a")
+            w(f"| {rpc} | " + " | ".join(cells) + " |")
+        errs = [f"{d} {k}: {e}" for d, ks in v.life.items() for k, x in ks.items()
+                for e in x["sequential"]["errors"] + x["concurrent"]["errors"]]
+        if errs:
+            w("")
+            w("Errors: " + "; ".join(errs))
+        w("")
+    else:
+        w("(not run)")
+        w("")
+    w("## I/O inside a volume")
+    w("")
+    io = res.get("io")
+    if io:
+        w(f"fio {m['fio']}, O_DIRECT (`--direct=1 --ioengine=libaio`), 4 KiB random read and "
+          f"write at iodepth 32, {io['runtime_s']} s per job over {io['size_bytes'] >> 20} MiB, "
+          f"{io['rounds']} rounds (median), every job on every target back to back. Every "
+          "target is first filled with a sequential write. The pool filesystem is "
+          f"**{io['pool_fs_type']}** (from /proc/self/mountinfo) on the machine's disk. The "
+          "bare loop device is `losetup --direct-io=on --sector-size 4096` over a sparse file in "
+          "the same filesystem, no driver involved: the kernel's own limit for a loop-backed "
+          "volume. The `bare loop, ...` rows are the same device with one setting changed "
+          "(512-byte logical blocks, no direct I/O, or one queue attribute in "
+          "/sys/block/loopN/queue: scheduler, rotational, nomerges, nr_requests), to measure "
+          "the loop knobs. csi-py's ext4 volume runs fio on a file in the published mount, block "
+          "volumes on the published device. The reference's block volumes are buffered loop "
+          "devices, so O_DIRECT inside them lands in the host's page cache: its numbers are "
+          "cache speed, not disk speed, and are lost on a crash.")
+        w("")
+        w("| where | rand read 4k IOPS | vs pool | vs bare loop | rand write 4k IOPS | vs pool "
+          "| vs bare loop |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for t in io["targets"]:
+            cells = []
+            for j in ("rand_read_4k", "rand_write_4k"):
+                val = v.io(t, j)
+                cells += [num(val, "", 0), fx(ratio(val, v.io("pool filesystem", j))),
+                          fx(ratio(val, v.io("bare losetup --direct-io", j)))]
+            w(f"| {t} | " + " | ".join(cells) + " |")
+        w("")
+    else:
+        w("(not run)")
+        w("")
+    w("## Restart with many volumes")
+    w("")
+    rs = res.get("restart")
+    if rs:
+        c = rs["drivers"].get("csi-py", {})
+        r = rs["drivers"].get("reference", {})
+        w(f"{rs['volumes']:,} volumes. csi-py's are made through CreateVolume (16 MiB thin "
+          f"ext4) by {rs['clients']} clients; the reference's by copying one record it wrote "
+          "itself in its state file (through its RPC each CreateVolume rewrites that whole JSON "
+          "file, O(volumes) per call), with a directory each. Then each driver is stopped and "
+          f"started {rs['rounds']} times, the two alternating, and timed from spawn until Probe "
+          "answers ready (csi-py reconciles every volume with the kernel before it serves); "
+          "RSS (VmRSS) right then. Medians.")
+        w("")
+        w("| measure | csi-py | reference | ratio |")
+        w("|---|---:|---:|---:|")
+        for key, label, scale, unit, nd in (
+                ("startup_full_s_median", f"start-up until Probe, {rs['volumes']:,} volumes",
+                 1, " s", 3),
+                ("startup_empty_s_median", "start-up until Probe, empty", 1, " s", 3),
+                ("rss_full_kib_median", f"RSS after start-up, {rs['volumes']:,} volumes",
+                 1024, " MiB", 1),
+                ("rss_empty_kib_median", "RSS after start-up, empty", 1024, " MiB", 1)):
+            a, b = c.get(key), r.get(key)
+            w(f"| {label} | {num(a and a / scale, unit, nd)} | {num(b and b / scale, unit, nd)} "
+              f"| {fx(ratio(a, b))} |")
+        w("")
+        if "create_s" in c:
+            w(f"csi-py: created in {c['create_s']} s ({c['create_per_s']}/s; CreateVolume p50 "
+              f"{c['create_latency_ms']['p50']} ms, p99 {c['create_latency_ms']['p99']} ms), "
+              f"all {c['list_seen']} listed in pages of {rs['page_size']} in {c['list_all_s']} "
+              f"s (after a restart {c.get('list_all_after_restart_s')} s), peak RSS "
+              f"{num((c.get('hwm_before_restart_kib') or 0) / 1024, ' MiB')} before the "
+              f"restart, deleted in {c.get('delete_s')} s, {c.get('left_after_delete')} left.")
+            w("")
+    else:
+        w("(not run)")
+        w("")
     w("## Snapshots")
     w("")
     sn = res.get("snapshots")
@@ -549,65 +518,54 @@ def render(res: dict[str, Any], profile: dict[str, Any] | None, png_rel: str
     else:
         w("(not run)")
         w("")
+    w("")
     for line in cbt_section(res.get("cbt")):
         w(line)
-    if profile:
-        w("## Where csi-py spends its time")
-        w("")
-        w(profile.get("markdown", ""))
-        w("")
+    w("## Where the time goes")
+    w("")
+    w(findings.strip() if findings else "(no findings written yet: benchmarks/findings.md)")
+    w("")
+    w("## The reference")
+    w("")
+    w("The reference is not fetched or built by any script here, and its code and binary are "
+      "never committed. A person builds it by hand: clone "
+      "`https://github.com/kubernetes-csi/csi-driver-host-path` outside this repository, check "
+      "out the release tag to compare with (this run: "
+      f"{res.get('reference_version') or 'none'}), and in that checkout run `go build -ldflags "
+      "\"-X main.version=<tag>\" -o /some/dir/hostpathplugin ./cmd/hostpathplugin` (without "
+      "the version GetPluginInfo fails with \"Driver is missing version\"). The Go module "
+      "proxy does not serve that module, so a plain `go install` does not work. Hand the "
+      "binary to the harness with `REFERENCE_BIN=/some/dir/hostpathplugin`. Without it the "
+      "harness stops at once and says why; a binary that does not start, exits, or does not "
+      "answer Probe ready (an unset `ready` counts as ready, as the spec says) stops the "
+      "run with the reason and the end of its log. The harness starts the reference with a "
+      "unix endpoint, a node id, a `-statedir` in the run's private temporary directory and "
+      "`-enable-attach`, `-enable-topology`, `-enable-volume-expansion`, "
+      "`-maxvolumespernode=0` (those its `-help` lists).")
+    w("")
     w("## Rerunning")
     w("")
-    w("As root on a Debian machine, from the repository root:")
-    w("")
-    w("```sh")
-    w("benchmarks/run              # everything, about 10 minutes on 2 cores")
-    w("benchmarks/run --quick      # small counts, to try the harness (.work/quick/)")
-    w("benchmarks/run --sections lifecycle,io      # some of: lifecycle, io, scale, snapshots")
-    w("benchmarks/run --profile    # also profile csi-py with py-spy (results/profile/)")
-    w("python3 benchmarks/report.py               # re-render docs from latest.json")
+    w("```")
+    w("REFERENCE_BIN=/some/dir/hostpathplugin benchmarks/run           # everything, ~6 min")
+    w("REFERENCE_BIN=... benchmarks/run --quick   # small counts, ~1.5 min, into "
+      "benchmarks/.work/quick/")
+    w("REFERENCE_BIN=... benchmarks/run --sections lifecycle,io  # some of: client, lifecycle, "
+      "io, restart, snapshots")
+    w("REFERENCE_BIN=... benchmarks/run --profile # also py-spy profiles (results/profile/)")
     w("```")
     w("")
-    w("`benchmarks/run` installs what is missing (fio, e2fsprogs, xfsprogs, util-linux; "
-      "matplotlib; the csi-py package), then `benchmarks/setup_reference.sh` builds the "
-      "reference into the git-ignored `benchmarks/.work/reference/`: it takes `REFERENCE_BIN` "
-      "if set, else builds a checkout at `REFERENCE_SRC` (default "
-      "`benchmarks/.work/src/csi-driver-host-path`), else makes a throwaway Go module that "
-      "requires the newest release tag of `github.com/kubernetes-csi/csi-driver-host-path` "
-      "from the Go module proxy, copies the replace directives of the driver's own go.mod "
-      "and builds `cmd/hostpathplugin`. The reference is started with a unix endpoint, a node "
-      "id, a `-statedir` in the run's temporary directory and `-enable-attach`, "
-      "`-enable-topology`, `-enable-volume-expansion` (whichever of these flags its `-help` "
-      "lists). When no reference can be had, the run measures the reference floor instead "
-      "and says so here.")
-    w("")
-    w("Each run works in its own temporary directory (drivers' pools and state, staging and "
-      "target paths, the snapshot pools' images), touches no loop device or mount outside it, "
-      "and fails if it leaves one behind "
-      f"(this run: {len(res.get('leftovers', []))} left). Counts and sizes are flags of "
-      "`benchmarks/harness.py` (`--help`).")
-    w("")
-    doc = "\n".join(out)
-
-    summary = [f"# Benchmark summary ({res['started']})", "",
-               f"csi-py {m.get('csi_py_version')} vs {base.name}; {m['cpu_model']}, "
-               f"{m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}.", ""]
-    if not base.real:
-        summary += [f"Reference unavailable ({(base.unavailable or '').strip()}); ratios are "
-                    "against the reference floor (its external commands alone), a lower "
-                    "bound of the true ratio.", ""]
-    summary += ["| target | measured | ratio | verdict |", "|---|---|---|---|"]
-    summary += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    cbt = res.get("cbt")
-    if cbt:
-        summary += ["", f"Changed-block tracking: GetMetadataDelta of a "
-                    f"{cbt['volume_bytes'] >> 30} GiB volume with "
-                    f"{cbt['changed_bytes'] >> 20} MiB changed took "
-                    f"{cbt['get_metadata_delta_s'] * 1000:.1f} ms, "
-                    f"{cbt['speedup_vs_full_comparison']:,.0f}x faster than a byte "
-                    f"comparison ({cbt['full_byte_comparison_s']:.1f} s)."]
-    summary += ["", "Details, tables and the chart: docs/benchmarks.md."]
-    return doc, "\n".join(summary) + "\n"
+    w("`benchmarks/run` needs root (loop devices, mounts) and installs what is missing (fio, "
+      "e2fsprogs, xfsprogs, util-linux; matplotlib; the csi-py package). Everything lives in "
+      "one private temporary directory; the harness never unmounts or detaches anything "
+      "outside it. Every driver runs in its own process group, which is killed, reaped and "
+      "checked empty when the driver stops, also after a failed start. The run fails if it "
+      "leaves a loop device or mount behind. Raw numbers, per round: "
+      "`benchmarks/results/latest.json`.")
+    doc = "\n".join(out).rstrip() + "\n"
+    summary = ["# Benchmark summary", "", f"Run {res['started']} (loaded machine, load "
+               f"{m['loadavg_at_start']} -> {m.get('loadavg_at_end')}); details in "
+               "docs/benchmarks.md.", "", *targets(v), ""]
+    return doc, "\n".join(summary)
 
 
 def cbt_section(cbt: dict[str, Any] | None) -> list[str]:
@@ -650,31 +608,30 @@ def cbt_section(cbt: dict[str, Any] | None) -> list[str]:
     ]
 
 
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--png", default=os.path.join(ROOT, "docs", "benchmarks.png"))
+    ap.add_argument("--summary", default=os.path.join(HERE, "results", "summary.md"))
+    ap.add_argument("--findings", default=os.path.join(HERE, "findings.md"))
     args = ap.parse_args()
     with open(args.results) as fh:
         res = json.load(fh)
-    profile = None
-    prof_path = os.path.join(os.path.dirname(args.results), "profile", "profile.json")
-    if os.path.exists(prof_path):
-        with open(prof_path) as fh:
-            profile = json.load(fh)
-    cbt_path = os.path.join(os.path.dirname(args.results), "cbt.json")
+    cbt_path = os.path.join(HERE, "results", "cbt.json")
     if os.path.exists(cbt_path):
         with open(cbt_path) as fh:
             res["cbt"] = json.load(fh)
-    base = Baseline(res)
-    _, life = lifecycle_tables(res, base)
-    _, io = io_table(res)
-    chart(res, base, life, io, args.png)
-    doc, summary = render(res, profile, os.path.relpath(args.png, os.path.dirname(args.doc)))
+    findings = ""
+    if os.path.exists(args.findings):
+        with open(args.findings) as fh:
+            findings = fh.read()
+    chart(View(res), args.png)
+    doc, summary = render(res, findings, os.path.relpath(args.png, os.path.dirname(args.doc)))
     with open(args.doc, "w") as fh:
         fh.write(doc)
-    with open(os.path.join(os.path.dirname(args.results), "summary.md"), "w") as fh:
+    with open(args.summary, "w") as fh:
         fh.write(summary)
     print(summary)
     return 0
