@@ -44,7 +44,7 @@ from csi_py.core.topology import (
     topology_matches,
 )
 from csi_py.linux import Host, files
-from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
+from csi_py.linux.filesystems import for_type
 from csi_py.state.catalog import Catalog, NameTaken
 from csi_py.state.records import Records, SnapshotRecord, VolumeRecord
 
@@ -137,16 +137,18 @@ def requested_fs_type(parameters: dict[str, str]) -> str:
 
 def fit_growth(fs_type: str, mount: bool, old: int, size: int, limit: int, subject: str) -> int:
     """`size` for a filesystem of `old` bytes that must grow to fill it, raised to what
-    the filesystem can grow to (btrfs: BTRFS_MIN_RESIZE_BYTES) when the limit allows.
-    Raises OutOfRange when it does not."""
-    if not mount or fs_type != "btrfs" or size <= old or size >= BTRFS_MIN_RESIZE_BYTES:
+    the filesystem can grow to (its min_grow_bytes; btrfs: 256 MiB) when the limit
+    allows. Raises OutOfRange when it does not."""
+    fs = for_type(fs_type) if mount else None
+    least = fs.min_grow_bytes if fs else 0
+    if not least or size <= old or size >= least:
         return size
-    if limit and limit < BTRFS_MIN_RESIZE_BYTES:
+    if limit and limit < least:
         raise OutOfRange(
-            f"{subject}: a btrfs filesystem can only be grown to {BTRFS_MIN_RESIZE_BYTES}"
+            f"{subject}: a {fs_type} filesystem can only be grown to {least}"
             f" bytes or more (the kernel refuses smaller resizes); limit_bytes is {limit}"
         )
-    return BTRFS_MIN_RESIZE_BYTES
+    return least
 
 
 class ControllerCore:
