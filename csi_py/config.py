@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from csi_py.core.model import GiB, MiB
+from csi_py.domain.units import GiB, MiB
 from csi_py.linux.filesystems import MIN_FS_BYTES, SUPPORTED
 
 __all__ = ["MIN_FS_BYTES", "SUPPORTED_FILESYSTEMS", "Config", "ConfigError"]

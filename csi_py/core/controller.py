@@ -13,7 +13,17 @@ from csi_py.config import MIN_FS_BYTES, Config
 from csi_py.core import validation as v
 from csi_py.core.capture import Capturer
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.errors import (
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.mutable import apply_mutable, check_mutable
+from csi_py.core.pool import Pool
+from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
+from csi_py.core.topology import (
+    require_here,
+    restore_there,
+    snapshot_owner_elsewhere,
+    topology_matches,
+)
+from csi_py.domain.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
@@ -23,8 +33,7 @@ from csi_py.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import (
+from csi_py.domain.model import (
     AccessType,
     Attachment,
     Capability,
@@ -33,16 +42,7 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
-from csi_py.core.mutable import apply_mutable, check_mutable
-from csi_py.core.pool import Pool
-from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
-from csi_py.core.snapshot_ids import is_snapshot_id
-from csi_py.core.topology import (
-    require_here,
-    restore_there,
-    snapshot_owner_elsewhere,
-    topology_matches,
-)
+from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import Host, files
 from csi_py.linux.filesystems import for_type
 from csi_py.state.catalog import Catalog, NameTaken

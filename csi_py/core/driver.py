@@ -11,16 +11,16 @@ from dataclasses import dataclass, field, replace
 from csi_py.config import Config
 from csi_py.core.controller import ControllerCore
 from csi_py.core.ephemeral import EphemeralVolumes
-from csi_py.core.errors import Unavailable
 from csi_py.core.health import HealthChecker
 from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import AccessType, Snapshot, SnapshotState, VolumeState
 from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
 from csi_py.core.rebuild import RebuildReport, open_catalog, rebuild
-from csi_py.core.snapshot_ids import file_key
 from csi_py.core.snapshots import SnapshotCore
+from csi_py.domain.errors import Unavailable
+from csi_py.domain.model import AccessType, Snapshot, SnapshotState, VolumeState
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import Host, files, filesystems
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog

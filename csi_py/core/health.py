@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from csi_py.config import Config
 from csi_py.core.identity import device_problem, devices_on
-from csi_py.core.model import AccessType, Provisioning, Volume
 from csi_py.core.pool import Pool
 from csi_py.core.poolstate import pool_state
+from csi_py.domain.model import AccessType, Provisioning, Volume
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog

@@ -20,7 +20,16 @@ from csi_py.core.controller import (
     check_volume_capability,
 )
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.errors import (
+from csi_py.core.identity import backs, devices_on
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.mutable import (
+    DEFAULT_READ_AHEAD_KIB,
+    READ_AHEAD_KIB,
+    apply_mutable,
+    direct_io_wanted,
+)
+from csi_py.core.pool import Pool
+from csi_py.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     Internal,
@@ -28,9 +37,7 @@ from csi_py.core.errors import (
     NotFound,
     OutOfRange,
 )
-from csi_py.core.identity import backs, devices_on
-from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import (
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Capability,
@@ -40,13 +47,6 @@ from csi_py.core.model import (
     Volume,
     VolumeStats,
 )
-from csi_py.core.mutable import (
-    DEFAULT_READ_AHEAD_KIB,
-    READ_AHEAD_KIB,
-    apply_mutable,
-    direct_io_wanted,
-)
-from csi_py.core.pool import Pool
 from csi_py.linux import Host, files
 from csi_py.linux.errors import DeviceBusy, LinuxError
 from csi_py.linux.filesystems import FILESYSTEMS
