@@ -4,7 +4,6 @@ unhealthy volume, it describes it."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from csi_py.config import Config
@@ -52,7 +51,7 @@ class HealthChecker:
     def _backing_file(self, volume: Volume) -> str | None:
         path = self.pool.image_path(volume.id)
         try:
-            size = os.stat(path).st_size
+            size = files.file_size(path)
         except FileNotFoundError:
             return (f"volume {volume.id}: its backing file {path} is missing; the data is"
                     " gone unless the file is restored from a backup")

@@ -183,7 +183,7 @@ def _image_size(image: str, object_id: str, known: bool, records: Records,
     stale, and removed unless the catalog still has the object (reconciliation
     finishes that one)."""
     try:
-        return os.stat(image).st_size
+        return files.file_size(image)
     except FileNotFoundError:
         report.stale_records.append(f"{records.path(object_id)} (image {image} is gone)")
         if apply and not known:
