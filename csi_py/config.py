@@ -9,12 +9,14 @@ import socket
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from csi_py.core.model import GiB, MiB
+from csi_py.domain.units import GiB, MiB
+from csi_py.linux.filesystems import MIN_FS_BYTES, SUPPORTED
+
+__all__ = ["MIN_FS_BYTES", "SUPPORTED_FILESYSTEMS", "Config", "ConfigError"]
 
 DEFAULT_DRIVER_NAME = "loop.csi-py.io"
-SUPPORTED_FILESYSTEMS = ("ext4", "xfs", "btrfs")
-# The smallest volume each filesystem's mkfs accepts (xfsprogs 6.x refuses < 300 MiB).
-MIN_FS_BYTES = {"ext4": 16 * MiB, "xfs": 300 * MiB, "btrfs": 128 * MiB}
+# Both from the filesystem table (csi_py.linux.filesystems), the one place they are defined.
+SUPPORTED_FILESYSTEMS = SUPPORTED
 _DRIVER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 
 

@@ -42,6 +42,7 @@ from csi_py.linux.errors import (
     LoopError,
     MountError,
 )
+from csi_py.linux.filesystems import PROBE_BYTES
 from csi_py.linux.fs import (
     EXT_TYPES,
     SUPPORTED_FS,
@@ -71,8 +72,8 @@ FAKE_DEV_PREFIX = "/dev/fakeloop"
 _FAKE_DEV = re.compile(r"/dev/fakeloop(\d+)")
 FAKE_MAGIC = b"CSIPY-FAKEFS\n"
 # A real superblock may sit as far in as this (btrfs); format() clears up to here.
-_WIPE_BYTES = 65536 + 72
-_MOUNTABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs"}
+_WIPE_BYTES = PROBE_BYTES
+_MOUNTABLE = {*EXT_TYPES, *SUPPORTED_FS}
 _DEVTMPFS_MINOR = 6
 _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # What a fresh loop device reads ahead (the kernel's default of 128 KiB; the real
@@ -704,7 +705,7 @@ class FakeFilesystems(_FakeBase):
         )
 
     def grow(self, device: str, mount_point: str | None, fs_type: str) -> None:
-        ext = fs_type in ("ext2", "ext3", "ext4")
+        ext = fs_type in EXT_TYPES
         if not ext and fs_type not in SUPPORTED_FS:
             raise ValueError(f"cannot grow filesystem type {fs_type!r}")
         if not ext and not mount_point:
@@ -743,7 +744,7 @@ class FakeFilesystems(_FakeBase):
     def can_grow_online(self, fs_type: str) -> bool:
         if fs_type in EXT_TYPES:
             return self.online_resize
-        return fs_type in ("xfs", "btrfs")
+        return fs_type in SUPPORTED_FS
 
     def needs_grow(self, device: str, mount_point: str | None, fs_type: str) -> bool:
         ext = fs_type in EXT_TYPES

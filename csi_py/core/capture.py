@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.model import AccessType
 from csi_py.core.pool import Pool
+from csi_py.domain.model import AccessType
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog
 

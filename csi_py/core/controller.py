@@ -13,7 +13,17 @@ from csi_py.config import MIN_FS_BYTES, Config
 from csi_py.core import validation as v
 from csi_py.core.capture import Capturer
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.errors import (
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.mutable import apply_mutable, check_mutable
+from csi_py.core.pool import Pool
+from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
+from csi_py.core.topology import (
+    require_here,
+    restore_there,
+    snapshot_owner_elsewhere,
+    topology_matches,
+)
+from csi_py.domain.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
@@ -23,8 +33,7 @@ from csi_py.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import (
+from csi_py.domain.model import (
     AccessType,
     Attachment,
     Capability,
@@ -33,18 +42,9 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
-from csi_py.core.mutable import apply_mutable, check_mutable
-from csi_py.core.pool import Pool
-from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
-from csi_py.core.snapshot_ids import is_snapshot_id
-from csi_py.core.topology import (
-    require_here,
-    restore_there,
-    snapshot_owner_elsewhere,
-    topology_matches,
-)
+from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import Host, files
-from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
+from csi_py.linux.filesystems import for_type
 from csi_py.state.catalog import Catalog, NameTaken
 from csi_py.state.records import Records, SnapshotRecord, VolumeRecord
 
@@ -137,16 +137,18 @@ def requested_fs_type(parameters: dict[str, str]) -> str:
 
 def fit_growth(fs_type: str, mount: bool, old: int, size: int, limit: int, subject: str) -> int:
     """`size` for a filesystem of `old` bytes that must grow to fill it, raised to what
-    the filesystem can grow to (btrfs: BTRFS_MIN_RESIZE_BYTES) when the limit allows.
-    Raises OutOfRange when it does not."""
-    if not mount or fs_type != "btrfs" or size <= old or size >= BTRFS_MIN_RESIZE_BYTES:
+    the filesystem can grow to (its min_grow_bytes; btrfs: 256 MiB) when the limit
+    allows. Raises OutOfRange when it does not."""
+    fs = for_type(fs_type) if mount else None
+    least = fs.min_grow_bytes if fs else 0
+    if not least or size <= old or size >= least:
         return size
-    if limit and limit < BTRFS_MIN_RESIZE_BYTES:
+    if limit and limit < least:
         raise OutOfRange(
-            f"{subject}: a btrfs filesystem can only be grown to {BTRFS_MIN_RESIZE_BYTES}"
+            f"{subject}: a {fs_type} filesystem can only be grown to {least}"
             f" bytes or more (the kernel refuses smaller resizes); limit_bytes is {limit}"
         )
-    return BTRFS_MIN_RESIZE_BYTES
+    return least
 
 
 class ControllerCore:

@@ -11,31 +11,22 @@ from dataclasses import dataclass, field, replace
 from csi_py.config import Config
 from csi_py.core.controller import ControllerCore
 from csi_py.core.ephemeral import EphemeralVolumes
-from csi_py.core.errors import Unavailable
 from csi_py.core.health import HealthChecker
 from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import AccessType, Snapshot, SnapshotState, VolumeState
 from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
 from csi_py.core.rebuild import RebuildReport, open_catalog, rebuild
-from csi_py.core.snapshot_ids import file_key
 from csi_py.core.snapshots import SnapshotCore
-from csi_py.linux import Host, files
+from csi_py.domain.errors import Unavailable
+from csi_py.domain.model import AccessType, Snapshot, SnapshotState, VolumeState
+from csi_py.domain.snapshot_ids import file_key
+from csi_py.linux import Host, files, filesystems
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
 from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
-
-# The tools each filesystem needs (mkfs and the online grow tool) plus blkid for
-# recognising what a device already holds.
-TOOLS_BY_FS = {
-    "ext4": ("mkfs.ext4", "resize2fs"),
-    "xfs": ("mkfs.xfs", "xfs_growfs"),
-    "btrfs": ("mkfs.btrfs", "btrfs"),
-}
-ALWAYS_NEEDED = ("blkid",)
 
 
 @dataclass
@@ -99,13 +90,9 @@ class Driver:
             raise Unavailable("csi-py is still reconciling its catalog with the kernel; retry")
 
     def missing_tools(self) -> list[str]:
-        """Tools the configured filesystems need that are not installed."""
-        from csi_py.linux.exec import find_tool
-
-        needed = list(ALWAYS_NEEDED)
-        for fs in self.config.filesystems:
-            needed.extend(TOOLS_BY_FS[fs])
-        return [tool for tool in needed if find_tool(tool) is None]
+        """Tools the configured filesystems may run (the filesystem table's, e2fsck
+        included) that are not installed. Idempotent."""
+        return filesystems.missing_tools(self.config.filesystems)
 
     def start(self) -> ReconcileReport:
         """Reconcile the catalog with the kernel, then mark the driver ready. Idempotent."""

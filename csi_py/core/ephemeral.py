@@ -11,10 +11,10 @@ import os
 from csi_py.config import ConfigError, parse_size
 from csi_py.core import validation as v
 from csi_py.core.controller import IGNORED_PARAMETER_PREFIXES, PARAM_FS_TYPE, ControllerCore
-from csi_py.core.errors import DriverError, InvalidArgument, NotFound
-from csi_py.core.model import AccessType, Capability, CapacityRange, Volume
 from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
+from csi_py.domain.errors import DriverError, InvalidArgument, NotFound
+from csi_py.domain.model import AccessType, Capability, CapacityRange, Volume
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno as E
 import os
 
-from csi_py.core import errors as e
 from csi_py.core.pool import PoolError
+from csi_py.domain import errors as e
 from csi_py.linux.errors import (
     CommandError,
     DeviceBusy,

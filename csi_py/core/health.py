@@ -4,14 +4,13 @@ unhealthy volume, it describes it."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from csi_py.config import Config
 from csi_py.core.identity import device_problem, devices_on
-from csi_py.core.model import AccessType, Provisioning, Volume
 from csi_py.core.pool import Pool
 from csi_py.core.poolstate import pool_state
+from csi_py.domain.model import AccessType, Provisioning, Volume
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
@@ -52,7 +51,7 @@ class HealthChecker:
     def _backing_file(self, volume: Volume) -> str | None:
         path = self.pool.image_path(volume.id)
         try:
-            size = os.stat(path).st_size
+            size = files.file_size(path)
         except FileNotFoundError:
             return (f"volume {volume.id}: its backing file {path} is missing; the data is"
                     " gone unless the file is restored from a backup")

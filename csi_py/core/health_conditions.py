@@ -18,10 +18,10 @@ import os
 from dataclasses import dataclass
 
 from csi_py.core.controller import MAX_PAGE, ControllerCore
-from csi_py.core.errors import InvalidArgument
 from csi_py.core.health import THIN_LOW_WATER, HealthChecker
-from csi_py.core.model import StagingState, Volume
 from csi_py.core.mutable import READ_AHEAD_KIB, direct_io_wanted
+from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.model import StagingState, Volume
 from csi_py.linux.errors import LinuxError
 from csi_py.linux.interfaces import LoopDevice
 from csi_py.linux.pool_state import pool_fs_state

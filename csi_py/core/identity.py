@@ -8,7 +8,7 @@ that uses a device (publish, unpublish, unstage, stats, health) first checks it 
 
 from __future__ import annotations
 
-from csi_py.core.model import Staging
+from csi_py.domain.model import Staging
 from csi_py.linux import Host, files
 from csi_py.linux.loop import LoopDevice
 

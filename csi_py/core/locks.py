@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from csi_py.core.errors import Aborted
+from csi_py.domain.errors import Aborted
 
 
 class KeyedTryLock:

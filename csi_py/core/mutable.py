@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from csi_py.core.errors import InvalidArgument
+from csi_py.domain.errors import InvalidArgument
 from csi_py.linux import Host
 
 DIRECT_IO = "directIO"  # "true" / "false": the loop device's direct I/O mode

@@ -20,7 +20,16 @@ from csi_py.core.controller import (
     check_volume_capability,
 )
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.errors import (
+from csi_py.core.identity import backs, devices_on
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.mutable import (
+    DEFAULT_READ_AHEAD_KIB,
+    READ_AHEAD_KIB,
+    apply_mutable,
+    direct_io_wanted,
+)
+from csi_py.core.pool import Pool
+from csi_py.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     Internal,
@@ -28,9 +37,7 @@ from csi_py.core.errors import (
     NotFound,
     OutOfRange,
 )
-from csi_py.core.identity import backs, devices_on
-from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import (
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Capability,
@@ -40,15 +47,9 @@ from csi_py.core.model import (
     Volume,
     VolumeStats,
 )
-from csi_py.core.mutable import (
-    DEFAULT_READ_AHEAD_KIB,
-    READ_AHEAD_KIB,
-    apply_mutable,
-    direct_io_wanted,
-)
-from csi_py.core.pool import Pool
 from csi_py.linux import Host, files
 from csi_py.linux.errors import DeviceBusy, LinuxError
+from csi_py.linux.filesystems import FILESYSTEMS
 from csi_py.linux.loop import LoopDevice
 from csi_py.linux.mount import MountEntry
 from csi_py.state.catalog import Catalog, CatalogError
@@ -254,6 +255,7 @@ class NodeCore:
         flags: tuple[str, ...],
         readonly: bool,
     ) -> None:
+        kind = FILESYSTEMS.get(fs_type)
         current = self._mount_at(staging_path)
         if current is not None:
             if mount_is_of(current, device.path):
@@ -286,20 +288,18 @@ class NodeCore:
                 f"volume {volume.id} already holds a {found} filesystem; it was asked to be"
                 f" staged as {fs_type}. Its data is left untouched."
             )
-        elif fs_type == "ext4" and not readonly and \
+        elif kind is not None and kind.grows_unmounted and not readonly and \
                 self.host.fs.needs_grow(device.path, None, fs_type):
             # Expanded (or restored into a bigger volume) while not staged: ext4 grows
             # best before it is mounted (no CAP_SYS_RESOURCE needed).
             self.host.fs.grow(device.path, None, fs_type)
         os.makedirs(staging_path, mode=0o750, exist_ok=True)
         options = list(dict.fromkeys(STAGE_BASE_FLAGS + flags))
-        if fs_type == "xfs":
-            # Clones and snapshots share the filesystem UUID of their source; xfs refuses
-            # to mount two filesystems with one UUID unless told otherwise.
-            options.append("nouuid")
+        # xfs: nouuid, since clones and snapshots share their source's UUID.
+        options += kind.mount_options if kind else ()
         self.host.mounts.mount(device.path, staging_path, fs_type, options, read_only=readonly)
         crash_point("stage.mounted")
-        if fs_type in ("xfs", "btrfs") and not readonly and \
+        if kind is not None and not kind.grows_unmounted and not readonly and \
                 self.host.fs.needs_grow(device.path, staging_path, fs_type):
             self.host.fs.grow(device.path, staging_path, fs_type)
 

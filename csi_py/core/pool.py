@@ -8,9 +8,9 @@ import os
 import stat
 from dataclasses import dataclass
 
-from csi_py.core.errors import InvalidArgument
-from csi_py.core.snapshot_ids import file_key, is_snapshot_id
 from csi_py.core.validation import is_volume_id
+from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.snapshot_ids import file_key, is_snapshot_id
 from csi_py.linux import files
 
 # Pool space held back for the catalog: thin volumes can fill the pool with their

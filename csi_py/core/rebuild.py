@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from csi_py.core.model import (
+from csi_py.core.pool import Pool, PoolError
+from csi_py.core.validation import is_volume_id
+from csi_py.domain.model import (
     AccessType,
     GroupSnapshot,
     SnapshotState,
@@ -34,9 +36,7 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
-from csi_py.core.pool import Pool, PoolError
-from csi_py.core.snapshot_ids import is_snapshot_id
-from csi_py.core.validation import is_volume_id
+from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import Host, files
 from csi_py.linux.loop import LoopDevice
 from csi_py.state.catalog import Catalog, CatalogDamaged, CatalogError
@@ -183,7 +183,7 @@ def _image_size(image: str, object_id: str, known: bool, records: Records,
     stale, and removed unless the catalog still has the object (reconciliation
     finishes that one)."""
     try:
-        return os.stat(image).st_size
+        return files.file_size(image)
     except FileNotFoundError:
         report.stale_records.append(f"{records.path(object_id)} (image {image} is gone)")
         if apply and not known:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from csi_py.config import Config
 from csi_py.core import validation as v
-from csi_py.core.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from csi_py.core.model import Snapshot
 from csi_py.core.pool import Pool
-from csi_py.core.snapshot_ids import is_snapshot_id
 from csi_py.core.topology import snapshot_owner_elsewhere
+from csi_py.domain.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from csi_py.domain.model import Snapshot
+from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import extents
 from csi_py.state.catalog import Catalog
 

@@ -23,7 +23,10 @@ from csi_py.core.controller import (
     ControllerCore,
 )
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.errors import (
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.pool import Pool
+from csi_py.core.topology import require_here, snapshot_owner_elsewhere
+from csi_py.domain.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
@@ -31,11 +34,8 @@ from csi_py.core.errors import (
     NotFound,
     ResourceExhausted,
 )
-from csi_py.core.locks import KeyedTryLock
-from csi_py.core.model import GroupSnapshot, Snapshot, SnapshotState, Volume
-from csi_py.core.pool import Pool
-from csi_py.core.snapshot_ids import is_snapshot_id, new_snapshot_id
-from csi_py.core.topology import require_here, snapshot_owner_elsewhere
+from csi_py.domain.model import GroupSnapshot, Snapshot, SnapshotState, Volume
+from csi_py.domain.snapshot_ids import is_snapshot_id, new_snapshot_id
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog, NameTaken
 from csi_py.state.records import Records

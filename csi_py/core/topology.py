@@ -5,8 +5,8 @@ segment, ``<topology key>: <node id>``). Pure functions."""
 from __future__ import annotations
 
 from csi_py.config import Config
-from csi_py.core.errors import ResourceExhausted
-from csi_py.core.snapshot_ids import foreign_owner
+from csi_py.domain.errors import ResourceExhausted
+from csi_py.domain.snapshot_ids import foreign_owner
 
 
 def topology_matches(segments: dict[str, str], key: str, node_id: str) -> bool:

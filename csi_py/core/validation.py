@@ -13,11 +13,9 @@ import stat
 import uuid
 from collections.abc import Callable
 
-from csi_py.core.errors import InvalidArgument
+from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.limits import MAX_MAP_BYTES, MAX_STRING_BYTES
 
-# The CSI spec's size limits: strings 128 bytes, maps 4 KiB in total.
-MAX_STRING_BYTES = 128
-MAX_MAP_BYTES = 4096
 MAX_PATH_BYTES = 4096
 # Linux's limit on one path component (NAME_MAX).
 NAME_MAX = 255

@@ -178,6 +178,12 @@ def remove_stale_temp_files(directory: str) -> list[str]:
     return removed
 
 
+def file_size(path: str) -> int:
+    """The apparent size of ``path`` in bytes (st_size). Read-only. Raises OSError
+    (FileNotFoundError when it is missing)."""
+    return os.stat(path).st_size
+
+
 def allocated_bytes(path: str) -> int:
     """Bytes actually allocated on disk for ``path`` (st_blocks * 512). Raises OSError."""
     return os.stat(path).st_blocks * 512

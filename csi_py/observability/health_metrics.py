@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from csi_py.core.errors import DriverError
+from csi_py.domain.errors import DriverError
 from csi_py.linux.pool_state import pool_fs_state
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.controller import ContentSource
 from csi_py.core.driver import Driver
-from csi_py.core.errors import InvalidArgument, Unimplemented
+from csi_py.domain.errors import InvalidArgument, Unimplemented
 from csi_py.rpc import convert, health
 from csi_py.rpc.errors import rpc_method
 

@@ -6,8 +6,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.core.errors import InvalidArgument
-from csi_py.core.model import (
+from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Capability,

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from csi_py.core import errors as e
 from csi_py.core.errmap import translate
+from csi_py.domain import errors as e
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py.core.health_conditions import HealthCondition, StorageCondition
-from csi_py.core.model import Volume
+from csi_py.domain.model import Volume
 
 Entry = pb.VolumeHealth.VolumeHealthEntry
 Backend = pb.NodeGetStorageHealthResponse.StorageBackendHealth

@@ -8,7 +8,7 @@ from csi_py import __version__
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
-from csi_py.core.errors import FailedPrecondition
+from csi_py.domain.errors import FailedPrecondition
 from csi_py.rpc.errors import rpc_method
 
 Cap = pb.PluginCapability

@@ -11,8 +11,8 @@ import grpc
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
-from csi_py.core.errors import DriverError, InvalidArgument
 from csi_py.core.snapshot_metadata import RangeStream, SnapshotMetadataCore
+from csi_py.domain.errors import DriverError, InvalidArgument
 from csi_py.rpc.errors import rpc_method, status_for
 
 log = logging.getLogger(__name__)

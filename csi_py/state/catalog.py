@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from csi_py.core.model import (
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Attachment,

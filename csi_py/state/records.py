@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 
-from csi_py.core.model import (
+from csi_py.domain.model import (
     GroupSnapshot,
     Provisioning,
     Snapshot,
@@ -27,7 +27,7 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import files
 
 RECORD_VERSION = 1

@@ -11,6 +11,7 @@ import pytest
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
+from csi_py.linux import filesystems
 from tests.conformance.helpers import expect_error
 
 pytestmark = pytest.mark.conformance
@@ -86,6 +87,21 @@ def test_probe_missing_dependency_is_failed_precondition(driver, monkeypatch):
     )
     expect_error(driver.client.identity.Probe, pb.ProbeRequest(),
                  grpc.StatusCode.FAILED_PRECONDITION, "mkfs.xfs", "missing")
+
+
+@pytest.mark.parametrize("tool", filesystems.tools())
+def test_probe_reports_every_tool_the_driver_runs(driver, monkeypatch, tool):
+    """Each tool of the filesystem table (e2fsck too, which an offline ext4 grow runs)
+    is checked by Probe: with only that one missing, Probe fails naming it.
+    tests/unit/test_filesystems.py checks that the table names every tool csi_py runs."""
+    import csi_py.linux.exec as linux_exec
+
+    real = linux_exec.find_tool
+    monkeypatch.setattr(linux_exec, "find_tool", lambda name: None if name == tool else real(name))
+    expect_error(driver.client.identity.Probe, pb.ProbeRequest(),
+                 grpc.StatusCode.FAILED_PRECONDITION, tool, "missing")
+    monkeypatch.setattr(linux_exec, "find_tool", real)
+    assert driver.client.identity.Probe(pb.ProbeRequest(), timeout=10).ready.value
 
 
 @pytest.mark.parametrize("method, request_type, field", [

@@ -1,0 +1,137 @@
+"""btrfs: mkfs, superblock probe, grow with ``btrfs filesystem resize`` (mounted
+only, never under 256 MiB), needs-grow from its device info, and its device error
+counters."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import re
+import struct
+from typing import ClassVar
+
+from csi_py.linux.errors import LinuxError, errno_text
+from csi_py.linux.exec import run
+from csi_py.linux.filesystems.base import (
+    GROW_TIMEOUT,
+    MiB,
+    block_device_size,
+    geometry_error,
+    ioctl_dir,
+    require_mount_point,
+)
+
+_BTRFS_MAGIC_OFF = 65536 + 64
+_BTRFS_MAGIC = b"_BHRfS_M"
+# The bytes of a device a probe must read to see every signature (btrfs's is last).
+PROBE_BYTES = _BTRFS_MAGIC_OFF + len(_BTRFS_MAGIC)
+
+# <linux/btrfs.h>: _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args) (1024 bytes) and
+# _IOWR(0x94, 30, struct btrfs_ioctl_dev_info_args) (4096 bytes).
+BTRFS_IOC_FS_INFO = 0x8400941F
+BTRFS_IOC_DEV_INFO = 0xD000941E
+
+# The kernel refuses BTRFS_IOC_RESIZE to a size under 256 MiB (fs/btrfs/ioctl.c), so a
+# btrfs filesystem can only be grown to at least that.
+BTRFS_MIN_RESIZE_BYTES = 256 * MiB
+
+
+class Btrfs:
+    """btrfs. See :class:`csi_py.linux.filesystems.base.Filesystem`."""
+
+    name: ClassVar[str] = "btrfs"
+    handles: ClassVar[tuple[str, ...]] = ("btrfs",)
+    # mkfs.btrfs (btrfs-progs 6.2) refuses a device under 114294784 bytes (109 MiB)
+    # with its default single-device profiles ("minimum size for each btrfs device").
+    min_bytes: ClassVar[int] = 109 * MiB
+    label_max: ClassVar[int] = 255
+    mkfs: ClassVar[tuple[str, ...]] = ("mkfs.btrfs", "-q", "-f", "-K")
+    tools: ClassVar[tuple[str, ...]] = ("mkfs.btrfs", "btrfs")
+    grows_unmounted: ClassVar[bool] = False
+    mount_options: ClassVar[tuple[str, ...]] = ()
+    min_grow_bytes: ClassVar[int] = BTRFS_MIN_RESIZE_BYTES
+
+    def probe(self, head: bytes) -> str | None:
+        return "btrfs" if head[_BTRFS_MAGIC_OFF:PROBE_BYTES] == _BTRFS_MAGIC else None
+
+    def can_grow_online(self) -> bool:
+        return True
+
+    def grow(self, device: str, mount_point: str | None, fs_type: str) -> None:
+        if not mount_point:
+            raise ValueError(f"growing {fs_type} on {device} needs it mounted: no mount point")
+        run(["btrfs", "filesystem", "resize", "max", mount_point], timeout=GROW_TIMEOUT)
+
+    def needs_grow(self, device: str, mount_point: str | None) -> bool:
+        mount_point = require_mount_point(device, mount_point, self.name, "grow")
+        return _btrfs_needs_grow(device, mount_point, block_device_size(device))
+
+    def errors(self, device: str, mount_point: str | None) -> list[str]:
+        return _btrfs_errors(require_mount_point(device, mount_point, self.name, "check"))
+
+
+def _btrfs_needs_grow(device: str, mount_point: str, device_bytes: int) -> bool:
+    if device_bytes < BTRFS_MIN_RESIZE_BYTES:
+        # The kernel refuses to resize btrfs below 256 MiB: a device that small is as
+        # grown as it can be.
+        return False
+    info = bytearray(1024)
+    try:
+        ioctl_dir(mount_point, BTRFS_IOC_FS_INFO, info)
+    except OSError as exc:
+        raise geometry_error("BTRFS_IOC_FS_INFO", mount_point, exc.errno) from None
+    max_id, num_devices = struct.unpack_from("<QQ", info, 0)
+    (sector_size,) = struct.unpack_from("<I", info, 36)
+    try:
+        want = os.stat(device).st_rdev
+    except OSError as exc:
+        raise LinuxError(f"cannot stat {device}: {errno_text(exc.errno)}", device=device) from None
+    sizes = []
+    for devid in range(1, max_id + 1):
+        dev = bytearray(4096)
+        struct.pack_into("<Q", dev, 0, devid)
+        try:
+            ioctl_dir(mount_point, BTRFS_IOC_DEV_INFO, dev)
+        except OSError as exc:
+            if exc.errno == _errno.ENODEV:
+                continue  # a removed device's id
+            raise geometry_error("BTRFS_IOC_DEV_INFO", mount_point, exc.errno) from None
+        (total,) = struct.unpack_from("<Q", dev, 32)
+        path = os.fsdecode(bytes(dev[3072:]).split(b"\0", 1)[0])
+        sizes.append(total)
+        try:
+            if os.stat(path).st_rdev == want:
+                sizes = [total]
+                break
+        except OSError:
+            pass
+    else:
+        if num_devices != 1 or len(sizes) != 1:
+            raise LinuxError(
+                f"{device} is not a device of the btrfs filesystem at {mount_point}",
+                device=device,
+                path=mount_point,
+            )
+    # "btrfs filesystem resize max" rounds the device size down to the sector size.
+    return device_bytes // sector_size * sector_size > sizes[0]
+
+
+
+
+_BTRFS_STAT = re.compile(r"^\[(?P<dev>.+)\]\.(?P<name>\w+)\s+(?P<value>\d+)$")
+
+
+def _btrfs_errors(mount_point: str) -> list[str]:
+    out = run(["btrfs", "device", "stats", mount_point], timeout=30).stdout.decode(errors="replace")
+    bad: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        m = _BTRFS_STAT.match(line.strip())
+        if m and int(m.group("value")):
+            bad.setdefault(m.group("dev"), []).append(f"{m.group('name')} {m.group('value')}")
+    return [
+        f"device {dev} has recorded errors: {', '.join(counters)}; run btrfs scrub, and "
+        "btrfs device stats -z to reset the counters"
+        for dev, counters in bad.items()
+    ]
+
+

@@ -1,0 +1,261 @@
+"""The import graph of csi_py/, read with ``ast`` (nothing is imported or run):
+
+1. Imports flow down the layers, never up (a module may import its own layer and the
+   layers below it):
+
+       top level   cli, commands, demo, pool_cli, __main__ (the command line)
+       server      server.py: hosts the gRPC server, wires rpc, observability and logs
+       rpc         rpc/: gRPC servicers and the client; the CSI wire format
+       observability  observability/: Prometheus metrics read from the driver
+       core        core/: the CSI logic over the catalog and the kernel
+       config      config.py: the validated Config (reads the filesystem table)
+       state       state/: the catalog and the records (stored through linux.files)
+       linux       linux/: everything that touches the kernel
+       domain      domain/: model, units, limits, ids, errors; logs.py, output.py and
+                   csi_py/__init__.py sit here too, as leaves that import nothing of ours
+
+   The old core/model.py, core/errors.py and core/snapshot_ids.py are re-export shims
+   for tests and benchmarks: no module of csi_py/ may import them.
+2. Only rpc/ and server.py import grpc or the generated csi_py._proto.
+3. Only linux/ calls the kernel: imports fcntl, ctypes, subprocess, shutil, select,
+   mmap or pty, calls os.* beyond path and name handling (os.path's string
+   functions, os.environ, os.sep, ...; os.path.exists, realpath and the other
+   os.path functions that stat the filesystem count as calls), or names a /proc or
+   /sys path. This does not hold yet in core/ and
+   a few other modules: KERNEL_EXCEPTIONS lists each one with what it calls and why,
+   so a new violation fails here, and so does an entry no longer needed (shrink the
+   list as issue 12's later steps move the calls into linux/).
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+from dataclasses import dataclass
+
+import csi_py
+
+ROOT = pathlib.Path(csi_py.__file__).parent
+
+# Lower rank = lower layer. The key is a module's top-level part under csi_py.
+RANK = {
+    "__init__": 0, "domain": 0, "logs": 0, "output": 0,
+    "linux": 1,
+    "state": 2,
+    "config": 3,
+    "core": 4,
+    "observability": 5,
+    "rpc": 6,
+    "server": 7,
+    "cli": 8, "commands": 8, "demo": 8, "pool_cli": 8, "__main__": 8,
+}  # fmt: skip
+SHIMS = {"csi_py.core.model", "csi_py.core.errors", "csi_py.core.snapshot_ids"}
+GRPC_ALLOWED = {"rpc", "server"}
+# The CLI is a gRPC client of the driver and builds CSI requests itself; it belongs
+# behind rpc/client.py.
+GRPC_EXCEPTIONS = {
+    "csi_py.commands": "the CLI's volume and snapshot commands build CSI requests",
+    "csi_py.demo": "the demo drives a real driver through CSI requests",
+}
+KERNEL_MODULES = {"fcntl", "ctypes", "subprocess", "shutil", "select", "mmap", "pty"}
+# os names that only handle paths, names and the environment: no system call (or
+# none that touches a volume).
+PURE_OS = {
+    "path", "environ", "getenv", "sep", "fspath", "fsencode", "fsdecode", "PathLike",
+    "devnull", "linesep", "name", "getpid", "cpu_count", "strerror",
+}  # fmt: skip
+# os.path functions that ask the kernel (stat, lstat, readlink) rather than only
+# handling strings.
+PROBING_OS_PATH = {
+    "exists", "lexists", "isdir", "isfile", "islink", "ismount", "getsize", "getmtime",
+    "getatime", "getctime", "realpath", "samefile", "sameopenfile", "samestat",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # "csi_py.core.node"
+    layer: str  # "core"
+    tree: ast.Module
+
+
+def _modules() -> list[Module]:
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "_proto":
+            continue  # generated
+        parts = list(rel.with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts.pop()
+        name = ".".join(["csi_py", *parts]) if parts != ["__init__"] else "csi_py"
+        found.append(Module(name, parts[0], ast.parse(path.read_text(), str(path))))
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: Module) -> set[str]:
+    """Absolute names of everything ``module`` imports (each ``from x import y`` as
+    x.y as well as x, since y may be a submodule)."""
+    names = set()
+    package = module.name if module.name.count(".") < 1 or _is_package(module) \
+        else module.name.rsplit(".", 1)[0]
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _is_package(module: Module) -> bool:
+    return (ROOT / pathlib.Path(*module.name.split(".")[1:]) / "__init__.py").exists()
+
+
+def _layer_of(name: str) -> str | None:
+    parts = name.split(".")
+    if parts[0] != "csi_py":
+        return None
+    if len(parts) == 1:
+        return "__init__"
+    return parts[1]
+
+
+def test_every_module_has_a_layer():
+    assert {m.layer for m in MODULES} <= set(RANK), "add the new top-level module to RANK"
+    assert len(MODULES) > 50  # the walk found the package
+
+
+def test_no_import_runs_upward():
+    upward = []
+    for module in MODULES:
+        for name in _imports(module):
+            layer = _layer_of(name)
+            if layer is None or layer == "_proto" or layer not in RANK:
+                continue
+            if RANK[layer] > RANK[module.layer]:
+                upward.append(f"{module.name} ({module.layer}) imports {name} ({layer})")
+    assert sorted(set(upward)) == []
+
+
+def test_no_module_imports_the_old_domain_shims():
+    users = sorted(f"{m.name} imports {name}" for m in MODULES for name in _imports(m)
+                   if name in SHIMS and m.name not in SHIMS)
+    assert users == []
+
+
+def test_only_rpc_and_server_import_grpc_or_the_generated_code():
+    found = {}
+    for module in MODULES:
+        if module.layer in GRPC_ALLOWED:
+            continue
+        bad = sorted(n for n in _imports(module)
+                     if n.split(".")[0] == "grpc" or n.startswith("csi_py._proto"))
+        if bad:
+            found[module.name] = bad
+    assert sorted(found) == sorted(GRPC_EXCEPTIONS), found
+
+
+# Each module outside linux/ that still calls the kernel itself: the exact calls, and
+# why. Later steps of issue 12 move these into linux/; remove an entry when its module
+# is clean (the test fails until you do).
+KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
+    "csi_py.core.crashpoints": (
+        {"os.kill"}, "a crash point SIGKILLs its own process (test builds only)"),
+    "csi_py.core.driver": (
+        {"os.scandir"}, "start-up reconciliation lists the pool's image and snapshot files"),
+    "csi_py.core.ephemeral": (
+        {"os.makedirs", "os.rmdir"},
+        "creates and removes the private staging directory of inline volumes"),
+    "csi_py.core.node": (
+        {"os.O_CREAT", "os.O_EXCL", "os.O_NOFOLLOW", "os.O_WRONLY", "os.close", "os.lstat",
+         "os.makedirs", "os.mkdir", "os.open", "os.rmdir", "os.stat", "os.unlink"},
+        "creates, checks and removes staging and target paths (the mount-utils"
+        " CleanupMountPoint work the issue moves to linux/)"),
+    "csi_py.core.health_conditions": (
+        {"os.path.exists"}, "tells a missing image from a truncated one"),
+    "csi_py.core.pool": (
+        {"os.lstat", "os.makedirs", "os.unlink", "os.path.exists", "os.path.realpath"},
+        "prepares the pool's directories, drops the catalog reserve file and resolves"
+        " paths to check they are inside the pool"),
+    "csi_py.core.rebuild": (
+        {"os.path.exists", "os.path.isdir"},
+        "checks that the pool, the catalog and each image exist before rebuilding"),
+    "csi_py.core.snapshots": (
+        {"os.replace", "os.unlink"}, "writes and removes a snapshot's progress file"),
+    "csi_py.core.validation": (
+        {"os.lstat", "os.path.realpath"},
+        "refuses a symlink at a request's path or in its parent (check_no_symlink)"),
+    "csi_py.demo": (
+        {"import shutil", "import subprocess", "os.O_CREAT", "os.O_RDWR",
+         "os.POSIX_FADV_DONTNEED", "os.close", "os.fsync", "os.geteuid", "os.listdir",
+         "os.makedirs", "os.open", "os.posix_fadvise", "os.pread", "os.pwrite",
+         "os.urandom", "reads proc", "reads sys"},
+        "the demo runs a driver process, writes and reads data through a volume and"
+        " checks that nothing is left behind"),
+    "csi_py.server": (
+        {"os.chmod", "os.lstat", "os.makedirs", "os.umask", "os.unlink"},
+        "creates the unix socket 0600 and removes a stale one"),
+    "csi_py.state.catalog": (
+        {"os.chmod", "os.umask"}, "creates the SQLite files 0600"),
+}
+
+
+def _kernel_calls(module: Module) -> set[str]:
+    calls = set()
+    os_aliases = {"os"}
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                if top in KERNEL_MODULES:
+                    calls.add(f"import {alias.name}")
+                if alias.name == "os" and alias.asname:
+                    os_aliases.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            top = node.module.split(".")[0]
+            if top in KERNEL_MODULES:
+                calls.add(f"import {node.module}")
+            if node.module == "os":
+                calls.update(f"os.{a.name}" for a in node.names if a.name not in PURE_OS)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id in os_aliases and node.attr not in PURE_OS):
+            calls.add(f"os.{node.attr}")
+        elif (isinstance(node, ast.Attribute) and node.attr in PROBING_OS_PATH
+              and isinstance(node.value, ast.Attribute) and node.value.attr == "path"
+              and isinstance(node.value.value, ast.Name) and node.value.value.id in os_aliases):
+            calls.add(f"os.path.{node.attr}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value.startswith(("/proc/", "/sys/")) or node.value in ("/proc", "/sys"):
+                calls.add(f"reads {node.value.split('/')[1]}")
+    return calls
+
+
+def test_only_linux_calls_the_kernel():
+    found = {m.name: sorted(_kernel_calls(m)) for m in MODULES if m.layer != "linux"}
+    found = {name: calls for name, calls in found.items() if calls}
+    allowed = {name: sorted(calls) for name, (calls, _why) in KERNEL_EXCEPTIONS.items()}
+    assert found == allowed
+
+
+def test_the_checks_see_what_they_look_for():
+    """The walker finds a known upward-free import, a grpc import and kernel calls, so
+    an empty answer above means clean, not blind."""
+    by_name = {m.name: m for m in MODULES}
+    assert "csi_py.domain.model" in _imports(by_name["csi_py.state.catalog"])
+    assert "grpc" in _imports(by_name["csi_py.rpc.errors"])
+    assert {"import fcntl", "os.open"} <= _kernel_calls(by_name["csi_py.linux.fs"])
+    assert "reads proc" in _kernel_calls(by_name["csi_py.linux.filesystems.base"])
+    assert "os.path.realpath" in _kernel_calls(by_name["csi_py.core.pool"])
+    assert not {c for c in _kernel_calls(by_name["csi_py.config"]) if c.startswith("os.")}
+    relative = ast.parse("from . import model\nfrom ..linux import fs\n")
+    inside = Module("csi_py.core.node", "core", relative)
+    assert {"csi_py.core.model", "csi_py.linux.fs"} <= _imports(inside)
