@@ -377,6 +377,12 @@ class Catalog:
         )
         return [self._volume(r) for r in rows]
 
+    def volume_states(self) -> dict[str, VolumeState]:
+        """Every volume's id and state, in one query and without decoding rows: what
+        start-up needs to know which records and images are already known. Read-only."""
+        return {str(vid): VolumeState(state)
+                for vid, state in self._query("SELECT id, state FROM volumes ORDER BY seq")}
+
     def volumes_in_state(self, state: VolumeState) -> list[Volume]:
         """All volumes in `state` (indexed). Read-only."""
         rows = self._query(
@@ -595,6 +601,11 @@ class Catalog:
             (*args, limit),
         )
         return [self._snapshot(r) for r in rows]
+
+    def snapshot_states(self) -> dict[str, SnapshotState]:
+        """Every snapshot's id and state, in one query. Read-only."""
+        return {str(sid): SnapshotState(state)
+                for sid, state in self._query("SELECT id, state FROM snapshots ORDER BY seq")}
 
     def snapshots_in_state(self, state: SnapshotState) -> list[Snapshot]:
         rows = self._query(

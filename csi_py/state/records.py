@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Container
 from dataclasses import dataclass, replace
 
 from csi_py.core.model import (
@@ -143,7 +144,7 @@ class Records:
         """The record file of a volume or snapshot id (the caller validated the id). A
         snapshot's is named by its key (`snap-<hex>`), like its image; the record
         inside keeps the whole id, node part included."""
-        return os.path.join(self.directory, file_key(object_id) + SUFFIX)
+        return os.path.join(self.directory, self.name_of(object_id))
 
     def put_volume(self, volume: Volume, format_state: str = FORMAT_UNKNOWN) -> None:
         """Write (or replace) a volume's record. Idempotent. Raises OSError."""
@@ -184,12 +185,24 @@ class Records:
         """Remove a record. Idempotent. Raises OSError."""
         files.remove_file(self.path(object_id))
 
-    def scan(self) -> Scan:
-        """Every record in the directory; unreadable ones are listed, never removed.
-        Read-only. Raises OSError when the directory itself cannot be read."""
+    def names(self) -> set[str]:
+        """The record file names in the directory (`<id or key>.json`), read from the
+        directory alone. Read-only. Raises OSError when it cannot be read."""
+        return {name for name in files.list_names(self.directory)
+                if name.endswith(SUFFIX) and not name.startswith(".")}
+
+    @staticmethod
+    def name_of(object_id: str) -> str:
+        """The file name (no directory) of an id's record."""
+        return file_key(object_id) + SUFFIX
+
+    def scan(self, skip: Container[str] = ()) -> Scan:
+        """Every record in the directory, except the file names in `skip` (not read);
+        unreadable ones are listed, never removed. Read-only. Raises OSError when the
+        directory itself cannot be read."""
         found = Scan([], [], [])
         for name in files.list_names(self.directory):
-            if not name.endswith(SUFFIX) or name.startswith("."):
+            if not name.endswith(SUFFIX) or name.startswith(".") or name in skip:
                 continue
             path = os.path.join(self.directory, name)
             try:
