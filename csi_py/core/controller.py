@@ -45,7 +45,7 @@ from csi_py.core.topology import (
 )
 from csi_py.linux import Host, files
 from csi_py.linux.fs import BTRFS_MIN_RESIZE_BYTES
-from csi_py.state.catalog import Catalog, NameTaken
+from csi_py.state.catalog import Catalog, CatalogError, NameTaken
 from csi_py.state.records import Records, SnapshotRecord, VolumeRecord
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class ControllerCore:
         require_here(f"volume {name!r}", requisite, self.config,
                      source.id if source is not None and source.kind == "snapshot" else "")
         with self.locks.hold("name:" + name, "CreateVolume"):
-            existing = self.catalog.get_volume_by_name(name)
+            existing = self._volume_named(name)
             if existing is not None:
                 return self._existing_for_create(existing, capacity, fs_type, provisioning,
                                                  parameters, source)
@@ -428,6 +428,19 @@ class ControllerCore:
                                       allow_reflink=not thick)
         else:
             files.clone_file(origin.image, path, allow_reflink=not thick)
+
+    def _volume_named(self, name: str) -> Volume | None:
+        """The catalog's volume of this name. Raises Unavailable naming the pool's
+        failure when the catalog cannot be read because the pool's filesystem failed
+        (a thread's fresh catalog connection cannot read a shut-down filesystem), else
+        CatalogError."""
+        try:
+            return self.catalog.get_volume_by_name(name)
+        except CatalogError as exc:
+            state = self._pool_state()
+            if state.failed:
+                raise Unavailable(f"volume {name!r}: {state.message}") from exc
+            raise
 
     def _require_working_pool(self, what: str) -> PoolState:
         """The pool's state; raises Unavailable (the CO retries) while its filesystem
