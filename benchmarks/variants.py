@@ -63,6 +63,10 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=8, help="sequential lifecycles per round")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=2)
+    ap.add_argument("--kind", default="block", choices=["block", "ext4"],
+                    help="the volumes' kind (ext4: 64 MiB, formatted at NodeStageVolume)")
+    ap.add_argument("--rpc", default="NodeStageVolume",
+                    help="an RPC whose p50 (sequential lifecycles) is also compared")
     ap.add_argument("--base", default="", help="csi-py source tree for the variant 'base'")
     args = ap.parse_args()
     names = args.variants.split(",")
@@ -79,10 +83,12 @@ def main() -> int:
     shm = tempfile.mkdtemp(prefix="csi-variants-", dir="/dev/shm")
     for p in (work, shm):
         os.chmod(p, 0o700)
-    kind = h.Kind("block", True, "", 64 * h.MiB)
+    kind = h.Kind("block", True, "", 64 * h.MiB) if args.kind == "block" else \
+        h.Kind("ext4", False, "ext4", 64 * h.MiB)
     drivers: dict[str, tuple[h.DriverProc, dict[int, Any]]] = {}
     seq: dict[str, list[float]] = {n: [] for n in names}
     conc: dict[str, list[float]] = {n: [] for n in names}
+    rpc_p50: dict[str, list[float]] = {n: [] for n in names}  # per round
     try:
         for n in names:
             d = h.DriverProc(spec_of(n), os.path.join(work, n))
@@ -99,6 +105,8 @@ def main() -> int:
                     if b.errors:
                         raise h.BenchError(f"{n}: {b.errors[0]}")
                     out[n].append(b.done / b.seconds)
+                    if clients == 1 and b.samples.get(args.rpc):
+                        rpc_p50[n].append(statistics.median(b.samples[args.rpc]))
         first = names[0]
         print(f"| variant | sequential /s | ratio to {first} | {args.clients} clients /s | "
               f"ratio to {first} |")
@@ -108,7 +116,14 @@ def main() -> int:
             rc = statistics.median(a / b for a, b in zip(conc[n], conc[first], strict=True))
             print(f"| {n} | {statistics.median(seq[n]):.1f} | {rs:.2f}x | "
                   f"{statistics.median(conc[n]):.1f} | {rc:.2f}x |")
-        print(f"\n{args.rounds} interleaved rounds, medians; load average "
+        if all(len(rpc_p50[n]) == args.rounds for n in names):
+            print(f"\n| variant | {args.rpc} p50 ms (sequential) | ratio to {first} |")
+            print("|---|---:|---:|")
+            for n in names:
+                rr = statistics.median(a / b for a, b in zip(rpc_p50[n], rpc_p50[first],
+                                                               strict=True))
+                print(f"| {n} | {statistics.median(rpc_p50[n]):.2f} | {rr:.2f}x |")
+        print(f"\n{args.kind} volumes; {args.rounds} interleaved rounds, medians; load average "
               f"{[round(x, 2) for x in os.getloadavg()]}")
     finally:
         for d, chans in drivers.values():

@@ -208,6 +208,7 @@ class NodeCore:
                     self.pool.image_path(volume_id),
                     direct_io=direct_io_wanted(mutable, self.config.direct_io),
                     read_only=readonly and cap.access_type is AccessType.BLOCK,
+                    block_size=volume.block_size,
                 )
                 # Read-ahead outlives a detach and the next user of the device inherits
                 # it, so every attach sets it: the volume's own value or the default.
@@ -507,7 +508,7 @@ class NodeCore:
                     # (direct I/O on both keeps them coherent).
                     source = self.host.loops.attach(
                         self.pool.image_path(volume_id), direct_io=self.config.direct_io,
-                        read_only=True,
+                        read_only=True, block_size=device.logical_block_size,
                     ).path
             crash_point("publish.target_made")
             try:

@@ -38,7 +38,8 @@ from csi_py.core.model import (
     VolumeState,
 )
 
-SCHEMA_VERSION = 1
+# 2: volumes.block_size (rows of version 1 become 512, the size they were attached with).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS volumes (
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS volumes (
     state          TEXT NOT NULL,
     created_at     REAL NOT NULL,
     content_source TEXT NOT NULL DEFAULT '',
-    mutable_parameters TEXT NOT NULL DEFAULT '{}'
+    mutable_parameters TEXT NOT NULL DEFAULT '{}',
+    block_size     INTEGER NOT NULL DEFAULT 512
 );
 CREATE INDEX IF NOT EXISTS volumes_state ON volumes(state);
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -283,6 +285,10 @@ class Catalog:
         if version == SCHEMA_VERSION:
             return  # nothing to write: a full pool still opens
         with self._tx() as db:
+            if version == 1:
+                # Every volume of a version 1 catalog was attached with 512-byte blocks.
+                db.execute("ALTER TABLE volumes ADD COLUMN block_size INTEGER NOT NULL"
+                           " DEFAULT 512")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
@@ -373,12 +379,12 @@ class Catalog:
 
     _VOLUME_COLUMNS = (
         "seq, id, name, capacity_bytes, fs_type, provisioning, parameters, state, created_at,"
-        " content_source, mutable_parameters"
+        " content_source, mutable_parameters, block_size"
     )
 
     @staticmethod
     def _volume(row: tuple[object, ...]) -> Volume:
-        seq, vid, name, cap, fs, prov, params, state, created, source, mutable = row
+        seq, vid, name, cap, fs, prov, params, state, created, source, mutable, bs = row
         return Volume(
             id=str(vid),
             name=str(name),
@@ -391,6 +397,7 @@ class Catalog:
             seq=int(seq),  # type: ignore[call-overload]
             content_source=str(source),
             mutable_parameters=tuple(sorted(json.loads(str(mutable)).items())),
+            block_size=int(bs),  # type: ignore[call-overload]
         )
 
     @_writes
@@ -403,8 +410,8 @@ class Catalog:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO volumes (id, name, capacity_bytes, fs_type, provisioning,"
-                    " parameters, state, created_at, content_source, mutable_parameters)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " parameters, state, created_at, content_source, mutable_parameters,"
+                    " block_size) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         volume.id,
                         volume.name,
@@ -416,6 +423,7 @@ class Catalog:
                         volume.created_at,
                         volume.content_source,
                         json.dumps(dict(volume.mutable_parameters), sort_keys=True),
+                        volume.block_size,
                     ),
                 )
                 seq = cur.lastrowid

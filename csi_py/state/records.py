@@ -76,6 +76,7 @@ def _encode_volume(rec: VolumeRecord) -> bytes:
         "provisioning": vol.provisioning.value, "parameters": dict(vol.parameters),
         "created_at": vol.created_at, "content_source": vol.content_source,
         "mutable_parameters": dict(vol.mutable_parameters), "format": rec.format,
+        "block_size": vol.block_size,
     }, sort_keys=True).encode()
 
 
@@ -97,6 +98,12 @@ def _str_map(value: object) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(value.items()))
 
 
+def _block_size(value: object) -> int:
+    if not isinstance(value, int) or value not in (512, 1024, 2048, 4096):
+        raise RecordError(f"bad block size {value!r}")
+    return value
+
+
 def decode(data: bytes) -> VolumeRecord | SnapshotRecord:
     """Parse one record. Raises RecordError for anything that is not a record this
     version wrote (garbled, truncated, missing or mistyped fields)."""
@@ -116,6 +123,8 @@ def decode(data: bytes) -> VolumeRecord | SnapshotRecord:
                 created_at=float(raw["created_at"]),
                 content_source=str(raw["content_source"]),
                 mutable_parameters=_str_map(raw["mutable_parameters"]),
+                # Records written before the field existed describe 512-byte volumes.
+                block_size=_block_size(raw.get("block_size", 512)),
             ), fmt)
         if raw.get("kind") == "snapshot":
             return SnapshotRecord(Snapshot(

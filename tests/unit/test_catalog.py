@@ -278,3 +278,36 @@ def test_writes_from_many_threads_all_land_and_close_closes_every_connection(tmp
         assert sorted(reopened.volume_states()) == sorted(vol(i).id for i in range(1, 9))
     finally:
         reopened.close()
+
+
+def test_a_version_1_catalog_is_migrated_and_its_volumes_keep_512_byte_blocks(tmp_path):
+    """Volumes recorded before block sizes were (schema 1) were attached with 512-byte
+    blocks and keep them; new rows record theirs."""
+    path = str(tmp_path / "c.db")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE volumes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL UNIQUE, capacity_bytes INTEGER NOT NULL, fs_type TEXT NOT NULL,
+            provisioning TEXT NOT NULL, parameters TEXT NOT NULL, state TEXT NOT NULL,
+            created_at REAL NOT NULL, content_source TEXT NOT NULL DEFAULT '',
+            mutable_parameters TEXT NOT NULL DEFAULT '{}');
+        PRAGMA user_version=1;
+    """)
+    old = vol(1)
+    db.execute("INSERT INTO volumes (id, name, capacity_bytes, fs_type, provisioning,"
+               " parameters, state, created_at) VALUES (?,?,?,?,?,?,?,?)",
+               (old.id, old.name, old.capacity_bytes, old.fs_type, old.provisioning.value,
+                '{"fsType": "ext4"}', old.state.value, old.created_at))
+    db.commit()
+    db.close()
+    cat = Catalog(path)
+    try:
+        assert cat.get_volume(old.id).block_size == 512
+        from dataclasses import replace
+
+        new = cat.insert_volume(replace(vol(2), block_size=4096))
+        assert cat.get_volume(new.id).block_size == 4096
+    finally:
+        cat.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == \
+        SCHEMA_VERSION == 2
