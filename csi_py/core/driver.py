@@ -205,7 +205,7 @@ def reconcile(driver: Driver) -> ReconcileReport:
             _quietly(report, files.remove_file, entry.path)
             report.removed_temp_files.append(entry.path)
             continue
-        volume_id = pool.volume_id_of_image(entry.path)
+        volume_id = pool.volume_id_of_name(entry.name)
         if volume_id is None or volume_id not in known:
             report.unknown_images.append(entry.path)
     # Images are named by their snapshot's key, without the node part of its id.

@@ -165,9 +165,14 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
             if name not in known.record_names:
                 continue
             skip.add(name)
-            image = pool.image_path(object_id) if object_id in known.volumes else \
-                pool.snapshot_path(object_id)
-            if os.path.basename(image) not in _images_of(known, object_id):
+            if object_id in known.volumes:
+                gone = Pool.image_name(object_id) not in known.volume_images
+            else:
+                gone = os.path.basename(pool.snapshot_path(object_id)) \
+                    not in known.snapshot_images
+            if gone:
+                image = pool.image_path(object_id) if object_id in known.volumes else \
+                    pool.snapshot_path(object_id)
                 report.stale_records.append(f"{records.path(object_id)} (image {image} is"
                                             " gone)")
     scan = records.scan(skip)
@@ -226,10 +231,6 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
             f" fs={snap.fs_type or '-'}")
 
 
-def _images_of(known: _Known, object_id: str) -> set[str]:
-    return known.volume_images if object_id in known.volumes else known.snapshot_images
-
-
 def _image_size(image: str, object_id: str, known: bool, records: Records,
                 report: RebuildReport, apply: bool) -> int | None:
     """The size of a record's image, or None when it is gone: then the record is
@@ -258,7 +259,7 @@ def _backfill_records(catalog: Catalog, pool: Pool, records: Records, known: _Kn
 
     for vid, state in known.volumes.items():
         if state is VolumeState.READY and not known.has_record(vid, read_known) and \
-                os.path.basename(pool.image_path(vid)) in known.volume_images:
+                Pool.image_name(vid) in known.volume_images:
             vol = catalog.get_volume(vid)
             if vol is not None:
                 write(vid, functools.partial(records.put_volume, vol))
