@@ -7,8 +7,9 @@ one setting, in interleaved rounds (the order rotates each round), as ratios to 
 Variants: default; control (the same as default: the spread between the two is the noise
 of the run); tmpfs-pool (the pool in /dev/shm: what fsync and the disk cost, an upper
 bound of what removing durable syncs could win); workers2/4/32 (gRPC worker threads;
-the default is 16); warning-log and debug-log (log level; the default is INFO).
-To try a change to the driver, run this on both branches, or add a variant.
+the default is 16); warning-log and debug-log (log level; the default is INFO);
+base (the csi-py source tree given with --base, e.g. `git archive` of the commit before
+a change, run with that tree first on PYTHONPATH: an A/B of a change in one run).
 Needs root. Prints the table; nothing is written.
 """
 
@@ -36,7 +37,9 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {  # name -> (extra serve flags, p
     "workers32": (["--workers", "32"], False),
     "warning-log": (["--log-level", "WARNING"], False),
     "debug-log": (["--log-level", "DEBUG"], False),
+    "base": ([], False),
 }
+BASE_SRC = ""  # --base
 
 
 def spec_of(name: str) -> h.DriverSpec:
@@ -44,7 +47,11 @@ def spec_of(name: str) -> h.DriverSpec:
     base = spec.argv
     extra = VARIANTS[name][0]
     spec.name = name
-    spec.argv = lambda sock, state: [*base(sock, state), *extra]
+    if name == "base":
+        # `env` execs the driver, so the pid the harness watches is the driver's.
+        spec.argv = lambda sock, state: ["env", f"PYTHONPATH={BASE_SRC}", *base(sock, state)]
+    else:
+        spec.argv = lambda sock, state: [*base(sock, state), *extra]
     return spec
 
 
@@ -56,8 +63,18 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=8, help="sequential lifecycles per round")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=2)
+    ap.add_argument("--kind", default="block", choices=["block", "ext4"],
+                    help="the volumes' kind (ext4: 64 MiB, formatted at NodeStageVolume)")
+    ap.add_argument("--rpc", default="NodeStageVolume",
+                    help="an RPC whose p50 (sequential lifecycles) is also compared")
+    ap.add_argument("--base", default="", help="csi-py source tree for the variant 'base'")
     args = ap.parse_args()
     names = args.variants.split(",")
+    global BASE_SRC
+    BASE_SRC = os.path.abspath(args.base) if args.base else ""
+    if "base" in names and not os.path.isfile(os.path.join(BASE_SRC, "csi_py", "__init__.py")):
+        print("variants: 'base' needs --base DIR, a csi-py source tree", file=sys.stderr)
+        return 2
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         print(f"variants: unknown {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
@@ -66,10 +83,12 @@ def main() -> int:
     shm = tempfile.mkdtemp(prefix="csi-variants-", dir="/dev/shm")
     for p in (work, shm):
         os.chmod(p, 0o700)
-    kind = h.Kind("block", True, "", 64 * h.MiB)
+    kind = h.Kind("block", True, "", 64 * h.MiB) if args.kind == "block" else \
+        h.Kind("ext4", False, "ext4", 64 * h.MiB)
     drivers: dict[str, tuple[h.DriverProc, dict[int, Any]]] = {}
     seq: dict[str, list[float]] = {n: [] for n in names}
     conc: dict[str, list[float]] = {n: [] for n in names}
+    rpc_p50: dict[str, list[float]] = {n: [] for n in names}  # per round
     try:
         for n in names:
             d = h.DriverProc(spec_of(n), os.path.join(work, n))
@@ -86,6 +105,8 @@ def main() -> int:
                     if b.errors:
                         raise h.BenchError(f"{n}: {b.errors[0]}")
                     out[n].append(b.done / b.seconds)
+                    if clients == 1 and b.samples.get(args.rpc):
+                        rpc_p50[n].append(statistics.median(b.samples[args.rpc]))
         first = names[0]
         print(f"| variant | sequential /s | ratio to {first} | {args.clients} clients /s | "
               f"ratio to {first} |")
@@ -95,7 +116,14 @@ def main() -> int:
             rc = statistics.median(a / b for a, b in zip(conc[n], conc[first], strict=True))
             print(f"| {n} | {statistics.median(seq[n]):.1f} | {rs:.2f}x | "
                   f"{statistics.median(conc[n]):.1f} | {rc:.2f}x |")
-        print(f"\n{args.rounds} interleaved rounds, medians; load average "
+        if all(len(rpc_p50[n]) == args.rounds for n in names):
+            print(f"\n| variant | {args.rpc} p50 ms (sequential) | ratio to {first} |")
+            print("|---|---:|---:|")
+            for n in names:
+                rr = statistics.median(a / b for a, b in zip(rpc_p50[n], rpc_p50[first],
+                                                               strict=True))
+                print(f"| {n} | {statistics.median(rpc_p50[n]):.2f} | {rr:.2f}x |")
+        print(f"\n{args.kind} volumes; {args.rounds} interleaved rounds, medians; load average "
               f"{[round(x, 2) for x in os.getloadavg()]}")
     finally:
         for d, chans in drivers.values():

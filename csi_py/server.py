@@ -12,19 +12,21 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
 from csi_py.logs import request_scope
-from csi_py.observability.metrics import Metrics
 from csi_py.rpc.controller import ControllerService
 from csi_py.rpc.group_controller import GroupControllerService
 from csi_py.rpc.identity import IdentityService
 from csi_py.rpc.node import NodeService
 from csi_py.rpc.snapshot_metadata import SnapshotMetadataService
+
+if TYPE_CHECKING:
+    from csi_py.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,8 @@ class _Observer(grpc.ServerInterceptor):
     request id that every log line written while it runs carries, and logs its time at
     debug level. Requests are never logged: some fields hold secrets."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, metrics: Metrics | None) -> None:
+        self.metrics = metrics  # None: no metrics endpoint, nothing to count for
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -100,7 +102,8 @@ class _Observer(grpc.ServerInterceptor):
                     raise
                 finally:
                     took = time.perf_counter() - start
-                    metrics.observe(method, code, took)
+                    if metrics is not None:
+                        metrics.observe(method, code, took)
                     # Failures are logged with their reason by rpc.errors, in this scope.
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("%s -> %s in %.2f ms", method, code, took * 1e3)
@@ -118,7 +121,14 @@ class Server:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.path = driver.config.socket_path
-        self.metrics = Metrics(driver)
+        # prometheus_client (and the asyncio, http and email modules it imports) only
+        # when metrics are served: without an endpoint nobody can read them, and
+        # start-up does not pay for the import.
+        self.metrics: Metrics | None = None
+        if driver.config.metrics_address:
+            from csi_py.observability.metrics import Metrics
+
+            self.metrics = Metrics(driver)
         self.metrics_port = 0
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(
@@ -156,7 +166,7 @@ class Server:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        if self.driver.config.metrics_address:
+        if self.metrics is not None:
             self.metrics_port = self.metrics.serve(self.driver.config.metrics_address)
         log.info("serving %s on unix://%s (node %s, pool %s)", self.driver.config.driver_name,
                  self.path, self.driver.config.node_id, self.driver.config.pool)
@@ -169,7 +179,8 @@ class Server:
             return
         self._stopped.set()
         self._grpc.stop(grace).wait()
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.driver.close()
         try:
             os.unlink(self.path)

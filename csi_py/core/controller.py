@@ -45,7 +45,7 @@ from csi_py.domain.model import (
 from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import Host, files
 from csi_py.linux.filesystems import for_type
-from csi_py.state.catalog import Catalog, NameTaken
+from csi_py.state.catalog import Catalog, CatalogError, NameTaken
 from csi_py.state.records import Records, SnapshotRecord, VolumeRecord
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,14 @@ class Origin:
     image: str
     size_bytes: int
     fs_type: str
+    # The block size a volume made from it gets: the source volume's when known, else
+    # 512, which every filesystem it may hold mounts on.
+    block_size: int = 512
+
+
+# The logical block size of new, empty volumes' loop devices: mkfs.ext4 is about twice
+# as fast on it as on 512-byte sectors, and the filesystems made get 4 KiB blocks.
+NEW_VOLUME_BLOCK_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -298,7 +306,7 @@ class ControllerCore:
         require_here(f"volume {name!r}", requisite, self.config,
                      source.id if source is not None and source.kind == "snapshot" else "")
         with self.locks.hold("name:" + name, "CreateVolume"):
-            existing = self.catalog.get_volume_by_name(name)
+            existing = self._volume_named(name)
             if existing is not None:
                 return self._existing_for_create(existing, capacity, fs_type, provisioning,
                                                  parameters, source)
@@ -314,6 +322,7 @@ class ControllerCore:
                 created_at=time.time(),
                 content_source=source.label if source else "",
                 mutable_parameters=tuple(sorted(mutable.items())),
+                block_size=origin.block_size if origin else NEW_VOLUME_BLOCK_SIZE,
             )
             try:
                 volume = self.catalog.insert_volume(volume)
@@ -404,14 +413,16 @@ class ControllerCore:
                         f"volume {name!r}: " + restore_there(elsewhere, source.id, self.config))
                 raise NotFound(f"volume {name!r}: source snapshot {source.id!r} does not exist"
                                f" on node {self.config.node_id!r} (snapshots stay on their node)")
+            parent = self.catalog.get_volume(snap.source_volume_id) \
+                if v.is_volume_id(snap.source_volume_id) else None
             return Origin(source, self.pool.snapshot_path(snap.id), snap.size_bytes,
-                          snap.fs_type)
+                          snap.fs_type, parent.block_size if parent else 512)
         if source.kind == "volume":
             vol = self.catalog.get_volume(source.id) if v.is_volume_id(source.id) else None
             if vol is None or vol.state is not VolumeState.READY:
                 raise NotFound(f"volume {name!r}: source volume {source.id!r} does not exist")
             return Origin(source, self.pool.image_path(vol.id), vol.capacity_bytes,
-                          vol.fs_type)
+                          vol.fs_type, vol.block_size)
         raise InvalidArgument(f"volume {name!r}: unknown content source kind {source.kind!r}")
 
     def _format_of(self, origin: Origin | None) -> str:
@@ -430,6 +441,19 @@ class ControllerCore:
                                       allow_reflink=not thick)
         else:
             files.clone_file(origin.image, path, allow_reflink=not thick)
+
+    def _volume_named(self, name: str) -> Volume | None:
+        """The catalog's volume of this name. Raises Unavailable naming the pool's
+        failure when the catalog cannot be read because the pool's filesystem failed
+        (a thread's fresh catalog connection cannot read a shut-down filesystem), else
+        CatalogError."""
+        try:
+            return self.catalog.get_volume_by_name(name)
+        except CatalogError as exc:
+            state = self._pool_state()
+            if state.failed:
+                raise Unavailable(f"volume {name!r}: {state.message}") from exc
+            raise
 
     def _require_working_pool(self, what: str) -> PoolState:
         """The pool's state; raises Unavailable (the CO retries) while its filesystem

@@ -19,11 +19,10 @@ from csi_py.core.pool import Pool
 from csi_py.core.rebuild import RebuildReport, open_catalog, rebuild
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.domain.errors import Unavailable
-from csi_py.domain.model import AccessType, Snapshot, SnapshotState, VolumeState
+from csi_py.domain.model import AccessType, SnapshotState, VolumeState
 from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import Host, files, filesystems
 from csi_py.linux.errors import LinuxError
-from csi_py.state.catalog import Catalog
 from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,9 @@ def reconcile(driver: Driver) -> ReconcileReport:
         catalog.delete_snapshot(snap.id)
         report.rolled_back_snapshots.append(snap.id)
 
-    found = rebuild(catalog, pool, records, host)
+    # Records of volumes the catalog has are not read: start-up costs no file read per
+    # volume (`csi-py pool check` reads them all).
+    found = rebuild(catalog, pool, records, host, read_known=False)
     found.catalog_moved_to = report.rebuild.catalog_moved_to
     report.rebuild = found
 
@@ -185,17 +186,17 @@ def reconcile(driver: Driver) -> ReconcileReport:
         log.warning("loop device %s on pool file %s: %s; left attached", dev.path,
                     dev.backing_file, why)
 
-    known = {vol_id for vol_id in _all_volume_ids(catalog)}
+    known = catalog.volume_states()
     for entry in os.scandir(pool.volumes_dir):
         if entry.name.startswith(".tmp-") or entry.name.startswith("."):
             _quietly(report, files.remove_file, entry.path)
             report.removed_temp_files.append(entry.path)
             continue
-        volume_id = pool.volume_id_of_image(entry.path)
+        volume_id = pool.volume_id_of_name(entry.name)
         if volume_id is None or volume_id not in known:
             report.unknown_images.append(entry.path)
     # Images are named by their snapshot's key, without the node part of its id.
-    snapshot_keys = {file_key(s.id) for s in _all_snapshots(catalog)}
+    snapshot_keys = {file_key(sid) for sid in catalog.snapshot_states()}
     for entry in os.scandir(pool.snapshots_dir):
         if entry.name.startswith("."):
             _quietly(report, files.remove_file, entry.path)
@@ -206,26 +207,6 @@ def reconcile(driver: Driver) -> ReconcileReport:
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)
     return report
-
-
-def _all_volume_ids(catalog: Catalog) -> list[str]:
-    ids: list[str] = []
-    after = 0
-    while True:
-        page = catalog.list_volumes(after, 1000)
-        if not page:
-            return ids
-        ids.extend(v.id for v in page)
-        after = page[-1].seq
-
-
-def _all_snapshots(catalog: Catalog) -> list[Snapshot]:
-    snaps: list[Snapshot] = []
-    after = 0
-    while page := catalog.list_snapshots(after, 1000):
-        snaps.extend(page)
-        after = page[-1].seq
-    return snaps
 
 
 def _quietly(report: ReconcileReport, func, *args) -> bool:  # type: ignore[no-untyped-def]

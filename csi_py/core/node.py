@@ -196,7 +196,11 @@ class NodeCore:
                     f"volume {volume_id} was created for {volume.fs_type}; it cannot be"
                     f" staged as {fs_type}"
                 )
-            device = self._device_for(volume_id, previous.device if previous else "")
+            # With no staging record nothing of ours is attached: a stage records its
+            # intent before it attaches, an unstage deletes the record only after the
+            # detach, and start-up adopts what the kernel shows. So only a retry (a
+            # record) looks for a device, and the recorded one is checked first.
+            device = self._device_for(volume_id, previous.device) if previous else None
             self.catalog.put_staging(wanted if previous is None else
                                      replace(previous, state=StagingState.STAGING))
             crash_point("stage.recorded")
@@ -209,6 +213,7 @@ class NodeCore:
                     self.pool.image_path(volume_id),
                     direct_io=direct_io_wanted(mutable, self.config.direct_io),
                     read_only=readonly and cap.access_type is AccessType.BLOCK,
+                    block_size=volume.block_size,
                 )
                 # Read-ahead outlives a detach and the next user of the device inherits
                 # it, so every attach sets it: the volume's own value or the default.
@@ -223,8 +228,10 @@ class NodeCore:
                 except BaseException:
                     # Leave nothing half-done: a fresh attach is undone so a retry starts
                     # clean (the record is kept, so unstage can also clean up).
-                    if not self._holds(staging_path, device):
-                        self._detach_quietly(device)
+                    if not self._holds(staging_path, device) and \
+                            self._detach_quietly(device):
+                        # Only once detached: a record that outlives its device is
+                        # harmless, a device without a record would be missed.
                         self.catalog.delete_staging(volume_id)
                     raise
             self.catalog.put_staging(replace(wanted, device=device.path, state=StagingState.STAGED))
@@ -309,11 +316,14 @@ class NodeCore:
         except LinuxError as exc:
             log.warning("could not thaw %s: %s", mount_point, exc)
 
-    def _detach_quietly(self, device: LoopDevice) -> None:
+    def _detach_quietly(self, device: LoopDevice) -> bool:
+        """Detach `device`; False (logged) when it cannot be. Never raises LinuxError."""
         try:
             self.host.loops.detach(device.path)
+            return True
         except LinuxError as exc:
             log.warning("could not detach %s: %s", device.path, exc)
+            return False
 
     # --- NodeUnstageVolume -------------------------------------------------------------
 
@@ -338,7 +348,9 @@ class NodeCore:
                 log.warning("volume %s: unstage at %s, but it is staged at %s; nothing done",
                             volume_id, staging_path, record.staging_path)
                 return
-            devices = self._devices_of(volume_id)
+            # The record names the staged device: a staged filesystem's is read (and
+            # checked by identity) without a scan of every loop device.
+            devices = self._devices_of(volume_id, record)
             users = [m for m in self.host.mounts.list_mounts()
                      if mount_is_of_any(m, devices) and m.mount_point != staging_path]
             if users:
@@ -507,7 +519,7 @@ class NodeCore:
                     # (direct I/O on both keeps them coherent).
                     source = self.host.loops.attach(
                         self.pool.image_path(volume_id), direct_io=self.config.direct_io,
-                        read_only=True,
+                        read_only=True, block_size=device.logical_block_size,
                     ).path
             crash_point("publish.target_made")
             try:

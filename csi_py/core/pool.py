@@ -101,6 +101,19 @@ class Pool:
             raise InvalidArgument(f"volume id {volume_id!r} is malformed")
         return os.path.join(self.volumes_dir, volume_id + ".img")
 
+    @staticmethod
+    def image_name(volume_id: str) -> str:
+        """The file name (no directory) of a volume's backing file; the id unchecked."""
+        return volume_id + ".img"
+
+    @staticmethod
+    def volume_id_of_name(name: str) -> str | None:
+        """The volume id whose backing file in volumes_dir is called `name`, or None."""
+        if not name.endswith(".img"):
+            return None
+        candidate = name[: -len(".img")]
+        return candidate if is_volume_id(candidate) else None
+
     def volume_id_of_image(self, path: str) -> str | None:
         """The volume id whose backing file is `path`, or None if `path` is not one."""
         if os.path.dirname(path) != self.volumes_dir or not path.endswith(".img"):

@@ -102,40 +102,91 @@ def open_catalog(pool: Pool, on_full: object = None, *, move_aside: bool = True
 
 
 def rebuild(catalog: Catalog, pool: Pool, records: Records, host: Host, *,
-            apply: bool = True) -> RebuildReport:
+            apply: bool = True, read_known: bool = True) -> RebuildReport:
     """Adopt what the pool and the kernel hold and the catalog lacks (see the module
     docstring). Idempotent: a second run finds nothing to do. With apply=False
     nothing is written; the report says what would be.
+
+    With read_known=False (the driver's start-up) the records of objects the catalog
+    already has are not read: which records and images exist is learnt from their
+    directories, so a start with 10,000 volumes reads no record at all. Only
+    `csi-py pool check/rebuild` (read_known=True) reads every record, and so also
+    reports (and rewrites) a garbled record of a volume the catalog knows.
 
     Raises OSError when the records directory cannot be read, CatalogError when the
     catalog cannot be written.
     """
     report = RebuildReport()
-    _adopt_records(catalog, pool, records, report, apply)
-    _backfill_records(catalog, pool, records, report, apply)
+    known = _Known.of(catalog, pool, records)
+    _adopt_records(catalog, pool, records, known, report, apply, read_known)
+    _backfill_records(catalog, pool, records, known, report, apply, read_known)
     _adopt_stagings(catalog, pool, host, report, apply)
     for line in report.lines():
         log.info("rebuild: %s", line)
     return report
 
 
+@dataclass
+class _Known:
+    """What the catalog and the pool's directories hold, each read once."""
+
+    volumes: dict[str, VolumeState]
+    snapshots: dict[str, SnapshotState]
+    record_names: set[str]   # record files present (not necessarily readable)
+    good_records: set[str]   # record files read and found sound (filled by the scan)
+    volume_images: set[str]
+    snapshot_images: set[str]
+
+    @classmethod
+    def of(cls, catalog: Catalog, pool: Pool, records: Records) -> _Known:
+        return cls(catalog.volume_states(), catalog.snapshot_states(), records.names(),
+                   set(), set(files.list_names(pool.volumes_dir)),
+                   set(files.list_names(pool.snapshots_dir)))
+
+    def has_record(self, object_id: str, read_known: bool) -> bool:
+        """Whether the object's record is in place: sound, when every record was read;
+        present, when known ones were not read."""
+        name = Records.name_of(object_id)
+        return name in self.good_records if read_known else name in self.record_names
+
+
 def _describe(vol: Volume) -> str:
     return f"{vol.id} name={vol.name!r} size={vol.capacity_bytes} fs={vol.fs_type or '-'}"
 
 
-def _adopt_records(catalog: Catalog, pool: Pool, records: Records, report: RebuildReport,
-                   apply: bool) -> None:
-    scan = records.scan()
+def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known,
+                   report: RebuildReport, apply: bool, read_known: bool) -> None:
+    skip: set[str] = set()
+    if not read_known:
+        # Records of known objects are not read; a known object whose image is gone
+        # still has its record reported as stale (and kept: reconciliation decides).
+        for object_id in [*known.volumes, *known.snapshots]:
+            name = Records.name_of(object_id)
+            if name not in known.record_names:
+                continue
+            skip.add(name)
+            if object_id in known.volumes:
+                gone = Pool.image_name(object_id) not in known.volume_images
+            else:
+                gone = os.path.basename(pool.snapshot_path(object_id)) \
+                    not in known.snapshot_images
+            if gone:
+                image = pool.image_path(object_id) if object_id in known.volumes else \
+                    pool.snapshot_path(object_id)
+                report.stale_records.append(f"{records.path(object_id)} (image {image} is"
+                                            " gone)")
+    scan = records.scan(skip)
     report.unreadable_records += scan.unreadable
     for rec in scan.volumes:
         vol = rec.volume
         if not is_volume_id(vol.id):
             report.unreadable_records.append(f"{records.path(vol.id)}: bad volume id")
             continue
+        known.good_records.add(Records.name_of(vol.id))
         image = pool.image_path(vol.id)
-        known = catalog.get_volume(vol.id) is not None
-        size = _image_size(image, vol.id, known, records, report, apply)
-        if size is None or known:
+        is_known = vol.id in known.volumes
+        size = _image_size(image, vol.id, is_known, records, report, apply)
+        if size is None or is_known:
             continue
         other = catalog.get_volume_by_name(vol.name)
         if other is not None:
@@ -147,6 +198,7 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, report: Rebui
                           state=VolumeState.READY)
         if apply:
             catalog.insert_volume(adopted)
+            known.volumes[vol.id] = VolumeState.READY
         report.adopted_volumes.append(_describe(adopted))
     groups: dict[str, GroupSnapshot] = {}
     for srec in scan.snapshots:
@@ -154,9 +206,10 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, report: Rebui
         if not is_snapshot_id(snap.id):
             report.unreadable_records.append(f"{records.path(snap.id)}: bad snapshot id")
             continue
+        known.good_records.add(Records.name_of(snap.id))
         image = pool.snapshot_path(snap.id)
-        known = catalog.get_snapshot(snap.id) is not None
-        if _image_size(image, snap.id, known, records, report, apply) is None or known:
+        is_known = snap.id in known.snapshots
+        if _image_size(image, snap.id, is_known, records, report, apply) is None or is_known:
             continue
         if snap.group_id and catalog.get_group(snap.group_id) is None and \
                 snap.group_id not in groups:
@@ -172,6 +225,7 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, report: Rebui
             continue
         if apply:
             catalog.insert_snapshot(replace(snap, state=SnapshotState.READY))
+            known.snapshots[snap.id] = SnapshotState.READY
         report.adopted_snapshots.append(
             f"{snap.id} name={snap.name!r} of={snap.source_volume_id} size={snap.size_bytes}"
             f" fs={snap.fs_type or '-'}")
@@ -191,18 +245,10 @@ def _image_size(image: str, object_id: str, known: bool, records: Records,
         return None
 
 
-def _all_volumes(catalog: Catalog) -> list[Volume]:
-    found: list[Volume] = []
-    after = 0
-    while page := catalog.list_volumes(after, 1000):
-        found += page
-        after = page[-1].seq
-    return found
-
-
-def _backfill_records(catalog: Catalog, pool: Pool, records: Records,
-                      report: RebuildReport, apply: bool) -> None:
-    """A pool made before images described themselves: write the missing records."""
+def _backfill_records(catalog: Catalog, pool: Pool, records: Records, known: _Known,
+                      report: RebuildReport, apply: bool, read_known: bool) -> None:
+    """A pool made before images described themselves: write the missing records.
+    Only the objects that need one are read from the catalog."""
     def write(object_id: str, put: Callable[[], None]) -> None:
         try:
             if apply:
@@ -211,18 +257,19 @@ def _backfill_records(catalog: Catalog, pool: Pool, records: Records,
         except OSError as exc:  # e.g. a full pool: the next start tries again
             report.record_errors.append(f"{records.path(object_id)}: {exc}")
 
-    for vol in _all_volumes(catalog):
-        if vol.state is VolumeState.READY and records.get(vol.id) is None and \
-                os.path.exists(pool.image_path(vol.id)):
-            write(vol.id, functools.partial(records.put_volume, vol))
-    after = 0
-    while page := catalog.list_snapshots(after, 1000):
-        after = page[-1].seq
-        for snap in page:
-            if snap.ready and records.get(snap.id) is None and \
-                    os.path.exists(pool.snapshot_path(snap.id)):
+    for vid, state in known.volumes.items():
+        if state is VolumeState.READY and not known.has_record(vid, read_known) and \
+                Pool.image_name(vid) in known.volume_images:
+            vol = catalog.get_volume(vid)
+            if vol is not None:
+                write(vid, functools.partial(records.put_volume, vol))
+    for sid, sstate in known.snapshots.items():
+        if sstate is SnapshotState.READY and not known.has_record(sid, read_known) and \
+                os.path.basename(pool.snapshot_path(sid)) in known.snapshot_images:
+            snap = catalog.get_snapshot(sid)
+            if snap is not None:
                 group = catalog.get_group(snap.group_id) if snap.group_id else None
-                write(snap.id, functools.partial(records.put_snapshot, snap, group))
+                write(sid, functools.partial(records.put_snapshot, snap, group))
 
 
 def adopted_staging(volume_id: str, devices: list[LoopDevice], mounts: list) -> Staging:

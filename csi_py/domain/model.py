@@ -87,6 +87,10 @@ class Volume:
     # "snapshot:<id>" or "volume:<id>" when the volume was made from one; "" otherwise.
     content_source: str = ""
     mutable_parameters: tuple[tuple[str, str], ...] = ()
+    # The logical block size its loop device is attached with. New volumes get 4096
+    # (mkfs and 4 KiB I/O are faster); volumes made before it was recorded keep 512,
+    # because a filesystem made with 1 KiB blocks cannot be mounted on a 4 KiB device.
+    block_size: int = 512
 
     @property
     def parameter_map(self) -> dict[str, str]:

@@ -500,9 +500,24 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
 
 def read_small(path: str, limit: int = 1 << 20) -> bytes:
     """The content of a small file (at most ``limit`` bytes are read). Raises OSError
-    (FileNotFoundError when it is missing)."""
-    with open(path, "rb") as fh:
-        return fh.read(limit)
+    (FileNotFoundError when it is missing).
+
+    With os.open/os.read rather than open(): a buffered file object asks isatty (a
+    failing TCGETS ioctl) on every open, and sysfs attributes and mountinfo are read
+    on every RPC."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def list_names(directory: str) -> list[str]:

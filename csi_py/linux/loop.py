@@ -18,7 +18,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from csi_py.linux import _libc
+from csi_py.linux import _libc, files
 from csi_py.linux._loop_abi import (
     LO_FLAGS_AUTOCLEAR,
     LO_FLAGS_DIRECT_IO,
@@ -39,7 +39,7 @@ from csi_py.linux._loop_abi import (
     file_name_field,
 )
 from csi_py.linux.errors import DeviceBusy, LoopError, errno_text
-from csi_py.linux.mount import parse_mountinfo
+from csi_py.linux.mount import MAX_TABLE, parse_mountinfo
 
 LOOP_CONTROL = "/dev/loop-control"
 SYS_BLOCK = "/sys/block"
@@ -405,8 +405,8 @@ class LoopManager:
         if holders:
             raise DeviceBusy(f"{node} is in use by {', '.join(holders)}", device=node)
         dev = _read(os.path.join(base, "dev"))
-        with open("/proc/self/mountinfo", "rb") as f:
-            mounts = parse_mountinfo(os.fsdecode(f.read()))
+        mounts = parse_mountinfo(os.fsdecode(files.read_small("/proc/self/mountinfo",
+                                                              MAX_TABLE)))
         for m in mounts:
             # btrfs reports an anonymous device number, so match the source too.
             if f"{m.major}:{m.minor}" == dev or m.source == node:
@@ -659,8 +659,7 @@ def referenced_loop_numbers(mountinfo: str = "/proc/self/mountinfo") -> set[int]
     mount outlives a detach of the device). Read-only; never raises (an unreadable
     mount table refers to nothing)."""
     try:
-        with open(mountinfo, "rb") as f:
-            mounts = parse_mountinfo(os.fsdecode(f.read()))
+        mounts = parse_mountinfo(os.fsdecode(files.read_small(mountinfo, MAX_TABLE)))
     except OSError:
         return set()
     found = set()
@@ -677,8 +676,7 @@ def referenced_loop_numbers(mountinfo: str = "/proc/self/mountinfo") -> set[int]
 def _read(path: str, *, strip_all: bool = True) -> str | None:
     """A sysfs attribute without its trailing newline, or None if it is gone."""
     try:
-        with open(path, "rb") as f:
-            raw = os.fsdecode(f.read())
+        raw = os.fsdecode(files.read_small(path, 1 << 16))
     except OSError:
         return None
     # backing_file may legitimately end in spaces: only drop the kernel's newline.

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from csi_py.linux import _libc
+from csi_py.linux import _libc, files
 from csi_py.linux.errors import DeviceBusy, MountError, errno_text
 
 # <linux/mount.h> / <sys/mount.h>
@@ -36,6 +36,8 @@ UMOUNT_NOFOLLOW = 8
 MNT_DETACH = 2
 
 MOUNTINFO = "/proc/self/mountinfo"
+# The most of a mount table read: far above what a node with thousands of mounts has.
+MAX_TABLE = 64 << 20
 
 ATIME_FLAGS = MS_NOATIME | MS_RELATIME | MS_STRICTATIME
 
@@ -219,8 +221,7 @@ class Mounter:
     def list_mounts(self) -> list[MountEntry]:
         """All mounts of this process's mount namespace, in mountinfo order.
         Read-only, never cached. Raises OSError if mountinfo cannot be read."""
-        with open(self._mountinfo_path, "rb") as f:
-            return parse_mountinfo(os.fsdecode(f.read()))
+        return parse_mountinfo(os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE)))
 
     def mounts_at(self, path: str) -> list[MountEntry]:
         """Entries whose mount point is exactly ``path`` after :func:`normalize`
@@ -229,8 +230,7 @@ class Mounter:
         # Only the lines whose mount point field matches are parsed: the publish path
         # asks this several times, and a node can have hundreds of mounts.
         wanted = _escape(normalize(path))
-        with open(self._mountinfo_path, "rb") as f:
-            text = os.fsdecode(f.read())
+        text = os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE))
         if " " + wanted + " " not in text:
             return []
         lines = [ln for ln in text.split("\n")

@@ -24,6 +24,17 @@ class HealthCollector(Collector):
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The metric names, without computing them. The registry asks at registration;
+        without a describe() it would collect(), i.e. health-check every volume, at
+        start-up."""
+        yield GaugeMetricFamily("csi_py_volume_condition", "", labels=["volume_id", "type",
+                                                                        "reason"])
+        yield GaugeMetricFamily("csi_py_pool_condition", "", labels=["type", "reason"])
+        for name in ("csi_py_pool_inodes", "csi_py_pool_free_inodes",
+                     "csi_py_pool_read_only"):
+            yield GaugeMetricFamily(name, "")
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         report = self.driver.health_report
         volumes = GaugeMetricFamily(

@@ -32,8 +32,25 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 class PoolCollector(Collector):
     """Computes the pool gauges when Prometheus scrapes, never in the RPC path."""
 
+    NAMES = (
+        ("csi_py_pool_capacity_bytes", "Size of the filesystem holding the pool"),
+        ("csi_py_pool_available_bytes", "Free space in the pool's filesystem"),
+        ("csi_py_pool_provisioned_bytes",
+         "Sum of all volumes' capacities (thin volumes promise it)"),
+        ("csi_py_volumes", "Volumes in the catalog"),
+        ("csi_py_snapshots", "Snapshots in the catalog"),
+        ("csi_py_attached_loop_devices", "Loop devices attached to this pool's volumes"),
+        ("csi_py_ready", "1 once start-up reconciliation is done"),
+    )
+
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The metric names, without computing them: the registry asks at registration,
+        and without a describe() it would run a full collect() then (at start-up)."""
+        for name, doc in self.NAMES:
+            yield GaugeMetricFamily(name, doc)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         driver = self.driver

@@ -4,8 +4,12 @@ The catalog records intent (what was asked for); the kernel is the truth for wha
 attached and mounted. Every mutating operation writes its intent here first, acts, and
 then commits the outcome, so a restart can finish or roll back whatever was in flight.
 
-Thread-safety: one connection shared by the gRPC worker threads, serialized by a lock.
-Every public method is a single transaction.
+Thread-safety: each thread has its own connection to the file (made on first use). In
+WAL mode a reader never waits for a writer, and no Python lock is held across a COMMIT
+and its fdatasync: SQLite's own write lock (BEGIN IMMEDIATE, with a busy timeout)
+orders the writers, while every other thread keeps reading. Every public method is a
+single transaction. (":memory:" has one database per connection, so it keeps a single
+connection behind a lock.)
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -33,7 +38,8 @@ from csi_py.domain.model import (
     VolumeState,
 )
 
-SCHEMA_VERSION = 1
+# 2: volumes.block_size (rows of version 1 become 512, the size they were attached with).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS volumes (
@@ -47,7 +53,8 @@ CREATE TABLE IF NOT EXISTS volumes (
     state          TEXT NOT NULL,
     created_at     REAL NOT NULL,
     content_source TEXT NOT NULL DEFAULT '',
-    mutable_parameters TEXT NOT NULL DEFAULT '{}'
+    mutable_parameters TEXT NOT NULL DEFAULT '{}',
+    block_size     INTEGER NOT NULL DEFAULT 512
 );
 CREATE INDEX IF NOT EXISTS volumes_state ON volumes(state);
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -142,6 +149,11 @@ def _writes(method: Callable) -> Callable:  # type: ignore[type-arg]
     return call
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced: the catalog tracks every thread's
+    connection for close() without keeping a dead thread's one open."""
+
+
 class NameTaken(Exception):
     """A volume with this name (or id) is already recorded."""
 
@@ -159,7 +171,19 @@ class Catalog:
         """
         self.path = path
         self._on_full = on_full
-        self._lock = threading.Lock()
+        self._local = threading.local()
+        # Every thread's connection, for close(); a thread that ends drops its own.
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._all_lock = threading.Lock()  # guards _all only, never held over SQL
+        self._closed = False
+        self._write_lock = threading.Lock()  # BEGIN..COMMIT of this process's writers
+        self._sync_lock = threading.Lock()  # one WAL fdatasync at a time (group commit)
+        self._committed = 0  # commits made, numbered; under _write_lock
+        self._synced = 0  # commits known on disk; under _sync_lock
+        self._wal_fd: int | None = None
+        # Only ":memory:" shares one connection (a second would be another database).
+        self._shared_lock: threading.Lock | None = threading.Lock() \
+            if path == ":memory:" else None
         # The WAL and shared-memory files are created by SQLite with the process
         # umask: owner-only like the catalog itself, from their first byte.
         old_umask = os.umask(0o077)
@@ -186,9 +210,12 @@ class Catalog:
                 except FileNotFoundError:
                     pass
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> _Connection:
         try:
-            return sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # timeout: how long BEGIN IMMEDIATE waits for another thread's write
+            # transaction (its commit's fdatasync included) before "database is locked".
+            return sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=60.0, factory=_Connection)
         except sqlite3.Error as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from exc
 
@@ -196,18 +223,53 @@ class Catalog:
         """Connect and check the file; on failure nothing stays open. Raises
         sqlite3 errors, CatalogDamaged, CatalogTooNew."""
         self._db = self._connect()
+        # The opening thread keeps the checked connection; others make their own.
+        self._local.db = self._db
         try:
             self._check_and_migrate()
         except BaseException:
+            self._local.db = None
             self._db.close()
             raise
+        self._all.add(self._db)
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, made (WAL, foreign keys) on first use. Raises
+        CatalogError when the catalog is closed or cannot be opened."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None and not self._closed:
+            return db
+        with self._all_lock:
+            if self._closed:
+                raise CatalogError(f"catalog {self.path} is closed")
+            db = self._connect()
+            self._all.add(db)
+        try:
+            # journal_mode is the file's (set at open); the others are per connection.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from exc
+        self._local.db = db
+        return db
+
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        if self._shared_lock is None:
+            yield self._conn()
+            return
+        with self._shared_lock:
+            yield self._conn()
 
     def _check_and_migrate(self) -> None:
         path = self.path
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before we act on it, so power loss cannot
-        # leave a backing file the catalog has never heard of.
-        self._db.execute("PRAGMA synchronous=FULL")
+        # A durable commit is on disk before we act on it, so power loss cannot leave
+        # a backing file the catalog has never heard of. NORMAL: SQLite writes the
+        # WAL without syncing it at COMMIT; _tx syncs it (group commit) before a
+        # durable commit returns. Checkpoints still sync the WAL before and the
+        # database after copying.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         # A truncated or partly overwritten file may still open; a quick check
         # (milliseconds for a catalog) finds it before any call trusts it.
@@ -223,6 +285,10 @@ class Catalog:
         if version == SCHEMA_VERSION:
             return  # nothing to write: a full pool still opens
         with self._tx() as db:
+            if version == 1:
+                # Every volume of a version 1 catalog was attached with 512-byte blocks.
+                db.execute("ALTER TABLE volumes ADD COLUMN block_size INTEGER NOT NULL"
+                           " DEFAULT 512")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
@@ -241,35 +307,71 @@ class Catalog:
     def close(self) -> None:
         """Close the connection. Idempotent; never raises (on a failed pool the
         final checkpoint fails, and the WAL keeps what it holds)."""
-        with self._lock:
+        with self._all_lock:
+            self._closed = True
+            conns = list(self._all)
+            self._all.clear()
+        for db in conns:
             try:
-                self._db.close()
+                db.close()
             except sqlite3.Error:
                 pass
+        with self._sync_lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction. `durable`: its commit is on disk before it returns (an
-        fsync of the WAL). Records the kernel can tell us again after a power loss
+        fdatasync of the WAL). Records the kernel can tell us again after a power loss
         (stagings) or that the CO re-sends (attachments) commit without one; the
         next durable commit carries them to disk too. A process crash loses
-        neither: WAL commits are atomic."""
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
-            self._db.execute("BEGIN IMMEDIATE")
+        neither: WAL commits are atomic.
+
+        The write lock (a Python lock, so a waiting writer wakes at once instead of
+        polling SQLite's busy handler) is held from BEGIN to COMMIT only. The COMMIT
+        itself runs with synchronous=NORMAL, which writes the WAL frames but does not
+        sync them; the fdatasync that makes a durable commit durable happens after the
+        lock is released, as a group commit (_sync_through): one fdatasync covers
+        every commit made before it started, so concurrent RPCs share it instead of
+        queueing one disk flush each behind the lock. Readers take no lock at all."""
+        with self._using() as db, self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
+            self._committed += 1
+            mine = self._committed
+        if durable and self._shared_lock is None:  # ":memory:" has nothing to sync
+            self._sync_through(mine)
+
+    def _sync_through(self, commit: int) -> None:
+        """Return once commit number `commit` (and all before it) is on disk. Raises
+        CatalogError when the WAL cannot be synced (then nothing is claimed durable)."""
+        with self._sync_lock:
+            if self._synced >= commit:
+                return  # a flush that started after our COMMIT covered it
+            target = self._committed  # every commit so far is in the WAL file
+            try:
+                if self._wal_fd is None:
+                    self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+                os.fdatasync(self._wal_fd)
+            except OSError as exc:
+                raise CatalogError(f"catalog {self.path}: cannot sync its WAL: {exc}"
+                                   ) from exc
+            self._synced = target
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         """Rows of one read. Raises CatalogError when SQLite cannot read (EIO on a
-        failed pool, a damaged page)."""
-        with self._lock:
+        failed pool, a damaged page). Takes no lock: in WAL mode a read sees the
+        last commit and never waits for a writer."""
+        with self._using() as db:
             try:
-                return self._db.execute(sql, args).fetchall()
+                return db.execute(sql, args).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc) from exc
 
@@ -277,12 +379,12 @@ class Catalog:
 
     _VOLUME_COLUMNS = (
         "seq, id, name, capacity_bytes, fs_type, provisioning, parameters, state, created_at,"
-        " content_source, mutable_parameters"
+        " content_source, mutable_parameters, block_size"
     )
 
     @staticmethod
     def _volume(row: tuple[object, ...]) -> Volume:
-        seq, vid, name, cap, fs, prov, params, state, created, source, mutable = row
+        seq, vid, name, cap, fs, prov, params, state, created, source, mutable, bs = row
         return Volume(
             id=str(vid),
             name=str(name),
@@ -295,6 +397,7 @@ class Catalog:
             seq=int(seq),  # type: ignore[call-overload]
             content_source=str(source),
             mutable_parameters=tuple(sorted(json.loads(str(mutable)).items())),
+            block_size=int(bs),  # type: ignore[call-overload]
         )
 
     @_writes
@@ -307,8 +410,8 @@ class Catalog:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO volumes (id, name, capacity_bytes, fs_type, provisioning,"
-                    " parameters, state, created_at, content_source, mutable_parameters)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " parameters, state, created_at, content_source, mutable_parameters,"
+                    " block_size) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         volume.id,
                         volume.name,
@@ -320,6 +423,7 @@ class Catalog:
                         volume.created_at,
                         volume.content_source,
                         json.dumps(dict(volume.mutable_parameters), sort_keys=True),
+                        volume.block_size,
                     ),
                 )
                 seq = cur.lastrowid
@@ -376,6 +480,12 @@ class Catalog:
             (after_seq, limit),
         )
         return [self._volume(r) for r in rows]
+
+    def volume_states(self) -> dict[str, VolumeState]:
+        """Every volume's id and state, in one query and without decoding rows: what
+        start-up needs to know which records and images are already known. Read-only."""
+        return {str(vid): VolumeState(state)
+                for vid, state in self._query("SELECT id, state FROM volumes ORDER BY seq")}
 
     def volumes_in_state(self, state: VolumeState) -> list[Volume]:
         """All volumes in `state` (indexed). Read-only."""
@@ -595,6 +705,11 @@ class Catalog:
             (*args, limit),
         )
         return [self._snapshot(r) for r in rows]
+
+    def snapshot_states(self) -> dict[str, SnapshotState]:
+        """Every snapshot's id and state, in one query. Read-only."""
+        return {str(sid): SnapshotState(state)
+                for sid, state in self._query("SELECT id, state FROM snapshots ORDER BY seq")}
 
     def snapshots_in_state(self, state: SnapshotState) -> list[Snapshot]:
         rows = self._query(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Container
 from dataclasses import dataclass, replace
 
 from csi_py.domain.model import (
@@ -75,6 +76,7 @@ def _encode_volume(rec: VolumeRecord) -> bytes:
         "provisioning": vol.provisioning.value, "parameters": dict(vol.parameters),
         "created_at": vol.created_at, "content_source": vol.content_source,
         "mutable_parameters": dict(vol.mutable_parameters), "format": rec.format,
+        "block_size": vol.block_size,
     }, sort_keys=True).encode()
 
 
@@ -96,6 +98,12 @@ def _str_map(value: object) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(value.items()))
 
 
+def _block_size(value: object) -> int:
+    if not isinstance(value, int) or value not in (512, 1024, 2048, 4096):
+        raise RecordError(f"bad block size {value!r}")
+    return value
+
+
 def decode(data: bytes) -> VolumeRecord | SnapshotRecord:
     """Parse one record. Raises RecordError for anything that is not a record this
     version wrote (garbled, truncated, missing or mistyped fields)."""
@@ -115,6 +123,8 @@ def decode(data: bytes) -> VolumeRecord | SnapshotRecord:
                 created_at=float(raw["created_at"]),
                 content_source=str(raw["content_source"]),
                 mutable_parameters=_str_map(raw["mutable_parameters"]),
+                # Records written before the field existed describe 512-byte volumes.
+                block_size=_block_size(raw.get("block_size", 512)),
             ), fmt)
         if raw.get("kind") == "snapshot":
             return SnapshotRecord(Snapshot(
@@ -143,7 +153,7 @@ class Records:
         """The record file of a volume or snapshot id (the caller validated the id). A
         snapshot's is named by its key (`snap-<hex>`), like its image; the record
         inside keeps the whole id, node part included."""
-        return os.path.join(self.directory, file_key(object_id) + SUFFIX)
+        return os.path.join(self.directory, self.name_of(object_id))
 
     def put_volume(self, volume: Volume, format_state: str = FORMAT_UNKNOWN) -> None:
         """Write (or replace) a volume's record. Idempotent. Raises OSError."""
@@ -184,12 +194,24 @@ class Records:
         """Remove a record. Idempotent. Raises OSError."""
         files.remove_file(self.path(object_id))
 
-    def scan(self) -> Scan:
-        """Every record in the directory; unreadable ones are listed, never removed.
-        Read-only. Raises OSError when the directory itself cannot be read."""
+    def names(self) -> set[str]:
+        """The record file names in the directory (`<id or key>.json`), read from the
+        directory alone. Read-only. Raises OSError when it cannot be read."""
+        return {name for name in files.list_names(self.directory)
+                if name.endswith(SUFFIX) and not name.startswith(".")}
+
+    @staticmethod
+    def name_of(object_id: str) -> str:
+        """The file name (no directory) of an id's record."""
+        return file_key(object_id) + SUFFIX
+
+    def scan(self, skip: Container[str] = ()) -> Scan:
+        """Every record in the directory, except the file names in `skip` (not read);
+        unreadable ones are listed, never removed. Read-only. Raises OSError when the
+        directory itself cannot be read."""
         found = Scan([], [], [])
         for name in files.list_names(self.directory):
-            if not name.endswith(SUFFIX) or name.startswith("."):
+            if not name.endswith(SUFFIX) or name.startswith(".") or name in skip:
                 continue
             path = os.path.join(self.directory, name)
             try:

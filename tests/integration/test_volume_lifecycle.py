@@ -116,6 +116,8 @@ def test_whole_life_keeps_data_and_cleans_up(driver, kind):
         loop = loop_of(driver, vid)
         with open(f"/sys/block/{loop}/loop/dio") as fh:
             assert fh.read().strip() == "1", "loop devices must use direct I/O"
+        with open(f"/sys/block/{loop}/queue/logical_block_size") as fh:
+            assert fh.read().strip() == "4096", "new volumes get 4 KiB logical blocks"
         payload = os.urandom(3 * MiB)
         write_data(target, kind, payload)
         assert read_digest(target, kind, len(payload)) == hashlib.sha256(payload).hexdigest()

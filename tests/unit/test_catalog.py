@@ -221,3 +221,93 @@ def test_volume_source_and_mutable_parameters_round_trip(catalog):
     assert catalog.get_volume(stored.id).content_source == "snapshot:snap-x"
     catalog.set_mutable_parameters(stored.id, {"directIO": "false"})
     assert catalog.get_volume(stored.id).mutable_parameter_map == {"directIO": "false"}
+
+
+def test_a_reader_never_waits_for_a_writer_holding_its_transaction(catalog):
+    """Each thread has its own WAL connection and no Python lock spans a commit: a
+    read in one thread completes while another thread is inside a write transaction
+    (with the old single locked connection the read waited for the commit)."""
+    import threading
+
+    catalog.insert_volume(vol(1))
+    in_tx, read_done = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def writer() -> None:
+        with catalog._tx() as db:
+            db.execute("UPDATE volumes SET capacity_bytes=capacity_bytes+1")
+            in_tx.set()
+            seen["reader_finished_inside_tx"] = read_done.wait(30)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert in_tx.wait(30)
+    before = catalog.get_volume(vol(1).id)  # the last commit, not the open write
+    read_done.set()
+    t.join()
+    assert seen["reader_finished_inside_tx"] is True
+    assert before is not None and before.capacity_bytes == vol(1).capacity_bytes
+    assert catalog.get_volume(vol(1).id).capacity_bytes == vol(1).capacity_bytes + 1
+
+
+def test_writes_from_many_threads_all_land_and_close_closes_every_connection(tmp_path):
+    import threading
+
+    cat = Catalog(str(tmp_path / "catalog.db"))
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            cat.insert_volume(vol(i))
+            assert cat.get_volume(vol(i).id) is not None
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert cat.volume_count() == 8
+    cat.close()
+    with pytest.raises(CatalogError):
+        cat.get_volume(vol(1).id)
+    reopened = Catalog(str(tmp_path / "catalog.db"))
+    try:
+        assert sorted(reopened.volume_states()) == sorted(vol(i).id for i in range(1, 9))
+    finally:
+        reopened.close()
+
+
+def test_a_version_1_catalog_is_migrated_and_its_volumes_keep_512_byte_blocks(tmp_path):
+    """Volumes recorded before block sizes were (schema 1) were attached with 512-byte
+    blocks and keep them; new rows record theirs."""
+    path = str(tmp_path / "c.db")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE volumes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL UNIQUE, capacity_bytes INTEGER NOT NULL, fs_type TEXT NOT NULL,
+            provisioning TEXT NOT NULL, parameters TEXT NOT NULL, state TEXT NOT NULL,
+            created_at REAL NOT NULL, content_source TEXT NOT NULL DEFAULT '',
+            mutable_parameters TEXT NOT NULL DEFAULT '{}');
+        PRAGMA user_version=1;
+    """)
+    old = vol(1)
+    db.execute("INSERT INTO volumes (id, name, capacity_bytes, fs_type, provisioning,"
+               " parameters, state, created_at) VALUES (?,?,?,?,?,?,?,?)",
+               (old.id, old.name, old.capacity_bytes, old.fs_type, old.provisioning.value,
+                '{"fsType": "ext4"}', old.state.value, old.created_at))
+    db.commit()
+    db.close()
+    cat = Catalog(path)
+    try:
+        assert cat.get_volume(old.id).block_size == 512
+        from dataclasses import replace
+
+        new = cat.insert_volume(replace(vol(2), block_size=4096))
+        assert cat.get_volume(new.id).block_size == 4096
+    finally:
+        cat.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == \
+        SCHEMA_VERSION == 2

@@ -134,3 +134,36 @@ def test_pool_check_writes_nothing_and_rebuild_applies(made):
     assert len(rebuilt.adopted_volumes) == 2 and len(rebuilt.catalog_moved_to) == 1
     assert os.path.exists(rebuilt.catalog_moved_to[0])
     assert check_pool(pool, host, apply=False).lines() == []
+
+
+def test_block_size_is_recorded_and_old_records_mean_512(tmp_path, made):
+    """New volumes record 4096-byte logical blocks (in the catalog and their record,
+    so a rebuilt catalog keeps it); a record written before the field existed
+    describes a 512-byte volume; a clone keeps its source's block size."""
+    tmp_path, host, vols, _, _ = made
+    records = Records(str(tmp_path / "pool" / "records"))
+    assert vols[0].block_size == 4096
+    assert records.get_volume(vols[0].id).volume.block_size == 4096
+    path = records.path(vols[1].id)
+    raw = json.loads(open(path, "rb").read())
+    del raw["block_size"]
+    with open(path, "w") as fh:
+        json.dump(raw, fh)
+    assert records.get_volume(vols[1].id).volume.block_size == 512
+    raw["block_size"] = 333
+    with pytest.raises(RecordError):
+        decode(json.dumps(raw).encode())
+    # A catalog rebuilt from the records keeps each volume's block size.
+    os.unlink(tmp_path / "pool" / "catalog.db")
+    driver = start(tmp_path, host)
+    try:
+        assert driver.catalog.get_volume(vols[0].id).block_size == 4096
+        assert driver.catalog.get_volume(vols[1].id).block_size == 512
+        from csi_py.core.controller import ContentSource
+
+        clone = driver.controller.create_volume(
+            "clone-of-old", CapacityRange(32 * MiB, 0), [MOUNT], {}, {}, [],
+            source=ContentSource("volume", vols[1].id))
+        assert clone.block_size == 512
+    finally:
+        driver.close()
