@@ -69,9 +69,10 @@ def test_statefulset_data_survives_pod_deletion(cluster: Cluster) -> None:
     assert "VERIFIED csi-py-web-1 boot=2" in log, log
     # The other replicas' volumes are untouched and still their own.
     for i in (0, 2):
+        # The checksum file names the relative `marker`: check it from /data.
         out = cluster.exec(f"csi-py-web-{i}", ["sh", "-c",
-                                              "head -n 1 /data/marker; sha256sum -c -s"
-                                              " /data/marker.sha256 && echo SUM-OK"])
+                                              "cd /data && head -n 1 marker &&"
+                                              " sha256sum -c -s marker.sha256 && echo SUM-OK"])
         assert f"csi-py-web-{i}" in out and "SUM-OK" in out, out
 
 
@@ -133,17 +134,47 @@ def test_clone(cluster: Cluster) -> None:
     assert "CLONED: cloned content" in cluster.logs("csi-py-clone")
 
 
-def test_online_expansion(cluster: Cluster) -> None:
-    sc = cluster.storage.read_storage_class("csi-py")
+def _node_plugin_has_cap_sys_resource(cluster: Cluster) -> bool:
+    """Whether the csi-py container of the node plugin holds CAP_SYS_RESOURCE (bit 24 of
+    CapEff), which growing a mounted ext4 needs. A privileged container gets only what the
+    runtime itself has: not in VMs that drop it, nor under user namespaces."""
+    pod, _ = _driver_pod(cluster)
+    status = cluster.exec(pod, ["cat", "/proc/self/status"], namespace=DRIVER_NAMESPACE,
+                          container="csi-py")
+    cap_eff = next(line.split()[1] for line in status.splitlines()
+                   if line.startswith("CapEff:"))
+    return bool(int(cap_eff, 16) >> 24 & 1)
+
+
+@pytest.mark.parametrize("storage_class", ["csi-py", "csi-py-xfs"])
+def test_online_expansion(cluster: Cluster, storage_class: str) -> None:
+    sc = cluster.storage.read_storage_class(storage_class)
     if not sc.allow_volume_expansion:
-        pytest.skip("StorageClass csi-py does not allow expansion (distributed layout)")
-    cluster.apply_example("expansion/pvc-pod.yaml")
+        pytest.skip(f"StorageClass {storage_class} does not allow expansion")
+    cluster.apply_example("expansion/pvc-pod.yaml", lambda text: text.replace(
+        "storageClassName: csi-py\n", f"storageClassName: {storage_class}\n"))
     cluster.pod_ready("csi-py-grow")
     cluster.pvc_bound("csi-py-grow")
     before = _df_total_bytes(cluster.exec("csi-py-grow", ["df", "-k", "/data"]))
     patch = yaml.safe_load((EXAMPLES / "expansion" / "patch.yaml").read_text())
     cluster.core.patch_namespaced_persistent_volume_claim("csi-py-grow", cluster.namespace,
                                                           patch)
+    fs_type = (sc.parameters or {}).get("fsType") or (sc.parameters or {}).get(
+        "csi.storage.k8s.io/fstype", "ext4")
+    if fs_type == "ext4" and not _node_plugin_has_cap_sys_resource(cluster):
+        # The kernel refuses to grow a mounted ext4 without CAP_SYS_RESOURCE: the driver
+        # must say so (NodeExpandVolume FAILED_PRECONDITION naming the capability), and
+        # kubelet passes that on as an event, instead of the resize hanging silently.
+        def refused():
+            events = cluster.core.list_namespaced_event(cluster.namespace).items
+            return next((e.message for e in events
+                         if "CAP_SYS_RESOURCE" in (e.message or "")), None)
+
+        message = cluster.wait("the driver's refusal to grow a mounted ext4", refused)
+        assert "ext4" in message, message
+        after = _df_total_bytes(cluster.exec("csi-py-grow", ["df", "-k", "/data"]))
+        assert after < before + 400 * MiB, "refused, yet the filesystem grew"
+        return
 
     def grown():
         pvc = cluster.core.read_namespaced_persistent_volume_claim("csi-py-grow",
