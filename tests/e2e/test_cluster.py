@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -94,6 +94,7 @@ def _driver_ready(cluster: Cluster, not_uid: str | None = None) -> Any:
     return cluster.wait("the csi-py node plugin Running with every container ready", ready)
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("fs_type", ["ext4", "xfs", "btrfs"])
 def test_dynamic_provisioning_per_filesystem(cluster: Cluster, fs_type: str) -> None:
     sc_name = f"csi-py-e2e-{fs_type}-{cluster.namespace}"
@@ -117,6 +118,7 @@ def test_dynamic_provisioning_per_filesystem(cluster: Cluster, fs_type: str) -> 
         cluster.storage.delete_storage_class(sc_name)
 
 
+@pytest.mark.once
 def test_read_write_once_pod_refuses_a_second_pod(cluster: Cluster) -> None:
     cluster.create(_pvc("only-one", "csi-py", "256Mi", mode="ReadWriteOncePod"))
     cluster.create(_pod("first", "only-one", "echo first > /data/owner"))
@@ -163,7 +165,8 @@ def test_storage_capacity_follows_the_pool(cluster: Cluster) -> None:
     cluster.create(_pvc("big", "csi-py", "2Gi"))
     cluster.create(_pod("app", "big", "true"))
     cluster.pod_ready("app")
-    cluster.wait(f"capacity {before} - 2Gi", lambda: _capacity(cluster, "csi-py") == before - 2 * GiB)
+    cluster.wait(f"capacity {before} - 2Gi",
+                 lambda: _capacity(cluster, "csi-py") == before - 2 * GiB)
     cluster.core.delete_namespaced_pod("app", cluster.namespace, grace_period_seconds=0)
     cluster.core.delete_namespaced_persistent_volume_claim("big", cluster.namespace)
     cluster.wait(f"capacity back to {before}", lambda: _capacity(cluster, "csi-py") == before)
@@ -198,6 +201,7 @@ def test_driver_metrics(cluster: Cluster) -> None:
                      re.M), "NodePublishVolume calls are counted"
 
 
+@pytest.mark.once
 def test_statefulset_survives_a_node_plugin_restart(cluster: Cluster) -> None:
     cluster.apply_example("statefulset.yaml")
     cluster.wait("StatefulSet csi-py-web with 3 ready replicas", lambda: (
@@ -238,7 +242,7 @@ def test_node_reboot_brings_every_volume_back(cluster: Cluster) -> None:
         cluster.apps.read_namespaced_stateful_set("csi-py-web", cluster.namespace)
         .status.ready_replicas or 0) == 3)
     cluster.pod_ready("block")
-    rebooted_at = datetime.now(timezone.utc)
+    rebooted_at = datetime.now(UTC)
     # hack/cluster fails unless the node's processes, mounts and loop devices all went.
     result = subprocess.run([str(REPO / "hack" / "cluster"), "reboot-node"],
                             capture_output=True, text=True, timeout=900)

@@ -86,6 +86,7 @@ def test_raw_block_volume(cluster: Cluster) -> None:
     assert int(m.group(1)) == 256 * MiB
 
 
+@pytest.mark.once
 def test_ephemeral_inline_volume(cluster: Cluster) -> None:
     cluster.apply_example("ephemeral-inline.yaml")
     cluster.pod_ready("csi-py-inline")

@@ -22,9 +22,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("CSI_PY_E2E_LAYOUT") != "teardown
 
 
 def test_no_kubernetes_object_of_the_driver_is_left() -> None:
-    from kubernetes.client.exceptions import ApiException
-
     from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
 
     config.load_kube_config()
     api = client.ApiClient()
