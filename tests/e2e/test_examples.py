@@ -164,18 +164,29 @@ def test_online_expansion(cluster: Cluster, storage_class: str) -> None:
         "csi.storage.k8s.io/fstype", "ext4")
     if fs_type == "ext4" and not _node_plugin_has_cap_sys_resource(cluster):
         # The kernel refuses to grow a mounted ext4 without CAP_SYS_RESOURCE: the driver
-        # must say so (NodeExpandVolume FAILED_PRECONDITION naming the capability), and
-        # kubelet passes that on as an event, instead of the resize hanging silently.
+        # must say so (NodeExpandVolume FAILED_PRECONDITION naming the capability), which
+        # kubelet puts on the PVC as a NodeResizeError condition, instead of the resize
+        # hanging silently.
         def refused():
-            events = cluster.core.list_namespaced_event(cluster.namespace).items
-            return next((e.message for e in events
-                         if "CAP_SYS_RESOURCE" in (e.message or "")), None)
+            pvc = cluster.core.read_namespaced_persistent_volume_claim("csi-py-grow",
+                                                                       cluster.namespace)
+            return next((c.message for c in pvc.status.conditions or []
+                         if "CAP_SYS_RESOURCE" in (c.message or "")), None)
 
         message = cluster.wait("the driver's refusal to grow a mounted ext4", refused)
         assert "ext4" in message, message
         after = _df_total_bytes(cluster.exec("csi-py-grow", ["df", "-k", "/data"]))
         assert after < before + 400 * MiB, "refused, yet the filesystem grew"
-        return
+        # As the refusal says, the filesystem grows at the volume's next stage, unmounted.
+        cluster.core.delete_namespaced_pod("csi-py-grow", cluster.namespace,
+                                           grace_period_seconds=1)
+        cluster.wait("pod csi-py-grow gone", lambda: not any(
+            p.metadata.name == "csi-py-grow"
+            for p in cluster.core.list_namespaced_pod(cluster.namespace).items))
+        pod_doc = next(d for d in yaml.safe_load_all(
+            (EXAMPLES / "expansion" / "pvc-pod.yaml").read_text()) if d and d["kind"] == "Pod")
+        cluster.create(pod_doc)
+        cluster.pod_ready("csi-py-grow")
 
     def grown():
         pvc = cluster.core.read_namespaced_persistent_volume_claim("csi-py-grow",
@@ -183,7 +194,7 @@ def test_online_expansion(cluster: Cluster, storage_class: str) -> None:
         return _quantity((pvc.status.capacity or {}).get("storage", "0")) >= GiB
 
     cluster.wait("PVC csi-py-grow capacity 1Gi", grown)
-    # The pod keeps running; its filesystem grows (NodeExpandVolume, online).
+    # The filesystem grows: online (NodeExpandVolume), or at the new stage above.
     cluster.wait("the mounted filesystem to grow", lambda: _df_total_bytes(
         cluster.exec("csi-py-grow", ["df", "-k", "/data"])) > before + 400 * MiB)
 
