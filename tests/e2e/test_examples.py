@@ -265,6 +265,12 @@ def test_volume_attributes_class(cluster: Cluster) -> None:
     sc = cluster.storage.read_storage_class("csi-py")
     if not sc.allow_volume_expansion:
         pytest.skip("no external-resizer in this layout: nothing serves ModifyVolume")
+    driver_pod, _ = _driver_pod(cluster)
+    spec = cluster.core.read_namespaced_pod(driver_pod, DRIVER_NAMESPACE).spec
+    args = next((c.args or [] for c in spec.containers if c.name == "csi-py"), [])
+    if "--expansion=node" in args:
+        pytest.skip("--expansion=node (deploy/distributed): the controller offers no"
+                    " ModifyVolume, so VolumeAttributesClass changes are not served")
     doc = yaml.safe_load((EXAMPLES / "modify" / "volumeattributesclass.yaml").read_text())
     vac_name = f"csi-py-buffered-{cluster.namespace}"
     doc["metadata"]["name"] = vac_name
