@@ -67,7 +67,8 @@ def test_no_volume_mount_is_left() -> None:
         for line in mountinfo:
             target = line.split()[4]
             if (target.startswith(f"{KUBELET}/plugins/kubernetes.io/csi/")
-                    or (target.startswith(f"{KUBELET}/pods/") and "/volumes/" in target)
+                    or (target.startswith(f"{KUBELET}/pods/")
+                        and "/volumes/kubernetes.io~csi/" in target)
                     or target.startswith(f"{KUBELET}/plugins/kubernetes.io~csi")):
                 left.append(target)
             source = line.split(" - ")[1].split()[1] if " - " in line else ""
