@@ -7,6 +7,11 @@ import pytest
 from tests.e2e.cluster import Cluster, connect, delete_namespace, new_namespace
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "once: a cluster-level test hack/e2e runs in its first"
+                            " pass only, not for every layout")
+
+
 @pytest.fixture(scope="session")
 def cluster_session() -> Cluster:
     return connect()

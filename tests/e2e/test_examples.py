@@ -69,9 +69,10 @@ def test_statefulset_data_survives_pod_deletion(cluster: Cluster) -> None:
     assert "VERIFIED csi-py-web-1 boot=2" in log, log
     # The other replicas' volumes are untouched and still their own.
     for i in (0, 2):
+        # The checksum file names the relative `marker`: check it from /data.
         out = cluster.exec(f"csi-py-web-{i}", ["sh", "-c",
-                                              "head -n 1 /data/marker; sha256sum -c -s"
-                                              " /data/marker.sha256 && echo SUM-OK"])
+                                              "cd /data && head -n 1 marker &&"
+                                              " sha256sum -c -s marker.sha256 && echo SUM-OK"])
         assert f"csi-py-web-{i}" in out and "SUM-OK" in out, out
 
 
@@ -85,6 +86,7 @@ def test_raw_block_volume(cluster: Cluster) -> None:
     assert int(m.group(1)) == 256 * MiB
 
 
+@pytest.mark.once
 def test_ephemeral_inline_volume(cluster: Cluster) -> None:
     cluster.apply_example("ephemeral-inline.yaml")
     cluster.pod_ready("csi-py-inline")
@@ -133,17 +135,58 @@ def test_clone(cluster: Cluster) -> None:
     assert "CLONED: cloned content" in cluster.logs("csi-py-clone")
 
 
-def test_online_expansion(cluster: Cluster) -> None:
-    sc = cluster.storage.read_storage_class("csi-py")
+def _node_plugin_has_cap_sys_resource(cluster: Cluster) -> bool:
+    """Whether the csi-py container of the node plugin holds CAP_SYS_RESOURCE (bit 24 of
+    CapEff), which growing a mounted ext4 needs. A privileged container gets only what the
+    runtime itself has: not in VMs that drop it, nor under user namespaces."""
+    pod, _ = _driver_pod(cluster)
+    status = cluster.exec(pod, ["cat", "/proc/self/status"], namespace=DRIVER_NAMESPACE,
+                          container="csi-py")
+    cap_eff = next(line.split()[1] for line in status.splitlines()
+                   if line.startswith("CapEff:"))
+    return bool(int(cap_eff, 16) >> 24 & 1)
+
+
+@pytest.mark.parametrize("storage_class", ["csi-py", "csi-py-xfs"])
+def test_online_expansion(cluster: Cluster, storage_class: str) -> None:
+    sc = cluster.storage.read_storage_class(storage_class)
     if not sc.allow_volume_expansion:
-        pytest.skip("StorageClass csi-py does not allow expansion (distributed layout)")
-    cluster.apply_example("expansion/pvc-pod.yaml")
+        pytest.skip(f"StorageClass {storage_class} does not allow expansion")
+    cluster.apply_example("expansion/pvc-pod.yaml", lambda text: text.replace(
+        "storageClassName: csi-py\n", f"storageClassName: {storage_class}\n"))
     cluster.pod_ready("csi-py-grow")
     cluster.pvc_bound("csi-py-grow")
     before = _df_total_bytes(cluster.exec("csi-py-grow", ["df", "-k", "/data"]))
     patch = yaml.safe_load((EXAMPLES / "expansion" / "patch.yaml").read_text())
     cluster.core.patch_namespaced_persistent_volume_claim("csi-py-grow", cluster.namespace,
                                                           patch)
+    fs_type = (sc.parameters or {}).get("fsType") or (sc.parameters or {}).get(
+        "csi.storage.k8s.io/fstype", "ext4")
+    if fs_type == "ext4" and not _node_plugin_has_cap_sys_resource(cluster):
+        # The kernel refuses to grow a mounted ext4 without CAP_SYS_RESOURCE: the driver
+        # must say so (NodeExpandVolume FAILED_PRECONDITION naming the capability), which
+        # kubelet puts on the PVC as a NodeResizeError condition, instead of the resize
+        # hanging silently.
+        def refused():
+            pvc = cluster.core.read_namespaced_persistent_volume_claim("csi-py-grow",
+                                                                       cluster.namespace)
+            return next((c.message for c in pvc.status.conditions or []
+                         if "CAP_SYS_RESOURCE" in (c.message or "")), None)
+
+        message = cluster.wait("the driver's refusal to grow a mounted ext4", refused)
+        assert "ext4" in message, message
+        after = _df_total_bytes(cluster.exec("csi-py-grow", ["df", "-k", "/data"]))
+        assert after < before + 400 * MiB, "refused, yet the filesystem grew"
+        # As the refusal says, the filesystem grows at the volume's next stage, unmounted.
+        cluster.core.delete_namespaced_pod("csi-py-grow", cluster.namespace,
+                                           grace_period_seconds=1)
+        cluster.wait("pod csi-py-grow gone", lambda: not any(
+            p.metadata.name == "csi-py-grow"
+            for p in cluster.core.list_namespaced_pod(cluster.namespace).items))
+        pod_doc = next(d for d in yaml.safe_load_all(
+            (EXAMPLES / "expansion" / "pvc-pod.yaml").read_text()) if d and d["kind"] == "Pod")
+        cluster.create(pod_doc)
+        cluster.pod_ready("csi-py-grow")
 
     def grown():
         pvc = cluster.core.read_namespaced_persistent_volume_claim("csi-py-grow",
@@ -151,7 +194,7 @@ def test_online_expansion(cluster: Cluster) -> None:
         return _quantity((pvc.status.capacity or {}).get("storage", "0")) >= GiB
 
     cluster.wait("PVC csi-py-grow capacity 1Gi", grown)
-    # The pod keeps running; its filesystem grows (NodeExpandVolume, online).
+    # The filesystem grows: online (NodeExpandVolume), or at the new stage above.
     cluster.wait("the mounted filesystem to grow", lambda: _df_total_bytes(
         cluster.exec("csi-py-grow", ["df", "-k", "/data"])) > before + 400 * MiB)
 
@@ -222,6 +265,12 @@ def test_volume_attributes_class(cluster: Cluster) -> None:
     sc = cluster.storage.read_storage_class("csi-py")
     if not sc.allow_volume_expansion:
         pytest.skip("no external-resizer in this layout: nothing serves ModifyVolume")
+    driver_pod, _ = _driver_pod(cluster)
+    spec = cluster.core.read_namespaced_pod(driver_pod, DRIVER_NAMESPACE).spec
+    args = next((c.args or [] for c in spec.containers if c.name == "csi-py"), [])
+    if "--expansion=node" in args:
+        pytest.skip("--expansion=node (deploy/distributed): the controller offers no"
+                    " ModifyVolume, so VolumeAttributesClass changes are not served")
     doc = yaml.safe_load((EXAMPLES / "modify" / "volumeattributesclass.yaml").read_text())
     vac_name = f"csi-py-buffered-{cluster.namespace}"
     doc["metadata"]["name"] = vac_name

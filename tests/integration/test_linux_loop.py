@@ -518,3 +518,40 @@ def test_flush_of_read_only_and_unattached_devices(kit):
     with pytest.raises(LoopError) as exc:
         kit.loops.flush(ro.path)
     assert exc.value.errno == errno.ENXIO
+
+
+# ---- devices attached through a mount that is gone ---------------------------------
+
+
+def test_finds_a_device_attached_through_a_mount_that_has_gone(kit):
+    """A node plugin container that restarts sees the loop devices its predecessor
+    attached through its own bind mount of the pool, which died with that container's
+    mount namespace: sysfs names their backing files from the dead mount's root
+    ("/volumes/<id>.img"). They are still found, by inode, and a file with the same
+    tail elsewhere is not mistaken for them."""
+    import subprocess
+    import sys
+
+    pool = kit.dir("pool")
+    image = kit.image("pool/volumes/vol.img", 32 * MiB)
+    decoy = kit.image("decoy/volumes/vol.img", 32 * MiB)
+    view = kit.dir("view")
+    script = (
+        "import subprocess\n"
+        f"subprocess.run(['mount', '--bind', {pool!r}, {view!r}], check=True)\n"
+        "from csi_py.linux.loop import LoopManager\n"
+        f"print(LoopManager().attach({view!r} + '/volumes/vol.img').path)\n"
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
+            os.path.dirname(os.path.abspath(__file__)))), check=False)
+    assert result.returncode == 0, result.stderr
+    device = result.stdout.split()[-1]
+    try:
+        dev = kit.loops.get(device)
+        assert dev is not None and dev.backing_file == "/volumes/vol.img", dev
+        assert [d.path for d in kit.loops.find_by_backing_file(image)] == [device]
+        assert kit.loops.find_by_backing_file(decoy) == []
+    finally:
+        kit.loops.detach(device)

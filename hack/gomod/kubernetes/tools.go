@@ -1,0 +1,13 @@
+//go:build tools
+
+// Package tools records the Kubernetes commands hack/cluster builds, so that `go mod tidy`
+// keeps every module they need in go.sum. It is never compiled.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
