@@ -704,6 +704,18 @@ def merge(batches: list[Batch], clients: int) -> dict[str, Any]:
     }
 
 
+def stop_sampler(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a sampling profiler or tracer (py-spy, strace) so that it writes its output:
+    SIGINT, a minute to finish, then SIGKILL. Idempotent."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def csi_lifecycle(drv: DriverProc, kind: Kind, tag: str, channels: dict[int, Client]
                   ) -> Callable[[int, int], dict[str, float]]:
     """One full lifecycle of a `kind` volume through `drv`, client w on its own channel."""

@@ -58,15 +58,6 @@ def spy_start(pid: int | None, path: str, argv: list[str] | None = None
     return proc
 
 
-def spy_stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 def parse(path: str) -> list[tuple[list[tuple[str, str]], int]]:
     """[(frames root..leaf as (function, file)), count)] from py-spy's raw output."""
@@ -208,7 +199,7 @@ def scenario_lifecycle(workdir: str, kind: h.Kind, n: int) -> tuple[str, Timed]:
             for i in range(n):
                 h.tear_down(c, drv, h.bring_up(c, drv, kind, f"prof-{i}", rec), rec)
                 timed.add(rec)
-        spy_stop(spy)
+        h.stop_sampler(spy)
     finally:
         drv.stop()
     timed.handler = handler_times(drv.log_path)
@@ -237,7 +228,7 @@ def scenario_publish(workdir: str, n: int) -> tuple[str, Timed]:
                                                 volume_capability=cap,
                                                 publish_context=p.publish_context)))
             timed.add(rec)
-            spy_stop(spy)
+            h.stop_sampler(spy)
             h.tear_down(c, drv, p, h.Recorder())
     finally:
         drv.stop()
@@ -270,7 +261,7 @@ def scenario_snapshot(workdir: str, vol_size: int, data: int) -> tuple[str, Time
                 snap = rec.timed("CreateSnapshot", lambda: c.controller.CreateSnapshot(
                     pb.CreateSnapshotRequest(source_volume_id=p.volume_id,
                                              name="prof-snap")).snapshot)
-                spy_stop(spy)
+                h.stop_sampler(spy)
                 timed.add(rec)
                 c.controller.DeleteSnapshot(pb.DeleteSnapshotRequest(
                     snapshot_id=snap.snapshot_id))

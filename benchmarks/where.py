@@ -163,16 +163,6 @@ def spy(pid: int, path: str, mode: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def lifecycles(drv: h.DriverProc, clients: int, n: int, tag: str,
                chans: dict[int, Client]) -> h.Batch:
     b = h.run_batch(h.csi_lifecycle(drv, BLOCK, tag, chans), clients, max(1, n // clients))
@@ -194,7 +184,7 @@ def profile_concurrency(workdir: str, n: int, clients: int) -> dict[str, Any]:
                 raw = os.path.join(OUT, f"where-block-{c}-{mode}.raw.txt")
                 p = spy(drv.pid, raw, mode)
                 b = lifecycles(drv, c, n, f"{c}-{mode}", chans)
-                stop(p)
+                h.stop_sampler(p)
                 res = analyse(raw, b.seconds)
                 res["lifecycles_per_s"] = round(b.done / b.seconds, 1)
                 out[f"{c} clients, {mode}"] = res
