@@ -10,9 +10,11 @@ no registry serves the real image. It speaks kubelet's plugin registration API
 3. answers GetInfo with type CSIPlugin, the driver's name, --kubelet-registration-path and
    version 1.0.0; records kubelet's NotifyRegistrationStatus in <csi dir>/registration-status.
 
-`--mode=kubelet-registration-probe` (the DaemonSet's liveness probe) exits 0 only while the
-registration socket exists and kubelet's last word was "registered", so that a lost
-registration restarts the container. The real v2.17.0 treats that mode as a no-op.
+With `--http-endpoint=[host]:port` it also serves /healthz there (127.0.0.1 when no host is
+given), as the real sidecar does for the DaemonSet's httpGet liveness probe: 200 only while
+the registration socket exists and kubelet's last word was "registered", so that a lost
+registration restarts the container. `--mode=kubelet-registration-probe` answers the same
+question with an exit status (the real v2.17.0 treats that mode as a no-op).
 
 Not a product: the manifests keep naming the real image; tests/e2e's kustomize overlays swap
 this one in (CSI_PY_E2E_REAL_SIDECARS=1 keeps the real one). Runs from the csi-py image.
@@ -27,6 +29,7 @@ import sys
 import threading
 import time
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -128,31 +131,69 @@ def serve(args: argparse.Namespace) -> int:
     server.add_insecure_port(f"unix://{socket_path}")
     server.start()
     print(f"serving pluginregistration for {name} on {socket_path}", flush=True)
+    healthz = serve_healthz(args) if args.http_endpoint else None
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     stopped.wait()
     server.stop(grace=2).wait()
+    if healthz is not None:
+        healthz.shutdown()
     socket_path.unlink(missing_ok=True)
     status_file.unlink(missing_ok=True)
     return 0
 
 
-def probe(args: argparse.Namespace) -> int:
-    """Exit 0 while kubelet has the plugin registered, 1 (saying why) otherwise."""
+def registered(args: argparse.Namespace) -> tuple[bool, str]:
+    """Whether kubelet has the plugin registered, and why not."""
     status_file = Path(args.csi_address).parent / STATUS_FILE
     sockets = list(Path(args.registration_dir).glob("*-reg.sock"))
     if not sockets:
-        print(f"no registration socket in {args.registration_dir}", file=sys.stderr)
-        return 1
+        return False, f"no registration socket in {args.registration_dir}"
     try:
         status = status_file.read_text().strip()
     except FileNotFoundError:
         status = "kubelet has not answered yet"
     if status != "registered":
-        print(f"not registered with kubelet: {status}", file=sys.stderr)
-        return 1
-    return 0
+        return False, f"not registered with kubelet: {status}"
+    return True, "ok"
+
+
+def probe(args: argparse.Namespace) -> int:
+    """Exit 0 while kubelet has the plugin registered, 1 (saying why) otherwise."""
+    ok, why = registered(args)
+    if not ok:
+        print(why, file=sys.stderr)
+    return 0 if ok else 1
+
+
+def serve_healthz(args: argparse.Namespace) -> ThreadingHTTPServer:
+    """/healthz on --http-endpoint, in a background thread."""
+    host, _, port = args.http_endpoint.rpartition(":")
+    address = (host or "127.0.0.1", int(port))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            if self.path.split("?")[0] != "/healthz":
+                self.send_error(404)
+                return
+            ok, why = registered(args)
+            body = (why + "\n").encode()
+            self.send_response(200 if ok else 500)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            if not ok:
+                print(f"healthz: {why}", file=sys.stderr, flush=True)
+
+        def log_message(self, format: str, *items: object) -> None:  # noqa: A002
+            pass  # kubelet probes every few seconds; log only failures
+
+    server = ThreadingHTTPServer(address, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"serving /healthz on {address[0]}:{address[1]}", flush=True)
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="registration",
                         choices=["registration", "kubelet-registration-probe"])
     parser.add_argument("--v", default="0", help="accepted for compatibility; ignored")
-    parser.add_argument("--http-endpoint", default="", help="accepted; ignored")
+    parser.add_argument("--http-endpoint", default="",
+                        help="[host]:port to serve /healthz on (host 127.0.0.1 if empty)")
     parser.add_argument("--health-port", default="", help="accepted; ignored")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
