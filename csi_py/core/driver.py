@@ -13,6 +13,7 @@ from csi_py.core.controller import ControllerCore
 from csi_py.core.ephemeral import EphemeralVolumes
 from csi_py.core.health import HealthChecker
 from csi_py.core.health_conditions import HealthReporter
+from csi_py.core.identity import backs, volume_of_device
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
@@ -164,7 +165,7 @@ def reconcile(driver: Driver) -> ReconcileReport:
                 host.mounts.is_mounted(staging.staging_path):
             _quietly(report, host.fs.thaw, staging.staging_path)
     for dev in host.loops.list_attached():
-        volume_id = pool.volume_id_of_image(dev.backing_file)
+        volume_id = volume_of_device(host, pool, dev)
         if volume_id is None:
             continue  # not ours
         record = staged.get(volume_id)
@@ -175,7 +176,7 @@ def reconcile(driver: Driver) -> ReconcileReport:
             # become the staged one, or later read-write publishes get it.
             recorded = host.loops.get(record.device) if record.device else None
             if record.device != dev.path and record.staged and \
-                    (recorded is None or recorded.backing_file != dev.backing_file) and \
+                    (recorded is None or not backs(recorded, pool.image_path(volume_id))) and \
                     (record.readonly or not dev.read_only):
                 catalog.put_staging(replace(record, device=dev.path))
             continue

@@ -8,23 +8,53 @@ that uses a device (publish, unpublish, unstage, stats, health) first checks it 
 
 from __future__ import annotations
 
+from csi_py.core.pool import Pool
 from csi_py.domain.model import Staging
 from csi_py.linux import Host, files
-from csi_py.linux.loop import LoopDevice
+from csi_py.linux.loop import LoopDevice, is_path_tail
 
 
 def backs(dev: LoopDevice, image: str) -> bool:
-    """Whether `dev` is attached to the image file `image` right now: same path, not
-    deleted, and the same (st_dev, st_ino) as the file at that path. When either
-    identity cannot be read (an in-memory fake; a pool that fails with EIO), the
-    path decides, so a teardown on a failed pool still finds its devices. Never
-    raises."""
-    if dev.backing_file != image or dev.backing_deleted:
+    """Whether `dev` is attached to the image file `image` right now: not deleted, and
+    the same (st_dev, st_ino) as the file at that path. The path the kernel shows is
+    either `image` itself or, for a device attached through a mount this process cannot
+    reach (a node plugin container restarted since), a tail of it; a tail counts only
+    when the identities agree. When either identity cannot be read (an in-memory fake;
+    a pool that fails with EIO), an exact path decides, so a teardown on a failed pool
+    still finds its devices. Never raises."""
+    if dev.backing_deleted:
         return False
-    if not dev.backing_inode:
-        return True
-    found = files.identity(image)
-    return found is None or found == (dev.backing_dev, dev.backing_inode)
+    exact = dev.backing_file == image
+    if not exact and not is_path_tail(dev.backing_file, image):
+        return False
+    found = files.identity(image) if dev.backing_inode else None
+    if found is None:
+        return exact
+    return found == (dev.backing_dev, dev.backing_inode)
+
+
+def volume_of_device(host: Host, pool: Pool, dev: LoopDevice) -> str | None:
+    """The id of the pool volume whose image `dev` is attached to, or None when it is
+    not one of this pool's. A device shown by a tail of an image's path (attached by
+    a predecessor through a mount out of reach) is this pool's only if its backing
+    identity is the image's; one whose backing file was deleted is taken by its path
+    alone (no identity is left to compare; ids are never reused). Read-only; never
+    raises."""
+    volume_id = pool.volume_id_of_image(dev.backing_file)
+    if volume_id is not None:
+        return volume_id
+    volume_id = pool.volume_id_of_name(dev.backing_file.rsplit("/", 1)[-1])
+    if volume_id is None:
+        return None
+    image = pool.image_path(volume_id)
+    if not is_path_tail(dev.backing_file, image):
+        return None
+    if dev.backing_deleted:
+        return volume_id
+    # Scans read no identity (they never open others' devices); this one is a
+    # candidate, so ask it.
+    full = dev if dev.backing_inode else host.loops.get(dev.path)
+    return volume_id if full is not None and backs(full, image) else None
 
 
 def devices_on(host: Host, image: str) -> list[LoopDevice]:

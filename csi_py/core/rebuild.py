@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from csi_py.core.identity import volume_of_device
 from csi_py.core.pool import Pool, PoolError
 from csi_py.core.validation import is_volume_id
 from csi_py.domain.model import (
@@ -292,7 +293,7 @@ def _adopt_stagings(catalog: Catalog, pool: Pool, host: Host, report: RebuildRep
                     apply: bool) -> None:
     by_volume: dict[str, list[LoopDevice]] = {}
     for dev in host.loops.list_attached():
-        volume_id = pool.volume_id_of_image(dev.backing_file)
+        volume_id = volume_of_device(host, pool, dev)
         if volume_id is None or dev.backing_deleted:
             continue
         by_volume.setdefault(volume_id, []).append(dev)

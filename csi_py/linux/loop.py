@@ -110,7 +110,7 @@ class LoopManager:
         (device and inode, from LOOP_GET_STATUS64). Usually zero or one; more than one
         means someone attached the file twice. Never raises for races."""
         want = os.path.realpath(backing_file)
-        want_identity: tuple[int, int, int] | None = None
+        want_identity: tuple[int, int] | None = None
         found = []
         # Only each device's backing_file is read; the rest of sysfs only for a match
         # (the delete and stage paths ask this, and a node may have many devices).
@@ -126,16 +126,12 @@ class LoopManager:
             # The kernel prints the path it resolved at attach time; realpath only
             # for a path that does not already match (e.g. a symlinked pool).
             match = backing == want or os.path.realpath(backing) == want
-            if not match and backing.startswith("/") and want.endswith(backing):
-                # The kernel prints the path from the root of the mount the file was
-                # opened through when that mount is out of our reach: a node plugin
-                # container that restarted sees its predecessor's devices (attached
-                # through a bind mount that died with that container) as
-                # "/pool/volumes/<id>.img". A tail proves nothing; the inode does.
+            if not match and is_path_tail(backing, want):
+                # See is_path_tail: a tail proves nothing; the inode does.
                 if want_identity is None:
-                    want_identity = _file_identity(want)
-                match = want_identity is not None and (
-                    _decoded(self._backing_identity(int(m.group(1)))) == want_identity)
+                    want_identity = files.identity(want)
+                match = want_identity is not None and \
+                    self._backing_identity(int(m.group(1))) == want_identity
             if match:
                 dev = self._describe(int(m.group(1)))
                 if dev is not None:
@@ -686,21 +682,16 @@ def referenced_loop_numbers(mountinfo: str = "/proc/self/mountinfo") -> set[int]
     return found
 
 
-def _decoded(identity: tuple[int, int]) -> tuple[int, int, int]:
-    """(major, minor, inode) from LOOP_GET_STATUS64's (lo_device, lo_inode); lo_device
-    is the kernel's new_encode_dev() of the backing file's device. (0, 0), a device
-    that could not be asked, decodes to an identity no file has (inode 0)."""
-    dev, inode = identity
-    return ((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00), inode)
+def is_path_tail(shown: str, path: str) -> bool:
+    """Whether the backing path the kernel shows may be `path` seen from elsewhere.
 
-
-def _file_identity(path: str) -> tuple[int, int, int] | None:
-    """(major, minor, inode) of the file at ``path``, or None if it is gone."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    The kernel prints a backing file's path from the root of the mount it was opened
+    through; when that mount is out of this process's reach (a node plugin container
+    that restarted sees the devices its predecessor attached through a bind mount that
+    died with it) the path is only the tail below that mount's root, for example
+    "/pool/volumes/<id>.img". A tail never proves the file: callers compare the
+    backing identity (st_dev, st_ino) too. Pure."""
+    return shown.startswith("/") and shown != path and path.endswith(shown)
 
 
 def _read(path: str, *, strip_all: bool = True) -> str | None:

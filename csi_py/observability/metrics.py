@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from csi_py.core.identity import volume_of_device
 from csi_py.linux import files
 from csi_py.observability.health_metrics import HealthCollector
 
@@ -70,7 +71,7 @@ class PoolCollector(Collector):
         yield GaugeMetricFamily("csi_py_snapshots", "Snapshots in the catalog",
                                 value=driver.catalog.snapshot_count())
         attached = sum(1 for dev in driver.host.loops.list_attached()
-                       if driver.pool.volume_id_of_image(dev.backing_file) is not None)
+                       if volume_of_device(driver.host, driver.pool, dev) is not None)
         yield GaugeMetricFamily("csi_py_attached_loop_devices",
                                 "Loop devices attached to this pool's volumes", value=attached)
         yield GaugeMetricFamily("csi_py_ready", "1 once start-up reconciliation is done",
