@@ -158,6 +158,8 @@ def test_online_expansion(cluster: Cluster, storage_class: str) -> None:
     cluster.pvc_bound("csi-py-grow")
     before = _df_total_bytes(cluster.exec("csi-py-grow", ["df", "-k", "/data"]))
     patch = yaml.safe_load((EXAMPLES / "expansion" / "patch.yaml").read_text())
+    # The example names the default class; a claim's class is immutable once bound.
+    patch["spec"]["storageClassName"] = storage_class
     cluster.core.patch_namespaced_persistent_volume_claim("csi-py-grow", cluster.namespace,
                                                           patch)
     fs_type = (sc.parameters or {}).get("fsType") or (sc.parameters or {}).get(
