@@ -47,6 +47,8 @@ class Cluster:
         self.apiext = client.ApiextensionsV1Api(api_client)
         self.dynamic = dynamic.DynamicClient(api_client)
         self.namespace = ""
+        # Namespaces of finished tests whose deletion is still under way (see settle).
+        self.deleting: list[str] = []
 
     # --- objects -----------------------------------------------------------------------
 
@@ -77,6 +79,29 @@ class Cluster:
 
     # --- waiting -----------------------------------------------------------------------
 
+    def settle(self) -> None:
+        """Wait until the namespaces of earlier tests are gone and so are their volumes
+        (PersistentVolumes of this driver bound to claims there), for a test that counts
+        the pool's space or disrupts the node. A test's namespace is deleted in the
+        background while the next test runs: that costs most tests nothing."""
+        from kubernetes.client.exceptions import ApiException
+
+        def gone() -> bool:
+            for name in list(self.deleting):
+                try:
+                    self.core.read_namespace(name)
+                    return False
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            return not any(pv.spec.claim_ref and pv.spec.claim_ref.namespace in self.deleting
+                           for pv in self.core.list_persistent_volume().items
+                           if pv.spec.csi and pv.spec.csi.driver == DRIVER)
+
+        if self.deleting:
+            self.wait(f"earlier tests' namespaces {self.deleting} and their volumes gone", gone)
+            self.deleting.clear()
+
     def wait(self, what: str, check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
         """Poll `check` until it returns something truthy; on time-out fail with the
         namespace's recent events, which usually say why."""
@@ -89,7 +114,7 @@ class Cluster:
                     return result
             except Exception as exc:  # noqa: BLE001 - report the last one on time-out
                 last_error = exc
-            time.sleep(2)
+            time.sleep(1)
         pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}"
                     f"{f' (last error: {last_error})' if last_error else ''}\n"
                     f"{self.events()}", pytrace=False)
@@ -171,12 +196,13 @@ def new_namespace(cluster: Cluster) -> str:
 
 
 def delete_namespace(cluster: Cluster, name: str) -> None:
-    """Delete the namespace and wait until it is gone, so that its volumes are deleted
-    before the next test (and the cluster is left as it was)."""
+    """Start deleting the namespace; Cluster.settle waits until it is gone (with its
+    volumes). Pods go with a 1 s grace period: the examples' busybox shells ignore
+    SIGTERM, and without it every pod would take its full 30 s to go. Not with 0: a
+    pod must stay until kubelet has unpublished its volumes, or the volumes' deletion
+    would race their unpublish."""
     from kubernetes.client.exceptions import ApiException
 
-    # The examples' busybox shells ignore SIGTERM: without this every pod would take its
-    # full 30 s grace period to go.
     try:
         for pod in cluster.core.list_namespaced_pod(name).items:
             cluster.core.delete_namespaced_pod(pod.metadata.name, name, grace_period_seconds=1)
@@ -188,11 +214,4 @@ def delete_namespace(cluster: Cluster, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            cluster.core.read_namespace(name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-        time.sleep(2)
+    cluster.deleting.append(name)

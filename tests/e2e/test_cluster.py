@@ -153,6 +153,7 @@ def _capacity(cluster: Cluster, storage_class: str) -> int:
     return values[0]
 
 
+@pytest.mark.usefixtures("settled")
 @pytest.mark.once
 def test_storage_capacity_follows_the_pool(cluster: Cluster) -> None:
     # Thin volumes (StorageClass csi-py) promise space: the capacity offered is the pool's
@@ -201,6 +202,7 @@ def test_driver_metrics(cluster: Cluster) -> None:
                      re.M), "NodePublishVolume calls are counted"
 
 
+@pytest.mark.usefixtures("settled")
 @pytest.mark.once
 def test_statefulset_survives_a_node_plugin_restart(cluster: Cluster) -> None:
     cluster.apply_example("statefulset.yaml")
@@ -217,7 +219,8 @@ def test_statefulset_survives_a_node_plugin_restart(cluster: Cluster) -> None:
                                               " sha256sum -c -s marker.sha256 && echo SUM-OK"])
         assert f"csi-py-web-{i}" in out and "SUM-OK" in out, out
     first = cluster.core.read_namespaced_pod("csi-py-web-0", cluster.namespace)
-    cluster.core.delete_namespaced_pod("csi-py-web-0", cluster.namespace)
+    cluster.core.delete_namespaced_pod("csi-py-web-0", cluster.namespace,
+                                           grace_period_seconds=1)
     cluster.wait("a new csi-py-web-0 pod", lambda: (
         pod := cluster.core.read_namespaced_pod("csi-py-web-0", cluster.namespace)
     ).metadata.uid != first.metadata.uid and pod)
@@ -225,6 +228,7 @@ def test_statefulset_survives_a_node_plugin_restart(cluster: Cluster) -> None:
     assert "VERIFIED csi-py-web-0 boot=2" in cluster.logs("csi-py-web-0")
 
 
+@pytest.mark.usefixtures("settled")
 @pytest.mark.once
 @pytest.mark.skipif(not LOCAL_CLUSTER, reason="needs hack/cluster's local cluster (hack/e2e)")
 def test_node_reboot_brings_every_volume_back(cluster: Cluster) -> None:

@@ -49,6 +49,7 @@ def test_pvc_and_pod(cluster: Cluster) -> None:
     assert cluster.exec("csi-py-demo", ["id", "-u"]).strip() == "1000"
 
 
+@pytest.mark.once
 def test_statefulset_data_survives_pod_deletion(cluster: Cluster) -> None:
     cluster.apply_example("statefulset.yaml")
     cluster.wait("StatefulSet csi-py-web with 3 ready replicas", lambda: (
@@ -57,7 +58,8 @@ def test_statefulset_data_survives_pod_deletion(cluster: Cluster) -> None:
     for i in range(3):
         assert f"WROTE csi-py-web-{i} " in cluster.logs(f"csi-py-web-{i}")
     old = cluster.core.read_namespaced_pod("csi-py-web-1", cluster.namespace)
-    cluster.core.delete_namespaced_pod("csi-py-web-1", cluster.namespace)
+    cluster.core.delete_namespaced_pod("csi-py-web-1", cluster.namespace,
+                                           grace_period_seconds=1)
 
     def replaced():
         pod = cluster.core.read_namespaced_pod("csi-py-web-1", cluster.namespace)
@@ -147,7 +149,9 @@ def _node_plugin_has_cap_sys_resource(cluster: Cluster) -> bool:
     return bool(int(cap_eff, 16) >> 24 & 1)
 
 
-@pytest.mark.parametrize("storage_class", ["csi-py", "csi-py-xfs"])
+# ext4's refusal to grow online here is the driver's, not a layout's: once.
+@pytest.mark.parametrize("storage_class", [pytest.param("csi-py", marks=pytest.mark.once),
+                                           "csi-py-xfs"])
 def test_online_expansion(cluster: Cluster, storage_class: str) -> None:
     sc = cluster.storage.read_storage_class(storage_class)
     if not sc.allow_volume_expansion:
@@ -210,6 +214,7 @@ def _driver_pod(cluster: Cluster) -> tuple[str, str]:
     return running[0].metadata.name, running[0].spec.node_name
 
 
+@pytest.mark.once
 def test_static_provisioning(cluster: Cluster) -> None:
     pod, node = _driver_pod(cluster)
     name = f"static-{cluster.namespace}"
@@ -232,7 +237,8 @@ def test_static_provisioning(cluster: Cluster) -> None:
         assert ready.spec.node_name == node, "the PV's nodeAffinity places the pod"
         assert "static volume in use" in cluster.exec(
             "csi-py-static", ["cat", "/data/static.txt"])
-        cluster.core.delete_namespaced_pod("csi-py-static", cluster.namespace)
+        cluster.core.delete_namespaced_pod("csi-py-static", cluster.namespace,
+                                           grace_period_seconds=1)
         cluster.core.delete_namespaced_persistent_volume_claim("csi-py-static",
                                                                cluster.namespace)
     finally:
@@ -287,7 +293,8 @@ def test_volume_attributes_class(cluster: Cluster) -> None:
                                                                  cluster.namespace)
             .status.current_volume_attributes_class_name == vac_name))
     finally:
-        cluster.core.delete_namespaced_pod("csi-py-demo", cluster.namespace)
+        cluster.core.delete_namespaced_pod("csi-py-demo", cluster.namespace,
+                                           grace_period_seconds=1)
         cluster.core.delete_namespaced_persistent_volume_claim("csi-py-demo",
                                                                cluster.namespace)
         cluster.wait("PVC csi-py-demo deleted", lambda: not any(
