@@ -174,11 +174,19 @@ def reconcile(driver: Driver) -> ReconcileReport:
             # Follow the staged device only if the recorded one is gone: a second,
             # read-only device (made for a read-only block publish) must never
             # become the staged one, or later read-write publishes get it.
+            if record.device == dev.path:
+                continue
+            image = pool.image_path(volume_id)
             recorded = host.loops.get(record.device) if record.device else None
-            if record.device != dev.path and record.staged and \
-                    (recorded is None or not backs(recorded, pool.image_path(volume_id))) and \
+            if record.staged and (recorded is None or not backs(recorded, image)) and \
                     (record.readonly or not dev.read_only):
-                catalog.put_staging(replace(record, device=dev.path))
+                record = replace(record, device=dev.path)
+                catalog.put_staging(record)
+                staged[volume_id] = record
+            else:
+                # A read-only extra device (made for a read-only block publish by
+                # a predecessor): the node's later calls find it without a scan.
+                driver.node.kernel.remember(image, dev.path)
             continue
         # Its backing file is (or was) in the pool, so a pod may still use it: it is
         # never detached here; an operator decides (docs/reliability.md).

@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from csi_py.config import Config
-from csi_py.core.identity import device_problem, devices_on
+from csi_py.core.identity import device_problem
 from csi_py.core.pool import Pool
 from csi_py.core.poolstate import pool_state
 from csi_py.domain.model import AccessType, Provisioning, Volume
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
+from csi_py.linux.volume_view import devices_on
 from csi_py.state.catalog import Catalog
 
 # A thin volume is at risk when the pool has less than this fraction of its size free.
@@ -77,7 +78,7 @@ class HealthChecker:
         record = self.catalog.get_staging(volume.id)
         if record is None or record.access_type is not AccessType.MOUNT or not record.fs_type:
             return None
-        devices = devices_on(self.host, self.pool.image_path(volume.id))
+        devices = devices_on(self.host.loops, self.pool.image_path(volume.id))
         if not devices:
             return None
         try:
