@@ -114,8 +114,11 @@ class LoopSysfs:
         return None if number is None else self._describe(number)
 
     def _require(self, device_path: str) -> int:
+        """The number of the attached loop device at `device_path`; raises LoopError
+        (ENXIO) when it is not one. Reads one sysfs attribute, not the whole device."""
         number = self._number(device_path)
-        if number is None or self._describe(number) is None:
+        if number is None or _read(os.path.join(self._sys, f"loop{number}", "loop",
+                                                "backing_file"), strip_all=False) is None:
             raise LoopError(
                 f"{device_path} is not an attached loop device",
                 device=device_path,
