@@ -66,7 +66,7 @@ class Driver:
         self.controller = ControllerCore(config, self.catalog, self.pool, host, self.locks)
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
         self.snapshots = SnapshotCore(self.catalog, self.pool, host, self.locks, self.controller)
-        self.health = HealthChecker(config, self.catalog, self.pool, host)
+        self.health = HealthChecker(config, self.catalog, self.pool, host, self.node.kernel)
         self.health_report = HealthReporter(self.health, self.controller)
         self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller, self.node)
         self._ready = threading.Event()

@@ -10,8 +10,9 @@ from __future__ import annotations
 from csi_py.core.pool import Pool
 from csi_py.domain.model import Staging
 from csi_py.linux import Host
+from csi_py.linux.interfaces import LoopService
 from csi_py.linux.loop import LoopDevice, is_path_tail
-from csi_py.linux.volume_view import backs, devices_on
+from csi_py.linux.volume_view import VolumeView, backs
 
 
 def volume_of_device(host: Host, pool: Pool, dev: LoopDevice) -> str | None:
@@ -38,17 +39,18 @@ def volume_of_device(host: Host, pool: Pool, dev: LoopDevice) -> str | None:
     return volume_id if full is not None and backs(full, image) else None
 
 
-def device_problem(host: Host, record: Staging, image: str) -> str | None:
-    """What is wrong with a staged volume's loop device, for its volume condition:
-    detached (gone, or its number now attached to another file), or detached while
-    mounted (LOOP_CLR_FD behind our back: it lives on only until its last unmount).
-    None when it is sound. Read-only; never raises."""
-    devices = [d for d in devices_on(host.loops, image) if not d.backing_deleted]
+def device_problem(view: VolumeView, record: Staging, loops: LoopService) -> str | None:
+    """What is wrong with a staged volume's loop device (`view`: the kernel's view of
+    it, from its record), for its volume condition: detached (gone, or its number now
+    attached to another file), or detached while mounted (LOOP_CLR_FD behind our back:
+    it lives on only until its last unmount). None when it is sound. Read-only; never
+    raises."""
+    devices = view.live
     what = f"volume {record.volume_id} is staged"
     if record.staging_path:
         what += f" at {record.staging_path}"
     if not devices:
-        recorded = host.loops.get(record.device) if record.device else None
+        recorded = loops.get(record.device) if record.device else None
         reused = f"; {record.device} now backs {recorded.backing_file}" \
             if recorded is not None else ""
         return (f"{what} but its loop device {record.device or ''} was detached{reused};"
