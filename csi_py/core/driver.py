@@ -17,7 +17,7 @@ from csi_py.core.identity import backs, volume_of_device
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
-from csi_py.core.rebuild import RebuildReport, open_catalog, rebuild
+from csi_py.core.rebuild import PoolListing, RebuildReport, open_catalog, rebuild
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.domain.errors import Unavailable
 from csi_py.domain.model import AccessType, SnapshotState, VolumeState
@@ -153,7 +153,10 @@ def reconcile(driver: Driver) -> ReconcileReport:
 
     # Records of volumes the catalog has are not read: start-up costs no file read per
     # volume (`csi-py pool check` reads them all).
-    found = rebuild(catalog, pool, records, host, read_known=False)
+    # The image directories and the loop devices are listed once, for the rebuild
+    # and for the checks below.
+    listing = PoolListing.of(pool, host)
+    found = rebuild(catalog, pool, records, host, read_known=False, listing=listing)
     found.catalog_moved_to = report.rebuild.catalog_moved_to
     report.rebuild = found
 
@@ -164,7 +167,7 @@ def reconcile(driver: Driver) -> ReconcileReport:
         if staging.access_type is AccessType.MOUNT and staging.staging_path and \
                 host.mounts.is_mounted(staging.staging_path):
             _quietly(report, host.fs.thaw, staging.staging_path)
-    for dev in host.loops.list_attached():
+    for dev in listing.attached:
         volume_id = volume_of_device(host, pool, dev)
         if volume_id is None:
             continue  # not ours
@@ -196,22 +199,24 @@ def reconcile(driver: Driver) -> ReconcileReport:
                     dev.backing_file, why)
 
     known = catalog.volume_states()
-    for entry in os.scandir(pool.volumes_dir):
-        if entry.name.startswith(".tmp-") or entry.name.startswith("."):
-            _quietly(report, files.remove_file, entry.path)
-            report.removed_temp_files.append(entry.path)
+    for name in listing.volume_names:
+        path = os.path.join(pool.volumes_dir, name)
+        if name.startswith("."):
+            _quietly(report, files.remove_file, path)
+            report.removed_temp_files.append(path)
             continue
-        volume_id = pool.volume_id_of_name(entry.name)
+        volume_id = pool.volume_id_of_name(name)
         if volume_id is None or volume_id not in known:
-            report.unknown_images.append(entry.path)
+            report.unknown_images.append(path)
     # Images are named by their snapshot's key, without the node part of its id.
     snapshot_keys = {file_key(sid) for sid in catalog.snapshot_states()}
-    for entry in os.scandir(pool.snapshots_dir):
-        if entry.name.startswith("."):
-            _quietly(report, files.remove_file, entry.path)
-            report.removed_temp_files.append(entry.path)
-        elif entry.name.removesuffix(".img") not in snapshot_keys:
-            report.unknown_images.append(entry.path)
+    for name in listing.snapshot_names:
+        path = os.path.join(pool.snapshots_dir, name)
+        if name.startswith("."):
+            _quietly(report, files.remove_file, path)
+            report.removed_temp_files.append(path)
+        elif name.removesuffix(".img") not in snapshot_keys:
+            report.unknown_images.append(path)
     report.removed_temp_files += files.remove_stale_temp_files(pool.records_dir)
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)

@@ -170,8 +170,6 @@ def test_only_rpc_and_server_import_grpc_or_the_generated_code():
 KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
     "csi_py.core.crashpoints": (
         {"os.kill"}, "a crash point SIGKILLs its own process (test builds only)"),
-    "csi_py.core.driver": (
-        {"os.scandir"}, "start-up reconciliation lists the pool's image and snapshot files"),
     "csi_py.core.health_conditions": (
         {"os.path.exists"}, "tells a missing image from a truncated one"),
     "csi_py.core.pool": (
