@@ -163,6 +163,54 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     return entries
 
 
+class MountTable:
+    """One read of the mount table, parsed only as far as it is asked: the entries at
+    a path, or those whose line names a word (a device), so a request that looks at a
+    few paths on a node with thousands of mounts parses a few lines. Immutable; the
+    same answers every time it is asked."""
+
+    def __init__(self, text: str | None = None,
+                 entries: Sequence[MountEntry] | None = None) -> None:
+        self._lines = [ln for ln in text.split("\n") if ln] if text is not None else None
+        self._text = text or ""
+        self._entries = tuple(entries) if entries is not None else None
+
+    @classmethod
+    def of_entries(cls, entries: Iterable[MountEntry]) -> MountTable:
+        """A table of entries already parsed (e.g. an in-memory fake's)."""
+        return cls(entries=tuple(entries))
+
+    def all(self) -> list[MountEntry]:
+        """Every entry, in mountinfo order. Raises ValueError on a malformed line."""
+        if self._entries is None:
+            self._entries = tuple(parse_mountinfo(self._text))
+        return list(self._entries)
+
+    def at(self, path: str) -> list[MountEntry]:
+        """The entries whose mount point is `path` after :func:`normalize` (symlinks
+        are NOT resolved), bottom first: the last one is the visible (top) mount."""
+        norm = normalize(path)
+        if self._lines is None or self._entries is not None:
+            return [m for m in self.all() if m.mount_point == norm]
+        wanted = _escape(norm)
+        if " " + wanted + " " not in self._text:
+            return []
+        return parse_mountinfo("\n".join(
+            ln for ln in self._lines if ln.split(" ", 5)[4:5] == [wanted]))
+
+    def naming(self, words: Iterable[str]) -> list[MountEntry]:
+        """The entries whose line contains one of `words` (e.g. "loop3", which a mount
+        of /dev/loop3 names as its source or, bound onto a file, as its root), in
+        mountinfo order; a superset: the caller matches the entries exactly."""
+        words = [w for w in words if w]
+        if not words:
+            return []
+        if self._lines is None or self._entries is not None:
+            return self.all()
+        return parse_mountinfo("\n".join(
+            ln for ln in self._lines if any(w in ln for w in words)))
+
+
 def normalize(path: str) -> str:
     """``os.path.normpath`` plus collapsing the leading ``//`` POSIX allows to keep.
     Symlinks are not resolved (the kernel reports mount points resolved, so a path
@@ -218,24 +266,24 @@ class Mounter:
     def __init__(self, mountinfo_path: str = MOUNTINFO):
         self._mountinfo_path = mountinfo_path
 
+    def table(self) -> MountTable:
+        """The mount table of this process's mount namespace as it is now: one read,
+        parsed lazily (see MountTable). Never cached. Raises OSError if mountinfo
+        cannot be read."""
+        return MountTable(os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE)))
+
     def list_mounts(self) -> list[MountEntry]:
         """All mounts of this process's mount namespace, in mountinfo order.
         Read-only, never cached. Raises OSError if mountinfo cannot be read."""
-        return parse_mountinfo(os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE)))
+        return self.table().all()
 
     def mounts_at(self, path: str) -> list[MountEntry]:
         """Entries whose mount point is exactly ``path`` after :func:`normalize`
         (symlinks in ``path`` are NOT resolved), bottom first: the last one is the
         visible (top) mount."""
-        # Only the lines whose mount point field matches are parsed: the publish path
-        # asks this several times, and a node can have hundreds of mounts.
-        wanted = _escape(normalize(path))
-        text = os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE))
-        if " " + wanted + " " not in text:
-            return []
-        lines = [ln for ln in text.split("\n")
-                 if ln and ln.split(" ", 5)[4:5] == [wanted]]
-        return parse_mountinfo("\n".join(lines))
+        # Only the lines whose mount point field matches are parsed: a node can have
+        # hundreds of mounts.
+        return self.table().at(path)
 
     def mounts_under(self, path: str) -> list[MountEntry]:
         """Entries at ``path`` or anywhere beneath it, deepest mount point first (the

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from csi_py.linux import files
 from csi_py.linux.interfaces import LoopService, MountService
 from csi_py.linux.loop import LoopDevice, is_path_tail
-from csi_py.linux.mount import MountEntry, normalize
+from csi_py.linux.mount import MountEntry, MountTable, normalize
 
 
 def backs(dev: LoopDevice, image: str) -> bool:
@@ -80,13 +80,13 @@ class VolumeView:
     """One volume as the kernel showed it at one moment: its devices (the staged one
     first, then read-only extras; also a device that still holds its deleted image),
     the recorded device when it no longer backs the image (`lost`: its mounts, which
-    name the dead node, are still ours), and the whole mount table of that moment.
-    Pure: every method only reads these fields."""
+    name the dead node, are still ours), and the mount table of that moment (parsed
+    only where asked). Pure: every method only reads these fields."""
 
     image: str
     devices: tuple[LoopDevice, ...]
     lost: str
-    mounts: tuple[MountEntry, ...]
+    mounts: MountTable
 
     @property
     def live(self) -> list[LoopDevice]:
@@ -102,8 +102,7 @@ class VolumeView:
 
     def stack(self, path: str) -> list[MountEntry]:
         """The mounts at `path` (normalized, symlinks not resolved), bottom first."""
-        wanted = normalize(path)
-        return [m for m in self.mounts if m.mount_point == wanted]
+        return self.mounts.at(path)
 
     def top(self, path: str) -> MountEntry | None:
         """The visible mount at `path`, or None."""
@@ -125,7 +124,11 @@ class VolumeView:
     def users(self, *besides: str) -> list[MountEntry]:
         """The volume's mounts at any path but `besides`, in mount table order."""
         skip = {normalize(p) for p in besides}
-        return [m for m in self.mounts if m.mount_point not in skip and self.shows(m)]
+        # Every mount of a device names the device node's name (as its source, or as
+        # the root of a bind of the node): only those lines are parsed.
+        names = [os.path.basename(d.path) for d in self.devices]
+        return [m for m in self.mounts.naming(names)
+                if m.mount_point not in skip and self.shows(m)]
 
     def ours_on_top(self, path: str, *, lost_too: bool = False) -> int:
         """How many mounts of this volume are stacked on top of `path` (each needs one
@@ -188,12 +191,9 @@ class VolumeKernel:
         fails its check. Read-only (a remembered extra that fails its check is
         forgotten); never raises for races. Raises OSError when the mount table cannot
         be read."""
-        mounts = tuple(self.mounts.list_mounts())
-        named = ""
-        if at:
-            wanted = normalize(at)
-            stack = [m for m in mounts if m.mount_point == wanted]
-            named = device_named_by(stack[-1]) if stack else ""
+        mounts = self.mounts.table()
+        stack = mounts.at(at) if at else []
+        named = device_named_by(stack[-1]) if stack else ""
         names = list(dict.fromkeys([recorded, *self.extras(image), named]))
         found: list[LoopDevice] = []
         lost = ""

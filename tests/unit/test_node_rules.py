@@ -9,7 +9,7 @@ from csi_py.core import node_rules as rules
 from csi_py.domain.errors import AlreadyExists, FailedPrecondition
 from csi_py.domain.model import AccessMode, AccessType, Staging, StagingState
 from csi_py.linux.loop import LoopDevice
-from csi_py.linux.mount import MountEntry
+from csi_py.linux.mount import MountEntry, MountTable
 from csi_py.linux.volume_view import VolumeView, device_named_by, mount_is_of
 
 IMAGE = "/pool/volumes/vol-1.img"
@@ -38,7 +38,7 @@ def other(point: str, *, mount_id: int = 9) -> MountEntry:
 
 
 def view(devices: list[LoopDevice], mounts: list[MountEntry], lost: str = "") -> VolumeView:
-    return VolumeView(IMAGE, tuple(devices), lost, tuple(mounts))
+    return VolumeView(IMAGE, tuple(devices), lost, MountTable.of_entries(mounts))
 
 
 def staging(kind: AccessType, device: str = "/dev/loop1",
@@ -182,3 +182,27 @@ def test_the_kernel_view_reads_recorded_devices_and_scans_only_when_one_fails(tm
     host.loops.find_by_backing_file = scan  # type: ignore[method-assign]
     moved = kernel.view(str(image), "/dev/fakeloop9")
     assert moved.lost == "/dev/fakeloop9" and [d.path for d in moved.devices] == [staged.path]
+
+
+MOUNTINFO = "\n".join([
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+    f"40 22 7:1 / {STAGE} rw,nosuid,nodev - ext4 /dev/loop1 rw",
+    f"41 22 7:1 / {TARGET} rw - ext4 /dev/loop1 rw",
+    f"42 22 7:11 / {TARGET} ro - ext4 /dev/loop11 rw",
+    "43 22 0:5 /loop1 /pods/p/block rw - devtmpfs udev rw",
+    "44 22 0:40 / /with\\040space rw - tmpfs tmpfs rw",
+]) + "\n"
+
+
+def test_the_mount_table_parses_only_the_lines_asked_for():
+    table = MountTable(MOUNTINFO)
+    assert [m.mount_id for m in table.at(TARGET)] == [41, 42]
+    assert [m.mount_id for m in table.at(TARGET + "/")] == [41, 42]
+    assert table.at("/nowhere") == [] and table.at("/with space")[0].mount_id == 44
+    assert [m.mount_id for m in table.naming(["loop1"])] == [40, 41, 42, 43]  # a superset
+    assert table.naming([]) == []
+    assert [m.mount_id for m in table.all()] == [22, 40, 41, 42, 43, 44]
+    dev = loop(1)
+    v = VolumeView(IMAGE, (dev,), "", table)
+    assert [m.mount_point for m in v.users(STAGE)] == [TARGET, "/pods/p/block"]
+    assert v.ours_on_top(TARGET) == 0  # loop11 is on top: not this volume's
