@@ -199,23 +199,28 @@ def reconcile(driver: Driver) -> ReconcileReport:
                     dev.backing_file, why)
 
     known = catalog.volume_states()
+    volumes_dir = pool.volumes_dir
     for name in listing.volume_names:
-        path = os.path.join(pool.volumes_dir, name)
+        # A known volume's image costs one set lookup (10,000 of them at start-up).
+        if name.endswith(".img") and name[:-4] in known:
+            continue
+        path = os.path.join(volumes_dir, name)
         if name.startswith("."):
             _quietly(report, files.remove_file, path)
             report.removed_temp_files.append(path)
-            continue
-        volume_id = pool.volume_id_of_name(name)
-        if volume_id is None or volume_id not in known:
+        else:
             report.unknown_images.append(path)
     # Images are named by their snapshot's key, without the node part of its id.
     snapshot_keys = {file_key(sid) for sid in catalog.snapshot_states()}
+    snapshots_dir = pool.snapshots_dir
     for name in listing.snapshot_names:
-        path = os.path.join(pool.snapshots_dir, name)
+        if not name.startswith(".") and name.removesuffix(".img") in snapshot_keys:
+            continue
+        path = os.path.join(snapshots_dir, name)
         if name.startswith("."):
             _quietly(report, files.remove_file, path)
             report.removed_temp_files.append(path)
-        elif name.removesuffix(".img") not in snapshot_keys:
+        else:
             report.unknown_images.append(path)
     report.removed_temp_files += files.remove_stale_temp_files(pool.records_dir)
     for path in report.unknown_images:

@@ -30,7 +30,7 @@ from csi_py.linux.loop_sysfs import (
     is_path_tail,
     referenced_loop_numbers,
 )
-from csi_py.linux.mount import MAX_TABLE, parse_mountinfo
+from csi_py.linux.mountinfo import MAX_TABLE, parse_mountinfo
 
 # How long detach() waits for the kernel to let go of the device.
 _DETACH_WAIT = 2.0

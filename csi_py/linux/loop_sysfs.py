@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from csi_py.linux import files
 from csi_py.linux._loop_abi import LOOP_GET_STATUS64, LOOP_MAJOR, LoopInfo64
 from csi_py.linux.errors import LoopError, errno_text
-from csi_py.linux.mount import MAX_TABLE, parse_mountinfo
+from csi_py.linux.mountinfo import MAX_TABLE, parse_mountinfo
 
 SYS_BLOCK = "/sys/block"
 DELETED_SUFFIX = " (deleted)"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from csi_py.linux import files
 from csi_py.linux.interfaces import LoopService, MountService
 from csi_py.linux.loop import LoopDevice, is_path_tail
-from csi_py.linux.mount import MountEntry, MountTable, normalize
+from csi_py.linux.mountinfo import MountEntry, MountTable, normalize
 
 
 def backs(dev: LoopDevice, image: str) -> bool:
