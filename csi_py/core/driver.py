@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from csi_py.config import Config
@@ -198,34 +199,31 @@ def reconcile(driver: Driver) -> ReconcileReport:
         log.warning("loop device %s on pool file %s: %s; left attached", dev.path,
                     dev.backing_file, why)
 
+    # A known image costs one set lookup (10,000 of them at start-up). Snapshot images
+    # are named by their snapshot's key, without the node part of its id.
     known = catalog.volume_states()
-    volumes_dir = pool.volumes_dir
-    for name in listing.volume_names:
-        # A known volume's image costs one set lookup (10,000 of them at start-up).
-        if name.endswith(".img") and name[:-4] in known:
-            continue
-        path = os.path.join(volumes_dir, name)
-        if name.startswith("."):
-            _quietly(report, files.remove_file, path)
-            report.removed_temp_files.append(path)
-        else:
-            report.unknown_images.append(path)
-    # Images are named by their snapshot's key, without the node part of its id.
+    _sweep(report, pool.volumes_dir, listing.volume_names, known)
     snapshot_keys = {file_key(sid) for sid in catalog.snapshot_states()}
-    snapshots_dir = pool.snapshots_dir
-    for name in listing.snapshot_names:
-        if not name.startswith(".") and name.removesuffix(".img") in snapshot_keys:
-            continue
-        path = os.path.join(snapshots_dir, name)
-        if name.startswith("."):
-            _quietly(report, files.remove_file, path)
-            report.removed_temp_files.append(path)
-        else:
-            report.unknown_images.append(path)
+    _sweep(report, pool.snapshots_dir, listing.snapshot_names, snapshot_keys)
     report.removed_temp_files += files.remove_stale_temp_files(pool.records_dir)
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)
     return report
+
+
+def _sweep(report: ReconcileReport, directory: str, names: list[str],
+           known: Collection[str]) -> None:
+    """Remove the temp files (".name") among an image directory's `names` and report
+    the images whose stem (the name without ".img") is not in `known`."""
+    for name in names:
+        if not name.startswith(".") and name.removesuffix(".img") in known:
+            continue
+        path = os.path.join(directory, name)
+        if name.startswith("."):
+            _quietly(report, files.remove_file, path)
+            report.removed_temp_files.append(path)
+        else:
+            report.unknown_images.append(path)
 
 
 def _quietly(report: ReconcileReport, func, *args) -> bool:  # type: ignore[no-untyped-def]
