@@ -17,6 +17,7 @@ from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.identity import backs, volume_of_device
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.node import NodeCore
+from csi_py.core.node_calls import NodeCalls
 from csi_py.core.pool import Pool
 from csi_py.core.rebuild import PoolListing, RebuildReport, open_catalog, rebuild
 from csi_py.core.snapshots import SnapshotCore
@@ -70,6 +71,8 @@ class Driver:
         self.health = HealthChecker(config, self.catalog, self.pool, host, self.node.kernel)
         self.health_report = HealthReporter(self.health, self.controller)
         self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller, self.node)
+        self.node_calls = NodeCalls(self.node, self.ephemeral, self.controller,
+                                    self.health_report)
         self._ready = threading.Event()
         self.last_reconcile: ReconcileReport | None = None
 
