@@ -106,12 +106,16 @@ def bucket(frames: list[tuple[str, str, int]]) -> str:
                 else "catalog: other SQLite (queries, JSON of records)")
     if "fsync" in func or "fsync" in text:
         return "fsync of images and directories"
-    if "linux/loop.py" in file or "_loop_abi" in file:
+    if "linux/loop" in file or "_loop_abi" in file:  # loop.py, loop_sysfs.py, loop_attach.py
         if func == "_read" or "find_by_backing_file" in names or "_describe" in names:
             return "loop: sysfs reads (scan of every loop device, attributes)"
         return "loop: ioctls and device nodes"
-    if "linux/mount.py" in file:
+    if "linux/mount" in file:  # mount.py, mountinfo.py
         return "mounts: /proc/self/mountinfo parsing and mount calls"
+    if "linux/volume_view.py" in file:
+        return "kernel view of a volume: identity checks, matching mounts"
+    if "linux/targets.py" in file:
+        return "target paths: create and remove"
     if "_libc.py" in file:
         return "mounts: mount(2)/umount2(2)"
     if "linux/files.py" in file:

@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-from csi_py import __version__, commands
+from csi_py import __version__
 from csi_py.config import (
     DEFAULT_DRIVER_NAME,
     DEFAULT_ENDPOINT,
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_snapshot(sub)
     _add_pool(sub)
     _output(_leaf(sub, "info", "print a running driver's identity and capacity",
-                  _client(commands.info)))
+                  _client("info")))
     return parser
 
 
@@ -161,7 +161,7 @@ def _add_volume(sub: Any) -> None:
     _common(vol)
     vsub = vol.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = _leaf(vsub, "create", "create a volume (e.g. for a static PV)",
-                   _client(commands.volume_create))
+                   _client("volume_create"))
     create.add_argument("name", type=_name, help="the volume's name (unique on the driver)")
     create.add_argument("--size", type=_positive_size, default="1Gi",
                         help="a Kubernetes quantity: 1.5Gi, 512Mi, 10G (default 1Gi); raised"
@@ -171,20 +171,20 @@ def _add_volume(sub: Any) -> None:
     create.add_argument("--block", action="store_true", help="request raw block access")
     create.add_argument("--thick", action="store_true", help="allocate all space now")
     _output(create)
-    listing = _leaf(vsub, "list", "list volumes", _client(commands.volume_list))
+    listing = _leaf(vsub, "list", "list volumes", _client("volume_list"))
     _output(listing)
-    get = _leaf(vsub, "get", "show one volume", _client(commands.volume_get))
+    get = _leaf(vsub, "get", "show one volume", _client("volume_get"))
     get.add_argument("volume", help="the volume's name or id")
     _output(get)
     delete = _leaf(vsub, "delete", "delete a volume by name or id",
-                   _client(commands.volume_delete))
+                   _client("volume_delete"))
     delete.add_argument("volume", help="the volume's name or id")
     delete.add_argument("--ignore-not-found", action="store_true",
                         help="succeed quietly when there is no such volume (for scripts)")
     for verb, source_help in (("restore", "id of the snapshot to restore"),
                               ("clone", "name or id of the volume to clone")):
         made = _leaf(vsub, verb, f"create a volume from a {verb} source",
-                     _client(commands.volume_copy))
+                     _client("volume_copy"))
         made.add_argument("source", help=source_help)
         made.add_argument("name", type=_name, help="the new volume's name")
         made.add_argument("--size", type=_positive_size, default=None,
@@ -199,14 +199,14 @@ def _add_snapshot(sub: Any) -> None:
     _common(snap)
     ssub = snap.add_subparsers(dest="action", required=True, metavar="ACTION")
     screate = _leaf(ssub, "create", "snapshot a volume (shows a copy's progress)",
-                    _client(commands.snapshot_create))
+                    _client("snapshot_create"))
     screate.add_argument("volume", help="name or id of the volume to snapshot")
     screate.add_argument("name", type=_name, help="the snapshot's name (unique on the driver)")
     _output(screate)
-    slist = _leaf(ssub, "list", "list snapshots", _client(commands.snapshot_list))
+    slist = _leaf(ssub, "list", "list snapshots", _client("snapshot_list"))
     slist.add_argument("--volume", default="", help="only snapshots of this volume (name or id)")
     _output(slist)
-    sdelete = _leaf(ssub, "delete", "delete a snapshot by id", _client(commands.snapshot_delete))
+    sdelete = _leaf(ssub, "delete", "delete a snapshot by id", _client("snapshot_delete"))
     sdelete.add_argument("snapshot_id", help="the snapshot's id (snapshot list shows them)")
     sdelete.add_argument("--ignore-not-found", action="store_true",
                          help="succeed quietly when there is no such snapshot (for scripts)")
@@ -226,10 +226,14 @@ def _pool(args: argparse.Namespace) -> int:
     return pool_cli.run(args.pool, args.action)
 
 
-def _client(action: Callable[..., None]) -> Callable[[argparse.Namespace], int]:
-    """A handler that runs `action` against the driver at --endpoint."""
+def _client(action: str) -> Callable[[argparse.Namespace], int]:
+    """A handler that runs commands.`action` against the driver at --endpoint. The
+    commands module (the CSI client and the tables) is imported only when one runs:
+    `serve` does not pay for it at start-up."""
     def handler(args: argparse.Namespace) -> int:
-        return commands.run(action, args)
+        from csi_py import commands
+
+        return commands.run(getattr(commands, action), args)
     return handler
 
 

@@ -64,6 +64,7 @@ from csi_py.linux.mount import (
     MS_RELATIME,
     MS_STRICTATIME,
     MountEntry,
+    MountTable,
     normalize,
     parse_options,
 )
@@ -395,6 +396,9 @@ class FakeMounter(_FakeBase):
                 )
                 for m in self.kernel.mounts
             ]
+
+    def table(self) -> MountTable:
+        return MountTable.of_entries(self.list_mounts())
 
     def mounts_at(self, path: str) -> list[MountEntry]:
         norm = normalize(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from csi_py.config import Config
@@ -16,8 +17,9 @@ from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.identity import backs, volume_of_device
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.node import NodeCore
+from csi_py.core.node_calls import NodeCalls
 from csi_py.core.pool import Pool
-from csi_py.core.rebuild import RebuildReport, open_catalog, rebuild
+from csi_py.core.rebuild import PoolListing, RebuildReport, open_catalog, rebuild
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.domain.errors import Unavailable
 from csi_py.domain.model import AccessType, SnapshotState, VolumeState
@@ -66,9 +68,11 @@ class Driver:
         self.controller = ControllerCore(config, self.catalog, self.pool, host, self.locks)
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
         self.snapshots = SnapshotCore(self.catalog, self.pool, host, self.locks, self.controller)
-        self.health = HealthChecker(config, self.catalog, self.pool, host)
+        self.health = HealthChecker(config, self.catalog, self.pool, host, self.node.kernel)
         self.health_report = HealthReporter(self.health, self.controller)
         self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller, self.node)
+        self.node_calls = NodeCalls(self.node, self.ephemeral, self.controller,
+                                    self.health_report)
         self._ready = threading.Event()
         self.last_reconcile: ReconcileReport | None = None
 
@@ -153,7 +157,10 @@ def reconcile(driver: Driver) -> ReconcileReport:
 
     # Records of volumes the catalog has are not read: start-up costs no file read per
     # volume (`csi-py pool check` reads them all).
-    found = rebuild(catalog, pool, records, host, read_known=False)
+    # The image directories and the loop devices are listed once, for the rebuild
+    # and for the checks below.
+    listing = PoolListing.of(pool, host)
+    found = rebuild(catalog, pool, records, host, read_known=False, listing=listing)
     found.catalog_moved_to = report.rebuild.catalog_moved_to
     report.rebuild = found
 
@@ -164,7 +171,7 @@ def reconcile(driver: Driver) -> ReconcileReport:
         if staging.access_type is AccessType.MOUNT and staging.staging_path and \
                 host.mounts.is_mounted(staging.staging_path):
             _quietly(report, host.fs.thaw, staging.staging_path)
-    for dev in host.loops.list_attached():
+    for dev in listing.attached:
         volume_id = volume_of_device(host, pool, dev)
         if volume_id is None:
             continue  # not ours
@@ -174,11 +181,19 @@ def reconcile(driver: Driver) -> ReconcileReport:
             # Follow the staged device only if the recorded one is gone: a second,
             # read-only device (made for a read-only block publish) must never
             # become the staged one, or later read-write publishes get it.
+            if record.device == dev.path:
+                continue
+            image = pool.image_path(volume_id)
             recorded = host.loops.get(record.device) if record.device else None
-            if record.device != dev.path and record.staged and \
-                    (recorded is None or not backs(recorded, pool.image_path(volume_id))) and \
+            if record.staged and (recorded is None or not backs(recorded, image)) and \
                     (record.readonly or not dev.read_only):
-                catalog.put_staging(replace(record, device=dev.path))
+                record = replace(record, device=dev.path)
+                catalog.put_staging(record)
+                staged[volume_id] = record
+            else:
+                # A read-only extra device (made for a read-only block publish by
+                # a predecessor): the node's later calls find it without a scan.
+                driver.node.kernel.remember(image, dev.path)
             continue
         # Its backing file is (or was) in the pool, so a pod may still use it: it is
         # never detached here; an operator decides (docs/reliability.md).
@@ -187,27 +202,31 @@ def reconcile(driver: Driver) -> ReconcileReport:
         log.warning("loop device %s on pool file %s: %s; left attached", dev.path,
                     dev.backing_file, why)
 
+    # A known image costs one set lookup (10,000 of them at start-up). Snapshot images
+    # are named by their snapshot's key, without the node part of its id.
     known = catalog.volume_states()
-    for entry in os.scandir(pool.volumes_dir):
-        if entry.name.startswith(".tmp-") or entry.name.startswith("."):
-            _quietly(report, files.remove_file, entry.path)
-            report.removed_temp_files.append(entry.path)
-            continue
-        volume_id = pool.volume_id_of_name(entry.name)
-        if volume_id is None or volume_id not in known:
-            report.unknown_images.append(entry.path)
-    # Images are named by their snapshot's key, without the node part of its id.
+    _sweep(report, pool.volumes_dir, listing.volume_names, known)
     snapshot_keys = {file_key(sid) for sid in catalog.snapshot_states()}
-    for entry in os.scandir(pool.snapshots_dir):
-        if entry.name.startswith("."):
-            _quietly(report, files.remove_file, entry.path)
-            report.removed_temp_files.append(entry.path)
-        elif entry.name.removesuffix(".img") not in snapshot_keys:
-            report.unknown_images.append(entry.path)
+    _sweep(report, pool.snapshots_dir, listing.snapshot_names, snapshot_keys)
     report.removed_temp_files += files.remove_stale_temp_files(pool.records_dir)
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)
     return report
+
+
+def _sweep(report: ReconcileReport, directory: str, names: list[str],
+           known: Collection[str]) -> None:
+    """Remove the temp files (".name") among an image directory's `names` and report
+    the images whose stem (the name without ".img") is not in `known`."""
+    for name in names:
+        if not name.startswith(".") and name.removesuffix(".img") in known:
+            continue
+        path = os.path.join(directory, name)
+        if name.startswith("."):
+            _quietly(report, files.remove_file, path)
+            report.removed_temp_files.append(path)
+        else:
+            report.unknown_images.append(path)
 
 
 def _quietly(report: ReconcileReport, func, *args) -> bool:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
 from csi_py.domain.errors import DriverError, InvalidArgument, NotFound
 from csi_py.domain.model import AccessType, Capability, CapacityRange, Volume
+from csi_py.linux import targets
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
 
@@ -85,7 +86,7 @@ class EphemeralVolumes:
             NAME_PREFIX + handle, CapacityRange(size, 0), [cap], params, {}, []
         )
         staging = self._staging(volume)
-        os.makedirs(self.staging_root, mode=0o700, exist_ok=True)
+        targets.make_staging_dir(self.staging_root, mode=0o700)
         try:
             self.node.stage(volume.id, staging, cap, {})
             self.node.publish(volume.id, target_path, staging, cap, readonly)
@@ -114,7 +115,4 @@ class EphemeralVolumes:
         self.node.unpublish(volume.id, target_path)
         self.node.unstage(volume.id, staging)
         self.controller.delete_volume(volume.id)
-        try:
-            os.rmdir(staging)
-        except FileNotFoundError:
-            pass
+        targets.remove_dir(staging)

@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from csi_py.config import Config
-from csi_py.core.identity import device_problem, devices_on
+from csi_py.core.identity import device_problem
 from csi_py.core.pool import Pool
 from csi_py.core.poolstate import pool_state
-from csi_py.domain.model import AccessType, Provisioning, Volume
+from csi_py.domain.model import AccessType, Provisioning, Staging, Volume
 from csi_py.linux import Host, files
 from csi_py.linux.errors import LinuxError
+from csi_py.linux.volume_view import VolumeKernel, VolumeView
 from csi_py.state.catalog import Catalog
 
 # A thin volume is at risk when the pool has less than this fraction of its size free.
@@ -29,11 +30,20 @@ HEALTHY = Condition(False, "volume is healthy")
 
 
 class HealthChecker:
-    def __init__(self, config: Config, catalog: Catalog, pool: Pool, host: Host) -> None:
+    def __init__(self, config: Config, catalog: Catalog, pool: Pool, host: Host,
+                 kernel: VolumeKernel | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.pool = pool
         self.host = host
+        # The node's, when given: it knows the read-only extra devices this process made.
+        self.kernel = kernel or VolumeKernel(host.loops, host.mounts)
+
+    def view(self, volume_id: str, record: Staging | None) -> VolumeView:
+        """The kernel's view of a volume from its staging record (see NodeBase.view):
+        no scan of every loop device while the recorded device checks out."""
+        recorded = record.device if record is not None else ""
+        return self.kernel.view(self.pool.image_path(volume_id), recorded, scan=not recorded)
 
     def check(self, volume: Volume) -> Condition:
         """The first abnormal condition found, most serious first, or HEALTHY."""
@@ -64,11 +74,11 @@ class HealthChecker:
         record = self.catalog.get_staging(volume.id)
         if record is None or not record.staged:
             return None
-        problem = device_problem(self.host, record, self.pool.image_path(volume.id))
+        view = self.view(volume.id, record)
+        problem = device_problem(view, record, self.host.loops)
         if problem:
             return problem
-        if record.access_type is AccessType.MOUNT and \
-                not self.host.mounts.is_mounted(record.staging_path):
+        if record.access_type is AccessType.MOUNT and not view.stack(record.staging_path):
             return (f"volume {volume.id} is staged but nothing is mounted at"
                     f" {record.staging_path}")
         return None
@@ -77,7 +87,7 @@ class HealthChecker:
         record = self.catalog.get_staging(volume.id)
         if record is None or record.access_type is not AccessType.MOUNT or not record.fs_type:
             return None
-        devices = devices_on(self.host, self.pool.image_path(volume.id))
+        devices = self.view(volume.id, record).devices
         if not devices:
             return None
         try:

@@ -114,8 +114,8 @@ class HealthReporter:
             found.append(HealthCondition(VolumeHealthType.DATA_LOSS, reason, message))
         message = c._loop_device(volume)
         if message is not None:
-            reason = DEVICE_DETACHED if not c.host.loops.find_by_backing_file(path) else \
-                STAGING_NOT_MOUNTED
+            attached = c.view(volume.id, c.catalog.get_staging(volume.id)).devices
+            reason = DEVICE_DETACHED if not attached else STAGING_NOT_MOUNTED
             found.append(HealthCondition(VolumeHealthType.INACCESSIBLE, reason, message))
         message = c._filesystem(volume)
         if message is not None:
@@ -137,8 +137,7 @@ class HealthReporter:
         record = self.checker.catalog.get_staging(volume.id)
         if record is None or record.state is not StagingState.STAGED:
             return None
-        devices = self.checker.host.loops.find_by_backing_file(
-            self.checker.pool.image_path(volume.id))
+        devices = self.checker.view(volume.id, record).devices
         for dev in devices:
             if dev.path == record.device:
                 return dev

@@ -1,36 +1,18 @@
-"""Loop devices known by their backing file's identity, not by their number.
+"""Which pool volume a loop device belongs to, and what health reports about a staged
+volume's device; the identity check itself (`backs`) lives in linux/volume_view.py.
 
 A number is reused as soon as a device is detached, and a path can be replaced; the
-pair (st_dev, st_ino) of the backing file the kernel holds cannot. Every node call
-that uses a device (publish, unpublish, unstage, stats, health) first checks it with
-`backs`, and `device_problem` is what health reports about a staged volume's device.
+pair (st_dev, st_ino) of the backing file the kernel holds cannot.
 """
 
 from __future__ import annotations
 
 from csi_py.core.pool import Pool
 from csi_py.domain.model import Staging
-from csi_py.linux import Host, files
+from csi_py.linux import Host
+from csi_py.linux.interfaces import LoopService
 from csi_py.linux.loop import LoopDevice, is_path_tail
-
-
-def backs(dev: LoopDevice, image: str) -> bool:
-    """Whether `dev` is attached to the image file `image` right now: not deleted, and
-    the same (st_dev, st_ino) as the file at that path. The path the kernel shows is
-    either `image` itself or, for a device attached through a mount this process cannot
-    reach (a node plugin container restarted since), a tail of it; a tail counts only
-    when the identities agree. When either identity cannot be read (an in-memory fake;
-    a pool that fails with EIO), an exact path decides, so a teardown on a failed pool
-    still finds its devices. Never raises."""
-    if dev.backing_deleted:
-        return False
-    exact = dev.backing_file == image
-    if not exact and not is_path_tail(dev.backing_file, image):
-        return False
-    found = files.identity(image) if dev.backing_inode else None
-    if found is None:
-        return exact
-    return found == (dev.backing_dev, dev.backing_inode)
+from csi_py.linux.volume_view import VolumeView, backs
 
 
 def volume_of_device(host: Host, pool: Pool, dev: LoopDevice) -> str | None:
@@ -57,25 +39,18 @@ def volume_of_device(host: Host, pool: Pool, dev: LoopDevice) -> str | None:
     return volume_id if full is not None and backs(full, image) else None
 
 
-def devices_on(host: Host, image: str) -> list[LoopDevice]:
-    """Every loop device attached to `image` (checked by identity), plus any still
-    holding a deleted file at that path (its mounts must still be found and taken
-    down). Read-only."""
-    return [d for d in host.loops.find_by_backing_file(image)
-            if d.backing_deleted or backs(d, image)]
-
-
-def device_problem(host: Host, record: Staging, image: str) -> str | None:
-    """What is wrong with a staged volume's loop device, for its volume condition:
-    detached (gone, or its number now attached to another file), or detached while
-    mounted (LOOP_CLR_FD behind our back: it lives on only until its last unmount).
-    None when it is sound. Read-only; never raises."""
-    devices = [d for d in devices_on(host, image) if not d.backing_deleted]
+def device_problem(view: VolumeView, record: Staging, loops: LoopService) -> str | None:
+    """What is wrong with a staged volume's loop device (`view`: the kernel's view of
+    it, from its record), for its volume condition: detached (gone, or its number now
+    attached to another file), or detached while mounted (LOOP_CLR_FD behind our back:
+    it lives on only until its last unmount). None when it is sound. Read-only; never
+    raises."""
+    devices = view.live
     what = f"volume {record.volume_id} is staged"
     if record.staging_path:
         what += f" at {record.staging_path}"
     if not devices:
-        recorded = host.loops.get(record.device) if record.device else None
+        recorded = loops.get(record.device) if record.device else None
         reused = f"; {record.device} now backs {recorded.backing_file}" \
             if recorded is not None else ""
         return (f"{what} but its loop device {record.device or ''} was detached{reused};"
@@ -87,3 +62,6 @@ def device_problem(host: Host, record: Staging, image: str) -> str | None:
                 " (losetup -d / LOOP_CLR_FD): it goes away at its last unmount. Restart"
                 " the pods to stage it again")
     return None
+
+
+__all__ = ["backs", "device_problem", "volume_of_device"]

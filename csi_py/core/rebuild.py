@@ -102,8 +102,25 @@ def open_catalog(pool: Pool, on_full: object = None, *, move_aside: bool = True
     return Catalog(path, on_full), broken  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class PoolListing:
+    """The pool's image directories and the node's loop devices, each listed once, for
+    a start-up that needs them twice (rebuild, then reconciliation)."""
+
+    volume_names: list[str]
+    snapshot_names: list[str]
+    attached: list[LoopDevice]
+
+    @classmethod
+    def of(cls, pool: Pool, host: Host) -> PoolListing:
+        """List them now. Raises OSError when a directory cannot be read."""
+        return cls(files.list_names(pool.volumes_dir), files.list_names(pool.snapshots_dir),
+                   host.loops.list_attached())
+
+
 def rebuild(catalog: Catalog, pool: Pool, records: Records, host: Host, *,
-            apply: bool = True, read_known: bool = True) -> RebuildReport:
+            apply: bool = True, read_known: bool = True,
+            listing: PoolListing | None = None) -> RebuildReport:
     """Adopt what the pool and the kernel hold and the catalog lacks (see the module
     docstring). Idempotent: a second run finds nothing to do. With apply=False
     nothing is written; the report says what would be.
@@ -118,10 +135,11 @@ def rebuild(catalog: Catalog, pool: Pool, records: Records, host: Host, *,
     catalog cannot be written.
     """
     report = RebuildReport()
-    known = _Known.of(catalog, pool, records)
+    listing = listing or PoolListing.of(pool, host)
+    known = _Known.of(catalog, records, listing)
     _adopt_records(catalog, pool, records, known, report, apply, read_known)
     _backfill_records(catalog, pool, records, known, report, apply, read_known)
-    _adopt_stagings(catalog, pool, host, report, apply)
+    _adopt_stagings(catalog, pool, host, listing.attached, report, apply)
     for line in report.lines():
         log.info("rebuild: %s", line)
     return report
@@ -139,10 +157,9 @@ class _Known:
     snapshot_images: set[str]
 
     @classmethod
-    def of(cls, catalog: Catalog, pool: Pool, records: Records) -> _Known:
+    def of(cls, catalog: Catalog, records: Records, listing: PoolListing) -> _Known:
         return cls(catalog.volume_states(), catalog.snapshot_states(), records.names(),
-                   set(), set(files.list_names(pool.volumes_dir)),
-                   set(files.list_names(pool.snapshots_dir)))
+                   set(), set(listing.volume_names), set(listing.snapshot_names))
 
     def has_record(self, object_id: str, read_known: bool) -> bool:
         """Whether the object's record is in place: sound, when every record was read;
@@ -289,10 +306,10 @@ def adopted_staging(volume_id: str, devices: list[LoopDevice], mounts: list) -> 
                    StagingState.ADOPTED)
 
 
-def _adopt_stagings(catalog: Catalog, pool: Pool, host: Host, report: RebuildReport,
-                    apply: bool) -> None:
+def _adopt_stagings(catalog: Catalog, pool: Pool, host: Host, attached: list[LoopDevice],
+                    report: RebuildReport, apply: bool) -> None:
     by_volume: dict[str, list[LoopDevice]] = {}
-    for dev in host.loops.list_attached():
+    for dev in attached:
         volume_id = volume_of_device(host, pool, dev)
         if volume_id is None or dev.backing_deleted:
             continue

@@ -5,7 +5,6 @@ turning that into a typed error to its caller."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from functools import cache
@@ -19,9 +18,15 @@ RENAME_NOREPLACE = 1
 
 @cache
 def libc() -> ctypes.CDLL:
-    """The C library, loaded once, with errno capture enabled."""
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    lib = ctypes.CDLL(name, use_errno=True)
+    """The C library, loaded once, with errno capture enabled: glibc's "libc.so.6",
+    and ctypes.util.find_library (which runs ldconfig in a child process) only where
+    that name is unknown (e.g. musl)."""
+    try:
+        lib = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes import util
+
+        lib = ctypes.CDLL(util.find_library("c") or "libc.so", use_errno=True)
     lib.mount.argtypes = [
         ctypes.c_char_p,
         ctypes.c_char_p,

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from csi_py.linux.fs import FsStats
 from csi_py.linux.loop import LoopDevice
-from csi_py.linux.mount import MountEntry
+from csi_py.linux.mount import MountEntry, MountTable
 
 
 @runtime_checkable
@@ -40,6 +40,7 @@ class LoopService(Protocol):
 
 @runtime_checkable
 class MountService(Protocol):
+    def table(self) -> MountTable: ...
     def list_mounts(self) -> list[MountEntry]: ...
     def mounts_at(self, path: str) -> list[MountEntry]: ...
     def mounts_under(self, path: str) -> list[MountEntry]: ...

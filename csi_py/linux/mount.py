@@ -1,4 +1,5 @@
-"""Mounts: mount(2)/umount2(2) through ctypes, and /proc/self/mountinfo parsing.
+"""Mounts: mount(2)/umount2(2) through ctypes, option words, and reading the mount table
+(its parsing is mountinfo.py's).
 
 No fork/exec here: NodePublish/NodeUnpublish are the hot path (DESIGN.md principle
 5), and a failed syscall gives an errno we can map precisely. The mount table is
@@ -9,12 +10,18 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from csi_py.linux import _libc, files
 from csi_py.linux.errors import DeviceBusy, MountError, errno_text
+from csi_py.linux.mountinfo import (
+    MAX_TABLE,
+    MOUNTINFO,
+    MountEntry,
+    MountTable,
+    normalize,
+    parse_mountinfo,
+)
 
 # <linux/mount.h> / <sys/mount.h>
 MS_RDONLY = 1
@@ -35,9 +42,6 @@ MS_LAZYTIME = 1 << 25
 UMOUNT_NOFOLLOW = 8
 MNT_DETACH = 2
 
-MOUNTINFO = "/proc/self/mountinfo"
-# The most of a mount table read: far above what a node with thousands of mounts has.
-MAX_TABLE = 64 << 20
 
 ATIME_FLAGS = MS_NOATIME | MS_RELATIME | MS_STRICTATIME
 
@@ -81,96 +85,6 @@ REJECTED_WORDS = frozenset(
         "unbindable", "runbindable",
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo (see proc(5)), with escapes decoded."""
-
-    mount_id: int
-    parent_id: int
-    major: int
-    minor: int
-    root: str
-    mount_point: str
-    mount_options: tuple[str, ...]
-    fs_type: str
-    source: str
-    super_options: tuple[str, ...]
-    optional_fields: tuple[str, ...] = ()
-
-    @property
-    def read_only(self) -> bool:
-        """True when this mount (not necessarily its superblock) is read-only."""
-        return "ro" in self.mount_options
-
-
-_OCTAL = re.compile(rb"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    # The kernel escapes space, tab, newline and backslash as \ooo (mangle() in
-    # fs/proc_namespace.c). Work on bytes so a path that is not valid UTF-8
-    # round-trips through os.fsencode/os.fsdecode unchanged.
-    if "\\" not in field:
-        return field  # the common case, and the hot path of every publish
-    raw = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), os.fsencode(field))
-    return os.fsdecode(raw)
-
-
-def _escape(path: str) -> str:
-    """A path as mountinfo prints it (the inverse of _unescape)."""
-    raw = os.fsencode(path)
-    for ch in b"\\ \t\n":
-        raw = raw.replace(bytes([ch]), b"\\%03o" % ch)
-    return os.fsdecode(raw)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """Parse the text of a mountinfo file into entries, in file order (a mount that
-    is stacked over another comes after it).
-
-    Handles any number of optional fields before the ``-`` separator and the octal
-    escapes \\040 \\011 \\012 \\134. Pure function; raises ValueError on a malformed
-    line (naming its line number).
-    """
-    entries: list[MountEntry] = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            major, minor = fields[2].split(":")
-            fs_type, source, super_opts = fields[sep + 1 : sep + 4]
-            entries.append(
-                MountEntry(
-                    mount_id=int(fields[0]),
-                    parent_id=int(fields[1]),
-                    major=int(major),
-                    minor=int(minor),
-                    root=_unescape(fields[3]),
-                    mount_point=_unescape(fields[4]),
-                    mount_options=tuple(fields[5].split(",")),
-                    fs_type=_unescape(fs_type),
-                    source=_unescape(source),
-                    super_options=tuple(_unescape(o) for o in super_opts.split(",")),
-                    optional_fields=tuple(fields[6:sep]),
-                )
-            )
-        except (ValueError, IndexError):
-            raise ValueError(f"malformed mountinfo line {lineno}: {line!r}") from None
-    return entries
-
-
-def normalize(path: str) -> str:
-    """``os.path.normpath`` plus collapsing the leading ``//`` POSIX allows to keep.
-    Symlinks are not resolved (the kernel reports mount points resolved, so a path
-    through a symlink will not match: resolve it yourself if you mean to)."""
-    norm = os.path.normpath(path)
-    if norm.startswith("//"):
-        norm = "/" + norm.lstrip("/")
-    return norm
 
 
 def parse_options(options: Iterable[str]) -> tuple[int, str]:
@@ -218,24 +132,24 @@ class Mounter:
     def __init__(self, mountinfo_path: str = MOUNTINFO):
         self._mountinfo_path = mountinfo_path
 
+    def table(self) -> MountTable:
+        """The mount table of this process's mount namespace as it is now: one read,
+        parsed lazily (see MountTable). Never cached. Raises OSError if mountinfo
+        cannot be read."""
+        return MountTable(os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE)))
+
     def list_mounts(self) -> list[MountEntry]:
         """All mounts of this process's mount namespace, in mountinfo order.
         Read-only, never cached. Raises OSError if mountinfo cannot be read."""
-        return parse_mountinfo(os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE)))
+        return self.table().all()
 
     def mounts_at(self, path: str) -> list[MountEntry]:
         """Entries whose mount point is exactly ``path`` after :func:`normalize`
         (symlinks in ``path`` are NOT resolved), bottom first: the last one is the
         visible (top) mount."""
-        # Only the lines whose mount point field matches are parsed: the publish path
-        # asks this several times, and a node can have hundreds of mounts.
-        wanted = _escape(normalize(path))
-        text = os.fsdecode(files.read_small(self._mountinfo_path, MAX_TABLE))
-        if " " + wanted + " " not in text:
-            return []
-        lines = [ln for ln in text.split("\n")
-                 if ln and ln.split(" ", 5)[4:5] == [wanted]]
-        return parse_mountinfo("\n".join(lines))
+        # Only the lines whose mount point field matches are parsed: a node can have
+        # hundreds of mounts.
+        return self.table().at(path)
 
     def mounts_under(self, path: str) -> list[MountEntry]:
         """Entries at ``path`` or anywhere beneath it, deepest mount point first (the
@@ -384,3 +298,15 @@ def _mount_hint(err: int) -> str:
         _errno.EROFS: "; the device is read-only, try read_only=True",
     }
     return hints.get(err, "")
+
+
+__all__ = [
+    "MAX_TABLE",
+    "MOUNTINFO",
+    "MountEntry",
+    "MountTable",
+    "Mounter",
+    "normalize",
+    "parse_mountinfo",
+    "parse_options",
+]

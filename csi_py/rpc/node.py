@@ -5,8 +5,6 @@ from __future__ import annotations
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
-from csi_py.core.ephemeral import is_ephemeral
-from csi_py.core.validation import is_volume_id
 from csi_py.rpc import convert, health
 from csi_py.rpc.errors import rpc_method
 
@@ -46,33 +44,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc_method
     def NodePublishVolume(self, request, context):  # noqa: N802
         self.driver.require_ready()
-        if is_ephemeral(dict(request.volume_context)):
-            self.driver.ephemeral.publish(
-                request.volume_id,
-                request.target_path,
-                convert.optional_capability(request),
-                request.readonly,
-                dict(request.volume_context),
-            )
-            return pb.NodePublishVolumeResponse()
-        self.core.publish(
+        self.driver.node_calls.publish(
             request.volume_id,
             request.target_path,
             request.staging_target_path,
             convert.optional_capability(request),
             request.readonly,
+            dict(request.volume_context),
         )
         return pb.NodePublishVolumeResponse()
 
     @rpc_method
     def NodeUnpublishVolume(self, request, context):  # noqa: N802
         self.driver.require_ready()
-        # kubelet names inline volumes itself ("csi-<hash>"), never like ours ("vol-...").
-        if not is_volume_id(request.volume_id) and request.volume_id and \
-                self.driver.ephemeral.find(request.volume_id) is not None:
-            self.driver.ephemeral.unpublish(request.volume_id, request.target_path)
-            return pb.NodeUnpublishVolumeResponse()
-        self.core.unpublish(request.volume_id, request.target_path)
+        self.driver.node_calls.unpublish(request.volume_id, request.target_path)
         return pb.NodeUnpublishVolumeResponse()
 
     @rpc_method
@@ -91,11 +76,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc_method
     def NodeGetVolumeHealth(self, request, context):  # noqa: N802
         self.driver.require_ready()
-        vol = self.driver.controller.get_ready_volume(request.volume_id)
-        conditions = self.driver.health_report.node_volume_conditions(
-            vol, request.volume_publish_path, request.staging_target_path)
+        volume_id, conditions = self.driver.node_calls.volume_health(
+            request.volume_id, request.volume_publish_path, request.staging_target_path)
         return pb.NodeGetVolumeHealthResponse(
-            volume_health=health.volume_health(vol.id, conditions))
+            volume_health=health.volume_health(volume_id, conditions))
 
     @rpc_method
     def NodeGetStorageHealth(self, request, context):  # noqa: N802

@@ -14,6 +14,7 @@ import pytest
 
 from csi_py.linux import _loop_abi as abi
 from csi_py.linux import loop as loop_mod
+from csi_py.linux import loop_sysfs
 from csi_py.linux.errors import DeviceBusy, LoopError
 from csi_py.linux.loop import LoopManager
 
@@ -230,7 +231,7 @@ def test_missing_device_node_is_created(kit, monkeypatch):
     # A container's /dev that is not devtmpfs never gets nodes for loop devices
     # created later; attach then makes the node itself (here in a private dir).
     devdir = kit.dir("dev")
-    monkeypatch.setattr(loop_mod, "_NODE_WAIT", 0.01)
+    monkeypatch.setattr(loop_sysfs, "_NODE_WAIT", 0.01)
     lm = LoopManager(dev_dir=devdir)
     dev = lm.attach(kit.image(size=MiB))
     assert dev.path == os.path.join(devdir, f"loop{dev.number}")

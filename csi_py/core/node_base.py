@@ -1,0 +1,104 @@
+"""What every node operation shares: its dependencies, the kernel's view of a volume,
+and the teardown helpers (the staging record without the catalog, unmounting only ours)."""
+
+from __future__ import annotations
+
+import logging
+
+from csi_py.config import Config
+from csi_py.core import validation as v
+from csi_py.core.controller import ControllerCore
+from csi_py.core.locks import KeyedTryLock
+from csi_py.core.pool import Pool
+from csi_py.domain.errors import FailedPrecondition, Internal, NotFound
+from csi_py.domain.model import Capability, Staging, Volume
+from csi_py.linux import Host
+from csi_py.linux.errors import DeviceBusy, LinuxError
+from csi_py.linux.loop import LoopDevice
+from csi_py.linux.volume_view import VolumeKernel, VolumeView
+from csi_py.state.catalog import Catalog, CatalogError
+from csi_py.state.records import Records
+
+log = logging.getLogger("csi_py.core.node")
+
+
+class NodeBase:
+    """The dependencies of the node operations and the helpers they share."""
+
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        pool: Pool,
+        host: Host,
+        locks: KeyedTryLock,
+        controller: ControllerCore,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.pool = pool
+        self.host = host
+        self.locks = locks
+        self.controller = controller
+        self.records = Records(pool.records_dir)
+        self.kernel = VolumeKernel(host.loops, host.mounts)
+
+    def view(self, volume_id: str, record: Staging | None, *, scan: bool = False,
+             at: str = "") -> VolumeView:
+        """The kernel's view of the volume: its recorded device and the extras this
+        process attached, verified by identity; every loop device is scanned only
+        without a record (a teardown on a failed catalog) or when the recorded device
+        fails its check. One read of the mount table; `at`: a path whose top mount
+        may name a device of the volume (see VolumeKernel.view)."""
+        recorded = record.device if record is not None else ""
+        return self.kernel.view(self.pool.image_path(volume_id), recorded,
+                                at=at, scan=scan or not recorded)
+
+    def check_outside_pool(self, path: str, field: str) -> None:
+        v.check_outside(path, field, self.pool.contains, self.pool.root)
+
+    def fs_type_for(self, volume: Volume, cap: Capability) -> str:
+        return cap.fs_type or volume.fs_type or self.config.default_fs_type
+
+    def staging_for_teardown(self, volume_id: str, what: str) -> Staging | None:
+        """The staging record of a volume being taken down. When the catalog cannot
+        be read (the pool's filesystem failed) it is None: what is attached and
+        mounted is still known to the kernel, which is all a teardown needs.
+        Raises NotFound for a volume the catalog does not have."""
+        if not v.is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id!r} does not exist")
+        try:
+            if self.catalog.get_volume(volume_id) is None:
+                raise NotFound(f"volume {volume_id!r} does not exist")
+            return self.catalog.get_staging(volume_id)
+        except CatalogError as exc:
+            log.warning("volume %s: %s without the catalog: %s", volume_id, what, exc)
+            return None
+
+    def unmount(self, path: str, volume_id: str, times: int) -> None:
+        """Take `times` mounts (this volume's, counted on a view) off `path`, one at a
+        time (they may be stacked). Raises FailedPrecondition when it is busy."""
+        if times > 16:
+            raise Internal(f"volume {volume_id}: {path} has {times} stacked mounts of it")
+        for _ in range(times):
+            try:
+                self.host.mounts.unmount(path)
+            except DeviceBusy as exc:
+                raise FailedPrecondition(
+                    f"volume {volume_id}: {path} is busy (a process still uses it): {exc}"
+                ) from exc
+
+    def detach_quietly(self, device: LoopDevice) -> bool:
+        """Detach `device`; False (logged) when it cannot be. Never raises LinuxError."""
+        try:
+            self.host.loops.detach(device.path)
+            return True
+        except LinuxError as exc:
+            log.warning("could not detach %s: %s", device.path, exc)
+            return False
+
+    def thaw_quietly(self, mount_point: str) -> None:
+        try:
+            self.host.fs.thaw(mount_point)
+        except LinuxError as exc:
+            log.warning("could not thaw %s: %s", mount_point, exc)
