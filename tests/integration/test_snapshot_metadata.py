@@ -16,7 +16,7 @@ import pytest
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.rpc.client import block_capability, mount_capability
 from tests.conformance.helpers import (
     MiB,

@@ -24,7 +24,7 @@ import grpc
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py.core.crashpoints import ENV as CRASH_ENV
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.rpc.client import Client, block_capability, mount_capability
 from tests.conftest import NODE_ID
 from tests.kernel_leaks import loops_under, mounts_under

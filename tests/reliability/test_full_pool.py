@@ -25,7 +25,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import real_host
 from tests.conftest import needs_root
 from tests.kernel_leaks import loops_under, mounts_under

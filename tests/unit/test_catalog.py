@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from csi_py.core.model import (
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Attachment,
@@ -164,7 +164,7 @@ def test_a_damaged_catalog_is_reported_as_damaged(tmp_path, damage):
 
 
 def snap(i: int, source: str, group: str = "", state=None):
-    from csi_py.core.model import Snapshot, SnapshotState
+    from csi_py.domain.model import Snapshot, SnapshotState
 
     return Snapshot(id=f"snap-{i:032x}", name=f"snap-{i}", source_volume_id=source,
                     size_bytes=1 << 20, created_at=2.0, state=state or SnapshotState.READY,
@@ -172,7 +172,7 @@ def snap(i: int, source: str, group: str = "", state=None):
 
 
 def test_snapshots_filters_pages_and_state(catalog):
-    from csi_py.core.model import SnapshotState
+    from csi_py.domain.model import SnapshotState
 
     a = catalog.insert_volume(vol(1))
     b = catalog.insert_volume(vol(2))
@@ -198,7 +198,7 @@ def test_snapshots_filters_pages_and_state(catalog):
 
 
 def test_groups_hold_their_members(catalog):
-    from csi_py.core.model import GroupSnapshot, SnapshotState
+    from csi_py.domain.model import GroupSnapshot, SnapshotState
 
     a = catalog.insert_volume(vol(1))
     group = GroupSnapshot("group-1", "g1", 3.0, SnapshotState.CREATING)

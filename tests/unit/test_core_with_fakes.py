@@ -10,8 +10,8 @@ import pytest
 
 from csi_py.config import Config
 from csi_py.core.driver import Driver
-from csi_py.core.errors import Aborted, FailedPrecondition, NotFound
-from csi_py.core.model import (
+from csi_py.domain.errors import Aborted, FailedPrecondition, NotFound
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Capability,
@@ -171,7 +171,7 @@ def test_reconcile_rolls_back_creates_finishes_deletes_and_adopts_devices(env):
 
 
 def test_requests_before_reconciliation_are_unavailable(tmp_path):
-    from csi_py.core.errors import Unavailable
+    from csi_py.domain.errors import Unavailable
 
     config = Config(endpoint="unix:///u.sock", node_id="n1",
                     pool=str(tmp_path / "pool")).validated()

@@ -10,7 +10,7 @@ import pytest
 
 from csi_py.config import Config
 from csi_py.core.driver import Driver
-from csi_py.core.model import AccessMode, AccessType, Capability, CapacityRange
+from csi_py.domain.model import AccessMode, AccessType, Capability, CapacityRange
 from csi_py.core.rebuild import check_pool
 from csi_py.state.records import FORMATTED, RecordError, Records, VolumeRecord, decode
 from tests.fakes import fake_host
@@ -43,7 +43,7 @@ def made(tmp_path):
 
 
 def test_a_record_round_trips_and_garbage_is_refused(tmp_path):
-    from csi_py.core.model import Provisioning, Volume, VolumeState
+    from csi_py.domain.model import Provisioning, Volume, VolumeState
 
     records = Records(str(tmp_path))
     vol = Volume("vol-" + "1" * 32, "pvc-1", 64 * MiB, "xfs", Provisioning.THICK,
