@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from csi_py.core import errmap
-from csi_py.domain import errors as e
 from csi_py.core.pool import PoolError
+from csi_py.domain import errors as e
 from csi_py.linux.errors import KERNEL_ERRNOS, LoopError, MountError
 from csi_py.rpc.errors import status_for
 from csi_py.state.catalog import CatalogError, CatalogFull

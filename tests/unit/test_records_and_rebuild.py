@@ -10,8 +10,8 @@ import pytest
 
 from csi_py.config import Config
 from csi_py.core.driver import Driver
-from csi_py.domain.model import AccessMode, AccessType, Capability, CapacityRange
 from csi_py.core.rebuild import check_pool
+from csi_py.domain.model import AccessMode, AccessType, Capability, CapacityRange
 from csi_py.state.records import FORMATTED, RecordError, Records, VolumeRecord, decode
 from tests.fakes import fake_host
 

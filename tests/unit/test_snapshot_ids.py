@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from csi_py.domain import snapshot_ids as ids
 from csi_py.core.pool import Pool
+from csi_py.domain import snapshot_ids as ids
 
 KEY = "snap-" + "0123456789abcdef" * 2
 
