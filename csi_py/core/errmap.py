@@ -21,7 +21,7 @@ from csi_py.linux.errors import (
     ToolMissing,
     errno_text,
 )
-from csi_py.state.catalog import CatalogError, CatalogFull
+from csi_py.state.errors import CatalogError, CatalogFull
 
 ERRNO_ERRORS: dict[int, tuple[type[e.DriverError], str]] = {
     # The request names something unusable: fix the request.

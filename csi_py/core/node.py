@@ -12,13 +12,9 @@ from dataclasses import replace
 
 from csi_py.config import Config
 from csi_py.core import validation as v
-from csi_py.core.controller import (
-    PUBLISH_CONTEXT_NODE,
-    PUBLISH_CONTEXT_READONLY,
-    ControllerCore,
-    check_capability,
-    check_volume_capability,
-)
+from csi_py.core.attachments import PUBLISH_CONTEXT_NODE, PUBLISH_CONTEXT_READONLY
+from csi_py.core.capacity import check_range
+from csi_py.core.controller import ControllerCore
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.identity import backs, devices_on
 from csi_py.core.locks import KeyedTryLock
@@ -29,6 +25,7 @@ from csi_py.core.mutable import (
     direct_io_wanted,
 )
 from csi_py.core.pool import Pool
+from csi_py.core.rules import check_capability, check_volume_capability
 from csi_py.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -52,7 +49,8 @@ from csi_py.linux.errors import DeviceBusy, LinuxError
 from csi_py.linux.filesystems import FILESYSTEMS
 from csi_py.linux.loop import LoopDevice
 from csi_py.linux.mount import MountEntry
-from csi_py.state.catalog import Catalog, CatalogError
+from csi_py.state.catalog import Catalog
+from csi_py.state.errors import CatalogError
 from csi_py.state.records import FORMATTED, FORMATTING, Records
 
 log = logging.getLogger(__name__)
@@ -727,12 +725,8 @@ def _check_node_capacity(volume: Volume, rng: CapacityRange) -> None:
     """NodeExpandVolume only makes the node see the size ControllerExpandVolume gave the
     volume; a range that size does not satisfy is the spec's "Unsupported capacity_range"
     (OUT_OF_RANGE). Raises InvalidArgument for a malformed range."""
+    check_range(rng, f"volume {volume.id}")
     req, lim, size = rng.required_bytes, rng.limit_bytes, volume.capacity_bytes
-    if req < 0 or lim < 0:
-        raise InvalidArgument(f"volume {volume.id}: capacity_range bytes must not be negative")
-    if lim and req > lim:
-        raise InvalidArgument(
-            f"volume {volume.id}: required_bytes {req} is larger than limit_bytes {lim}")
     if req > size:
         raise OutOfRange(
             f"volume {volume.id} has {size} bytes, less than the required {req};"

@@ -40,7 +40,8 @@ from csi_py.domain.model import (
 from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import Host, files
 from csi_py.linux.loop import LoopDevice
-from csi_py.state.catalog import Catalog, CatalogDamaged, CatalogError
+from csi_py.state.catalog import Catalog
+from csi_py.state.errors import CatalogDamaged, CatalogError
 from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)

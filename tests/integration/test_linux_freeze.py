@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
+from csi_py.linux.copies import clone_file
 from csi_py.linux.errors import DeviceBusy, FreezeError
 from csi_py.linux.exec import run
-from csi_py.linux.files import clone_file
 
 pytestmark = pytest.mark.integration
 

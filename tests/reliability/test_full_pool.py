@@ -134,7 +134,7 @@ def test_thick_create_larger_than_free_space_is_resource_exhausted(driver, monke
 
     # The space check passes but the disk fills while allocating (another writer won the
     # race): the half-allocated file is removed, and the answer is the same.
-    monkeypatch.setattr(driver.server.driver.controller, "_check_space", lambda *a: None)
+    monkeypatch.setattr(driver.server.driver.controller.space, "check_fits", lambda *a: None)
     expect_exhausted(v.create, "raced", "block", too_big, params=thick())
     assert_nothing_left(driver, set())
 
@@ -223,8 +223,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
     try:
         # Expansion: the space check, and ENOSPC half way through allocating.
         expect_exhausted(v.expand, vid, "block", size + 128 * MiB)
-        monkeypatch.setattr(core.controller, "capacity", lambda prov: type(
-            "R", (), {"available_bytes": 1 << 40})())
+        monkeypatch.setattr(core.controller.space, "check_growth_fits", lambda *a: None)
         expect_exhausted(v.expand, vid, "block", size + 128 * MiB)
         monkeypatch.undo()
         assert os.path.getsize(image) == size
@@ -239,7 +238,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
 
         # Snapshots: the space check, and ENOSPC half way through the copy.
         expect_exhausted(v.snapshot, vid, "snap")
-        monkeypatch.setattr(core.snapshots, "_check_room", lambda *a: None)
+        monkeypatch.setattr(core.controller.space, "check_copy_room", lambda *a: None)
         expect_exhausted(v.snapshot, vid, "snap-raced")
         expect_exhausted(v.group_snapshot, "group-raced", [vid, thin])
         monkeypatch.undo()
@@ -248,7 +247,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
 
         # Restores and clones of a thick volume need its size in free space.
         expect_exhausted(v.create, "clone", "block", size, volume_id=vid, params=thick())
-        monkeypatch.setattr(core.controller, "_check_space", lambda *a: None)
+        monkeypatch.setattr(core.controller.space, "check_fits", lambda *a: None)
         expect_exhausted(v.create, "clone-raced", "block", size, volume_id=vid,
                          params=thick())
         monkeypatch.undo()

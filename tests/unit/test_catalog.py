@@ -15,7 +15,9 @@ from csi_py.domain.model import (
     Volume,
     VolumeState,
 )
-from csi_py.state.catalog import SCHEMA_VERSION, Catalog, CatalogError, NameTaken
+from csi_py.state.catalog import Catalog
+from csi_py.state.errors import CatalogError, NameTaken
+from csi_py.state.schema import SCHEMA_VERSION
 
 
 def vol(i: int, state=VolumeState.READY) -> Volume:
@@ -146,7 +148,7 @@ def test_catalog_file_is_owner_only(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbled", "truncated"])
 def test_a_damaged_catalog_is_reported_as_damaged(tmp_path, damage):
-    from csi_py.state.catalog import CatalogDamaged
+    from csi_py.state.errors import CatalogDamaged
 
     path = str(tmp_path / "c.db")
     catalog = Catalog(path)

@@ -192,7 +192,7 @@ def test_unknown_volume_is_not_found_on_the_node(env):
 def test_a_retried_restore_succeeds_after_its_snapshot_is_gone(env):
     """The CO may retry a CreateVolume that finished; by then the snapshot may have been
     deleted. The answer comes from the record: the same volume."""
-    from csi_py.core.controller import ContentSource
+    from csi_py.core.sources import ContentSource
 
     driver, _, _ = env
     vol = new_volume(driver, "src", cap=BLOCK)

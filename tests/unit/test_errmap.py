@@ -16,7 +16,7 @@ from csi_py.core.pool import PoolError
 from csi_py.domain import errors as e
 from csi_py.linux.errors import KERNEL_ERRNOS, LoopError, MountError
 from csi_py.rpc.errors import status_for
-from csi_py.state.catalog import CatalogError, CatalogFull
+from csi_py.state.errors import CatalogError, CatalogFull
 
 LINUX_DIR = os.path.join(os.path.dirname(errmap.__file__), "..", "linux")
 

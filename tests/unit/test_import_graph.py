@@ -190,8 +190,6 @@ KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
     "csi_py.core.rebuild": (
         {"os.path.exists", "os.path.isdir"},
         "checks that the pool, the catalog and each image exist before rebuilding"),
-    "csi_py.core.snapshots": (
-        {"os.replace", "os.unlink"}, "writes and removes a snapshot's progress file"),
     "csi_py.core.validation": (
         {"os.lstat", "os.path.realpath"},
         "refuses a symlink at a request's path or in its parent (check_no_symlink)"),
@@ -205,7 +203,7 @@ KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
     "csi_py.server": (
         {"os.chmod", "os.lstat", "os.makedirs", "os.umask", "os.unlink"},
         "creates the unix socket 0600 and removes a stale one"),
-    "csi_py.state.catalog": (
+    "csi_py.state.database": (
         {"os.chmod", "os.umask", "os.open", "os.close", "os.fdatasync", "os.O_RDONLY",
          "os.O_CLOEXEC"},
         "creates the SQLite files 0600; group commit: one fdatasync of the WAL, outside the"

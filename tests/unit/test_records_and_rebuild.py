@@ -37,7 +37,7 @@ def made(tmp_path):
     vols = [c.create_volume(f"v{i}", CapacityRange(32 * MiB, 0), [MOUNT], {}, {}, [])
             for i in range(2)]
     snap = driver.snapshots.create(vols[0].id, "s0", {})
-    group = driver.snapshots.create_group("g0", [v.id for v in vols], {})
+    group = driver.groups.create_group("g0", [v.id for v in vols], {})
     driver.close()
     return tmp_path, host, vols, snap, group
 
@@ -159,7 +159,7 @@ def test_block_size_is_recorded_and_old_records_mean_512(tmp_path, made):
     try:
         assert driver.catalog.get_volume(vols[0].id).block_size == 4096
         assert driver.catalog.get_volume(vols[1].id).block_size == 512
-        from csi_py.core.controller import ContentSource
+        from csi_py.core.sources import ContentSource
 
         clone = driver.controller.create_volume(
             "clone-of-old", CapacityRange(32 * MiB, 0), [MOUNT], {}, {}, [],
