@@ -18,7 +18,9 @@ from csi_py.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Subject,
 )
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Attachment, Capability
 from csi_py.state.catalog import Catalog
 
@@ -49,7 +51,8 @@ class Attachments:
         v.require(volume_id, "volume_id")
         v.require(node_id, "node_id")
         if cap is None:
-            raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
+            raise InvalidArgument("volume_capability is required",
+                                  subject=volume_subject(volume_id))
         check_capability(cap, self.config.filesystems)
         with self.locks.hold(volume_id, "ControllerPublishVolume"):
             return self._publish_locked(volume_id, node_id, cap, readonly)
@@ -60,8 +63,9 @@ class Attachments:
         volume = self.volumes.get_ready_volume(volume_id)
         if node_id != self.config.node_id:
             raise NotFound(
-                f"node {node_id!r} is unknown: volume {volume_id} lives on node"
-                f" {self.config.node_id!r} and cannot be reached from elsewhere"
+                f"unknown: volume {volume_id} lives on node"
+                f" {self.config.node_id!r} and cannot be reached from elsewhere",
+                subject=Subject("node", id=node_id),
             )
         wanted = Attachment(volume.id, node_id, readonly, cap.access_mode, cap.access_type)
         context = {
@@ -73,18 +77,21 @@ class Attachments:
                 if att == wanted:
                     return context
                 raise AlreadyExists(
-                    f"volume {volume_id} is already published to node {node_id} with"
+                    f"already published to node {node_id} with"
                     f" readonly={att.readonly}, mode {att.access_mode.value},"
-                    f" {att.access_type.value} access"
+                    f" {att.access_type.value} access",
+                    subject=volume_subject(volume_id),
                 )
             raise FailedPrecondition(
-                f"volume {volume_id} is published to node {att.node_id} in mode"
-                f" {att.access_mode.value}; unpublish it there first"
+                f"published to node {att.node_id} in mode"
+                f" {att.access_mode.value}; unpublish it there first",
+                subject=volume_subject(volume_id),
             )
         limit = self.config.max_volumes_per_node
         if limit and self.catalog.attachment_count(node_id) >= limit:
             raise ResourceExhausted(
-                f"node {node_id} already has {limit} volumes published, its maximum"
+                f"already has {limit} volumes published, its maximum",
+                subject=Subject("node", id=node_id),
             )
         self.catalog.put_attachment(wanted)
         crash_point("attach.recorded")
@@ -100,7 +107,7 @@ class Attachments:
         with self.locks.hold(volume_id, "ControllerUnpublishVolume"):
             # The node side (NodeUnpublish, NodeUnstage) works on a failed pool, so
             # pods are released; only this record waits for the repair.
-            self.space.require_working(f"volume {volume_id}")
+            self.space.require_working(volume_subject(volume_id))
             for att in self.catalog.attachments_of(volume_id):
                 if not node_id or att.node_id == node_id:
                     self.catalog.remove_attachment(volume_id, att.node_id)

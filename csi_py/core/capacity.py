@@ -13,7 +13,14 @@ from csi_py.core.pool import Pool
 from csi_py.core.poolstate import PoolCondition, PoolState, pool_state
 from csi_py.core.rules import check_capability, parse_parameters
 from csi_py.core.topology import topology_matches
-from csi_py.domain.errors import InvalidArgument, OutOfRange, ResourceExhausted, Unavailable
+from csi_py.domain.errors import (
+    InvalidArgument,
+    OutOfRange,
+    ResourceExhausted,
+    Subject,
+    Unavailable,
+)
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Capability, CapacityRange, Provisioning, Volume
 from csi_py.linux import copies, files
 from csi_py.linux.filesystems import for_type
@@ -27,15 +34,15 @@ class CapacityReport:
     minimum_volume_bytes: int
 
 
-def check_range(rng: CapacityRange, subject: str = "") -> None:
+def check_range(rng: CapacityRange, subject: Subject | None = None) -> None:
     """A capacity_range's own sanity: no negative bytes, required not above the limit.
-    Pure; raises InvalidArgument (prefixed with `subject` when given)."""
-    prefix = f"{subject}: " if subject else ""
+    Pure; raises InvalidArgument (about `subject` when given)."""
     req, lim = rng.required_bytes, rng.limit_bytes
     if req < 0 or lim < 0:
-        raise InvalidArgument(f"{prefix}capacity_range bytes must not be negative")
+        raise InvalidArgument("capacity_range bytes must not be negative", subject=subject)
     if lim and req > lim:
-        raise InvalidArgument(f"{prefix}required_bytes {req} is larger than limit_bytes {lim}")
+        raise InvalidArgument(f"required_bytes {req} is larger than limit_bytes {lim}",
+                              subject=subject)
 
 
 def resolve_size(
@@ -76,18 +83,22 @@ def resolve_size(
     return size
 
 
-def fit_growth(fs_type: str, mount: bool, old: int, size: int, limit: int, subject: str) -> int:
+def fit_growth(fs_type: str, mount: bool, old: int, size: int, limit: int,
+               subject: Subject, source: str = "") -> int:
     """`size` for a filesystem of `old` bytes that must grow to fill it, raised to what
     the filesystem can grow to (its min_grow_bytes; btrfs: 256 MiB) when the limit
-    allows. Pure; raises OutOfRange when it does not."""
+    allows. Pure; raises OutOfRange when it does not (`source`: what a new volume is
+    made from, for the message)."""
     fs = for_type(fs_type) if mount else None
     least = fs.min_grow_bytes if fs else 0
     if not least or size <= old or size >= least:
         return size
     if limit and limit < least:
+        made = f"(from {source}) " if source else ""
         raise OutOfRange(
-            f"{subject}: a {fs_type} filesystem can only be grown to {least}"
-            f" bytes or more (the kernel refuses smaller resizes); limit_bytes is {limit}"
+            f"{made}a {fs_type} filesystem can only be grown to {least}"
+            f" bytes or more (the kernel refuses smaller resizes); limit_bytes is {limit}",
+            subject=subject,
         )
     return least
 
@@ -108,13 +119,13 @@ class Space:
         self.pool.keep_catalog_reserve()
         return pool_state(self.pool, self.config.reserve_bytes)
 
-    def require_working(self, what: str) -> PoolState:
+    def require_working(self, subject: Subject) -> PoolState:
         """The pool's state; raises Unavailable (the CO retries) while its filesystem
         has failed: nothing can be created in it, deleted from it or recorded in its
         catalog."""
         state = self.state()
         if state.failed:
-            raise Unavailable(f"{what}: {state.message}")
+            raise Unavailable(state.message, subject=subject)
         return state
 
     def report(self, provisioning: Provisioning, state: PoolState | None = None
@@ -163,11 +174,12 @@ class Space:
     def check_fits(self, name: str, size: int, provisioning: Provisioning) -> None:
         """Raise ResourceExhausted when a new volume of `size` bytes does not fit (and
         Unavailable when the pool has failed)."""
-        report = self.report(provisioning, self.require_working(f"volume {name!r}"))
+        report = self.report(provisioning, self.require_working(volume_subject(name=name)))
         if size > report.available_bytes:
             raise ResourceExhausted(
-                f"volume {name!r}: {size} bytes ({provisioning.value}) do not fit; the pool"
-                f" {self.pool.root} can offer {report.available_bytes} bytes"
+                f"{size} bytes ({provisioning.value}) do not fit; the pool"
+                f" {self.pool.root} can offer {report.available_bytes} bytes",
+                subject=volume_subject(name=name),
             )
 
     def check_growth_fits(self, volume: Volume, grow_by: int) -> None:
@@ -175,11 +187,12 @@ class Space:
         report = self.report(volume.provisioning)
         if grow_by > report.available_bytes:
             raise ResourceExhausted(
-                f"volume {volume.id}: growing by {grow_by} bytes does not fit; the pool"
-                f" {self.pool.root} can offer {report.available_bytes} bytes"
+                f"growing by {grow_by} bytes does not fit; the pool"
+                f" {self.pool.root} can offer {report.available_bytes} bytes",
+                subject=volume_subject(volume.id),
             )
 
-    def check_copy_room(self, what: str, volumes: list[Volume]) -> None:
+    def check_copy_room(self, subject: Subject, volumes: list[Volume]) -> None:
         """A snapshot's copy needs the sources' allocated bytes; a reflink needs (almost)
         none. Raises ResourceExhausted."""
         if copies.supports_reflink(self.pool.snapshots_dir):
@@ -188,6 +201,7 @@ class Space:
         _, free = files.space(self.pool.snapshots_dir)
         if needed > max(0, free - self.config.reserve_bytes):
             raise ResourceExhausted(
-                f"{what}: copying {needed} allocated bytes needs more than the {free} bytes"
-                f" free in {self.pool.root}"
+                f"copying {needed} allocated bytes needs more than the {free} bytes"
+                f" free in {self.pool.root}",
+                subject=subject,
             )

@@ -16,6 +16,7 @@ from csi_py.core.pool import Pool
 from csi_py.core.rules import check_capability, check_volume_capability
 from csi_py.core.volumes import Volumes
 from csi_py.domain.errors import InvalidArgument, OutOfRange, ResourceExhausted
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability, CapacityRange, Provisioning, Volume
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog
@@ -46,10 +47,10 @@ class Expansion:
         ResourceExhausted (no room for a thick volume), Aborted.
         """
         v.require(volume_id, "volume_id")
-        subject = f"volume {volume_id}"
+        subject = volume_subject(volume_id)
         check_range(capacity, subject)
         if capacity.required_bytes == 0 and capacity.limit_bytes == 0:
-            raise InvalidArgument(f"{subject}: capacity_range is required")
+            raise InvalidArgument("capacity_range is required", subject=subject)
         if cap is not None:
             check_capability(cap, self.config.filesystems)
         with self.locks.hold(volume_id, "ControllerExpandVolume"):
@@ -63,8 +64,9 @@ class Expansion:
             check_volume_capability(volume, cap)
         if capacity.limit_bytes and capacity.limit_bytes < volume.capacity_bytes:
             raise OutOfRange(
-                f"volume {volume_id} has {volume.capacity_bytes} bytes; shrinking it to"
-                f" at most {capacity.limit_bytes} is not supported"
+                f"has {volume.capacity_bytes} bytes; shrinking it to"
+                f" at most {capacity.limit_bytes} is not supported",
+                subject=volume_subject(volume_id),
             )
         # A filesystem must be grown by the node (NodeExpandVolume, or the next
         # NodeStageVolume, which grows a filesystem smaller than its device).
@@ -82,7 +84,7 @@ class Expansion:
         volume_id = volume.id
         size = resolve_size(self.config, capacity, volume.fs_type, False)
         size = fit_growth(volume.fs_type, mount, volume.capacity_bytes, size,
-                          capacity.limit_bytes, f"volume {volume_id}")
+                          capacity.limit_bytes, volume_subject(volume_id))
         thick = volume.provisioning is Provisioning.THICK
         self.space.check_growth_fits(volume, size - volume.capacity_bytes)
         path = self.pool.image_path(volume_id)
@@ -92,7 +94,8 @@ class Expansion:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ResourceExhausted(
-                    f"volume {volume_id}: the pool ran out of space growing to {size}"
+                    f"the pool ran out of space growing to {size}",
+                    subject=volume_subject(volume_id),
                 ) from exc
             raise
         for device in self.host.loops.find_by_backing_file(path):

@@ -19,6 +19,7 @@ from csi_py.core.rules import check_snapshot_parameters
 from csi_py.core.snapshots import SnapshotCore, no_space
 from csi_py.core.topology import snapshot_owner_elsewhere
 from csi_py.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from csi_py.domain.errors import group_snapshot as group_subject
 from csi_py.domain.model import GroupSnapshot, Snapshot, SnapshotState
 from csi_py.linux import files
 from csi_py.state.catalog import Catalog
@@ -33,9 +34,8 @@ def _check_members(group: GroupSnapshot, snapshot_ids: list[str]) -> None:
     checked."""
     if snapshot_ids and sorted(snapshot_ids) != sorted(group.snapshot_ids):
         raise InvalidArgument(
-            f"group snapshot {group.id} holds snapshots {sorted(group.snapshot_ids)}, not"
-            f" {sorted(snapshot_ids)}"
-        )
+            f"holds snapshots {sorted(group.snapshot_ids)}, not {sorted(snapshot_ids)}",
+            subject=group_subject(group.id))
 
 
 @dataclass(eq=False)
@@ -60,23 +60,23 @@ class GroupSnapshots:
         """
         v.check_name(name, "name")
         if not source_volume_ids:
-            raise InvalidArgument(f"group snapshot {name!r}: source_volume_ids are required")
+            raise InvalidArgument("source_volume_ids are required",
+                                  subject=group_subject(name=name))
         repeated = sorted({vid for vid in source_volume_ids if source_volume_ids.count(vid) > 1})
         if repeated:
             raise InvalidArgument(
-                f"group snapshot {name!r}: source_volume_ids name volume(s) {repeated} more"
-                " than once"
-            )
+                f"source_volume_ids name volume(s) {repeated} more than once",
+                subject=group_subject(name=name))
         check_snapshot_parameters(parameters, f"group snapshot {name!r}")
-        with self.locks.hold("group-name:" + name, "CreateVolumeGroupSnapshot"):
+        with self.locks.hold("group-name:" + name, "CreateVolumeGroupSnapshot",
+                             group_subject(name=name)):
             existing = self.catalog.get_group_by_name(name)
             if existing is not None:
                 sources = sorted(self.catalog.get_snapshot(s).source_volume_id  # type: ignore
                                  for s in existing.snapshot_ids)
                 if sources != sorted(source_volume_ids):
-                    raise AlreadyExists(
-                        f"group snapshot {name!r} exists ({existing.id}) for volumes {sources}"
-                    )
+                    raise AlreadyExists(f"exists for volumes {sources}",
+                                        subject=group_subject(existing.id, name))
                 if existing.state is SnapshotState.READY:
                     return existing
                 self._forget_group(existing)
@@ -89,12 +89,12 @@ class GroupSnapshots:
         """Record, capture (all frozen together) and commit a group; the caller holds
         the name's and every source's lock. Undoes everything when a step fails."""
         sources = [self.snapshots.volumes.get_ready_volume(vid) for vid in source_volume_ids]
-        self.space.check_copy_room(f"group snapshot {name!r}", sources)
+        self.space.check_copy_room(group_subject(name=name), sources)
         group = GroupSnapshot(v.new_group_id(), name, time.time(), SnapshotState.CREATING)
         try:
             self.catalog.insert_group(group)
         except NameTaken:
-            raise AlreadyExists(f"group snapshot name {name!r} is already recorded") from None
+            raise AlreadyExists("already recorded", subject=group_subject(name=name)) from None
         snaps = [self.snapshots.record(f"{group.id}/{src.id}", src, group.id) for src in sources]
         crash_point("group.recorded")
         try:
@@ -111,8 +111,8 @@ class GroupSnapshots:
                 self.snapshots.records.remove(snap.id)
             self.catalog.delete_group(group.id)
             if isinstance(exc, OSError) and no_space(exc):
-                raise ResourceExhausted(
-                    f"group snapshot {name!r}: the pool ran out of space") from exc
+                raise ResourceExhausted("the pool ran out of space",
+                                        subject=group_subject(name=name)) from exc
             raise
         crash_point("group.captured")
         for snap, method in zip(snaps, methods, strict=True):
@@ -160,9 +160,9 @@ class GroupSnapshots:
             for sid in snapshot_ids:
                 elsewhere = snapshot_owner_elsewhere(sid, self.config)
                 if elsewhere is not None:
-                    raise NotFound(f"group snapshot {group_id!r}: its member {elsewhere};"
-                                   " ask that node's driver")
-            raise NotFound(f"group snapshot {group_id!r} does not exist")
+                    raise NotFound(f"its member {elsewhere}; ask that node's driver",
+                                   subject=group_subject(group_id))
+            raise NotFound("does not exist", subject=group_subject(group_id))
         _check_members(group, snapshot_ids)
         return group
 

@@ -34,6 +34,7 @@ from csi_py.domain.errors import (
     NotFound,
     OutOfRange,
 )
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import (
     AccessMode,
     AccessType,
@@ -725,7 +726,7 @@ def _check_node_capacity(volume: Volume, rng: CapacityRange) -> None:
     """NodeExpandVolume only makes the node see the size ControllerExpandVolume gave the
     volume; a range that size does not satisfy is the spec's "Unsupported capacity_range"
     (OUT_OF_RANGE). Raises InvalidArgument for a malformed range."""
-    check_range(rng, f"volume {volume.id}")
+    check_range(rng, volume_subject(volume.id))
     req, lim, size = rng.required_bytes, rng.limit_bytes, volume.capacity_bytes
     if req > size:
         raise OutOfRange(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from csi_py.config import Config
 from csi_py.core import validation as v
 from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability, Provisioning, Volume
 
 PARAM_FS_TYPE = "fsType"
@@ -44,9 +45,8 @@ def check_volume_capability(volume: Volume, cap: Capability) -> None:
     if cap.access_type is AccessType.MOUNT and cap.fs_type and volume.fs_type and \
             cap.fs_type != volume.fs_type:
         raise InvalidArgument(
-            f"volume {volume.id} holds {volume.fs_type}, not {cap.fs_type}; the capability"
-            " does not fit it"
-        )
+            f"holds {volume.fs_type}, not {cap.fs_type}; the capability does not fit it",
+            subject=volume_subject(volume.id))
 
 
 def requested_fs_type(parameters: dict[str, str]) -> str:

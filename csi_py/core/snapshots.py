@@ -31,6 +31,7 @@ from csi_py.domain.errors import (
     NotFound,
     ResourceExhausted,
 )
+from csi_py.domain.errors import snapshot as snapshot_subject
 from csi_py.domain.model import GroupSnapshot, Snapshot, SnapshotState, Volume
 from csi_py.domain.snapshot_ids import is_snapshot_id, new_snapshot_id
 from csi_py.linux import files
@@ -101,16 +102,17 @@ class SnapshotCore:
         v.require(source_volume_id, "source_volume_id")
         check_snapshot_parameters(parameters, f"snapshot {name!r}")
         require_here(f"snapshot {name!r}", requisite or [], self.config)
-        with self.locks.hold("snapshot-name:" + name, "CreateSnapshot"):
+        with self.locks.hold("snapshot-name:" + name, "CreateSnapshot",
+                             snapshot_subject(name=name)):
             existing = self.catalog.get_snapshot_by_name(name)
             if existing is not None:
                 if existing.source_volume_id != source_volume_id:
                     raise AlreadyExists(
-                        f"snapshot {name!r} exists ({existing.id}) for volume"
-                        f" {existing.source_volume_id}, not {source_volume_id}"
-                    )
+                        f"exists for volume {existing.source_volume_id}, not {source_volume_id}",
+                        subject=snapshot_subject(existing.id, name))
                 if existing.state is SnapshotState.DELETING:
-                    raise Aborted(f"snapshot {name!r} ({existing.id}) is being deleted; retry")
+                    raise Aborted("being deleted; retry",
+                                  subject=snapshot_subject(existing.id, name))
                 if existing.state is SnapshotState.READY:
                     return existing
                 # CREATING: a capture died half way (reconciliation normally removes it).
@@ -123,7 +125,7 @@ class SnapshotCore:
         """Record, capture and commit a new snapshot; the caller holds the name's and
         the source's locks. Undoes everything when a step fails."""
         source = self.volumes.get_ready_volume(source_volume_id)
-        self.space.check_copy_room(f"snapshot {name!r}", [source])
+        self.space.check_copy_room(snapshot_subject(name=name), [source])
         snap = self.record(name, source, group_id="")
         report = progress or ProgressFile(self.progress_path(name))
         crash_point("snapshot.recorded")
@@ -138,8 +140,8 @@ class SnapshotCore:
             self._undo(snap.id)
             if no_space(exc):
                 raise ResourceExhausted(
-                    f"snapshot {name!r} of volume {source.id}: the pool ran out of space"
-                ) from exc
+                    f"(of volume {source.id}) the pool ran out of space",
+                    subject=snapshot_subject(name=name)) from exc
             raise
         except BaseException:
             self._undo(snap.id)
@@ -169,7 +171,7 @@ class SnapshotCore:
         try:
             return self.catalog.insert_snapshot(snap)
         except NameTaken:
-            raise AlreadyExists(f"snapshot name {name!r} is already recorded") from None
+            raise AlreadyExists("already recorded", subject=snapshot_subject(name=name)) from None
 
     def describe(self, snap: Snapshot, group: GroupSnapshot | None, source: Volume) -> None:
         """Write the snapshot's own record (after its image is complete, before the
@@ -210,9 +212,9 @@ class SnapshotCore:
                 return
             if snap.group_id:
                 raise InvalidArgument(
-                    f"snapshot {snapshot_id} is part of group snapshot {snap.group_id};"
-                    " delete the group with DeleteVolumeGroupSnapshot"
-                )
+                    f"part of group snapshot {snap.group_id};"
+                    " delete the group with DeleteVolumeGroupSnapshot",
+                    subject=snapshot_subject(snapshot_id))
             self._forget(snap)
             log.info("deleted snapshot %s (%s)", snap.id, snap.name)
 
@@ -241,7 +243,7 @@ class SnapshotCore:
             elsewhere = snapshot_owner_elsewhere(snapshot_id, self.config)
             if elsewhere is not None:
                 raise NotFound(f"{elsewhere}; ask that node's driver")
-            raise NotFound(f"snapshot {snapshot_id!r} does not exist")
+            raise NotFound("does not exist", subject=snapshot_subject(snapshot_id))
         return snap
 
     def refuse_elsewhere(self, snapshot_ids: list[str], action: str) -> None:

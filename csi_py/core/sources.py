@@ -12,6 +12,7 @@ from csi_py.core.locks import KeyedTryLock
 from csi_py.core.pool import Pool
 from csi_py.core.topology import restore_there, snapshot_owner_elsewhere
 from csi_py.domain.errors import InvalidArgument, NotFound, ResourceExhausted
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import VolumeState
 from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import copies
@@ -73,10 +74,11 @@ class Sources:
                     # exists, but a volume made from it can only be on its node. With
                     # WaitForFirstConsumer, external-provisioner answers this code by
                     # sending the PVC back to the scheduler instead of retrying here.
-                    raise ResourceExhausted(
-                        f"volume {name!r}: " + restore_there(elsewhere, source.id, self.config))
-                raise NotFound(f"volume {name!r}: source snapshot {source.id!r} does not exist"
-                               f" on node {self.config.node_id!r} (snapshots stay on their node)")
+                    raise ResourceExhausted(restore_there(elsewhere, source.id, self.config),
+                                            subject=volume_subject(name=name))
+                raise NotFound(f"source snapshot {source.id!r} does not exist"
+                               f" on node {self.config.node_id!r} (snapshots stay on their node)",
+                               subject=volume_subject(name=name))
             parent = self.catalog.get_volume(snap.source_volume_id) \
                 if v.is_volume_id(snap.source_volume_id) else None
             return Origin(source, self.pool.snapshot_path(snap.id), snap.size_bytes,
@@ -84,10 +86,12 @@ class Sources:
         if source.kind == "volume":
             vol = self.catalog.get_volume(source.id) if v.is_volume_id(source.id) else None
             if vol is None or vol.state is not VolumeState.READY:
-                raise NotFound(f"volume {name!r}: source volume {source.id!r} does not exist")
+                raise NotFound(f"source volume {source.id!r} does not exist",
+                               subject=volume_subject(name=name))
             return Origin(source, self.pool.image_path(vol.id), vol.capacity_bytes,
                           vol.fs_type, vol.block_size)
-        raise InvalidArgument(f"volume {name!r}: unknown content source kind {source.kind!r}")
+        raise InvalidArgument(f"unknown content source kind {source.kind!r}",
+                              subject=volume_subject(name=name))
 
     def format_of(self, origin: Origin | None) -> str:
         """A copy holds what its source held: its format state comes along."""

@@ -37,6 +37,7 @@ from csi_py.domain.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import (
     AccessType,
     Capability,
@@ -111,7 +112,8 @@ class Volumes:
         """
         v.check_name(name, "name")
         if not caps:
-            raise InvalidArgument(f"volume {name!r}: volume_capabilities are required")
+            raise InvalidArgument("volume_capabilities are required",
+                                  subject=volume_subject(name=name))
         for cap in caps:
             check_capability(cap, self.config.filesystems)
         mutable = check_mutable(mutable_parameters, f"volume {name!r}")
@@ -133,20 +135,19 @@ class Volumes:
         origin = self.sources.resolve(name, source) if source else None
         if origin is not None and origin.fs_type and origin.fs_type != fs_type:
             if asked:
-                raise InvalidArgument(
-                    f"volume {name!r}: its source {source} holds {origin.fs_type}, not {asked}"
-                )
+                raise InvalidArgument(f"its source {source} holds {origin.fs_type}, not {asked}",
+                                      subject=volume_subject(name=name))
             fs_type = origin.fs_type
         size = resolve_size(self.config, capacity, fs_type, wants_mount,
                             at_least=origin.size_bytes if origin else 0)
         if origin is not None:
             size = fit_growth(fs_type, wants_mount, origin.size_bytes, size,
-                              capacity.limit_bytes, f"volume {name!r} (from {source})")
+                              capacity.limit_bytes, volume_subject(name=name), str(source))
         require_here(f"volume {name!r}", requisite, self.config,
                      source.id if source is not None and source.kind == "snapshot" else "")
         request = CreateRequest(name, size, fs_type, provisioning, parameters, mutable,
                                 source, origin)
-        with self.locks.hold("name:" + name, "CreateVolume"):
+        with self.locks.hold("name:" + name, "CreateVolume", volume_subject(name=name)):
             existing = self._volume_named(name)
             if existing is not None:
                 return _existing_for_create(existing, capacity, fs_type, provisioning,
@@ -174,7 +175,8 @@ class Volumes:
         try:
             volume = self.catalog.insert_volume(volume)
         except NameTaken:  # only if someone wrote the catalog behind our back
-            raise AlreadyExists(f"volume name {req.name!r} is already recorded") from None
+            raise AlreadyExists("already recorded",
+                                subject=volume_subject(name=req.name)) from None
         path = self.pool.image_path(volume.id)
         thick = req.provisioning is Provisioning.THICK
         step = "create" if origin is None else "restore"
@@ -195,8 +197,9 @@ class Volumes:
             self.catalog.delete_volume(volume.id)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ResourceExhausted(
-                    f"volume {req.name!r}: the pool {self.pool.root} has no room for"
-                    f" {req.size} bytes ({req.provisioning.value})"
+                    f"the pool {self.pool.root} has no room for"
+                    f" {req.size} bytes ({req.provisioning.value})",
+                    subject=volume_subject(name=req.name),
                 ) from exc
             raise
         self.catalog.set_volume_state(volume.id, VolumeState.READY)
@@ -215,7 +218,7 @@ class Volumes:
         except CatalogError as exc:
             state = self.space.state()
             if state.failed:
-                raise Unavailable(f"volume {name!r}: {state.message}") from exc
+                raise Unavailable(state.message, subject=volume_subject(name=name)) from exc
             raise
 
     # --- DeleteVolume ------------------------------------------------------------------
@@ -233,7 +236,7 @@ class Volumes:
             self._delete_locked(volume_id)
 
     def _delete_locked(self, volume_id: str) -> None:
-        self.space.require_working(f"volume {volume_id}")
+        self.space.require_working(volume_subject(volume_id))
         volume = self.catalog.get_volume(volume_id)
         if volume is None:
             return
@@ -242,15 +245,15 @@ class Volumes:
         if attached:
             nodes = ", ".join(a.node_id for a in attached)
             raise FailedPrecondition(
-                f"volume {volume_id} is still published to node(s) {nodes};"
-                " call ControllerUnpublishVolume first"
+                f"still published to node(s) {nodes}; call ControllerUnpublishVolume first",
+                subject=volume_subject(volume_id),
             )
         devices = self.host.loops.find_by_backing_file(path)
         if devices or self.catalog.get_staging(volume_id):
             where = ", ".join(d.path for d in devices) or "a staging record"
             raise FailedPrecondition(
-                f"volume {volume_id} is in use on this node ({where});"
-                " unstage it before deleting"
+                f"in use on this node ({where}); unstage it before deleting",
+                subject=volume_subject(volume_id),
             )
         self.catalog.set_volume_state(volume_id, VolumeState.DELETING)
         crash_point("delete.marked")
@@ -285,9 +288,9 @@ class Volumes:
         v.require(volume_id, "volume_id")
         volume = self.catalog.get_volume(volume_id) if v.is_volume_id(volume_id) else None
         if volume is None or volume.state is VolumeState.DELETING:
-            raise NotFound(f"volume {volume_id!r} does not exist")
+            raise NotFound("does not exist", subject=volume_subject(volume_id))
         if volume.state is VolumeState.CREATING:
-            raise NotFound(f"volume {volume_id!r} is still being created")
+            raise NotFound("still being created", subject=volume_subject(volume_id))
         return volume
 
     def validate_capabilities(
@@ -301,7 +304,8 @@ class Volumes:
         """
         v.require(volume_id, "volume_id")
         if not caps:
-            raise InvalidArgument(f"volume {volume_id}: volume_capabilities are required")
+            raise InvalidArgument("volume_capabilities are required",
+                                  subject=volume_subject(volume_id))
         volume = self.get_ready_volume(volume_id)
         return capabilities_fit(volume, caps, parameters, mutable_parameters,
                                 self.config.filesystems)
@@ -335,9 +339,8 @@ def _existing_for_create(
     (naming every difference)."""
     name = existing.name
     if existing.state is not VolumeState.READY:
-        raise FailedPrecondition(
-            f"volume {name!r} ({existing.id}) is {existing.state.value}; retry later"
-        )
+        raise FailedPrecondition(f"it is {existing.state.value}; retry later",
+                                 subject=volume_subject(existing.id, name))
     problems = []
     if capacity.required_bytes and existing.capacity_bytes < capacity.required_bytes:
         problems.append(f"it has {existing.capacity_bytes} bytes,"
@@ -356,7 +359,6 @@ def _existing_for_create(
         problems.append(f"it was made from {existing.content_source or 'nothing'},"
                         f" not {wanted_source or 'nothing'}")
     if problems:
-        raise AlreadyExists(
-            f"volume {name!r} exists ({existing.id}) but " + "; ".join(problems)
-        )
+        raise AlreadyExists("exists but " + "; ".join(problems),
+                            subject=volume_subject(existing.id, name))
     return existing
