@@ -161,12 +161,6 @@ def test_grow_wrong_type(host, tmp_path):
         host.fs.grow(dev.path, mnt, "vfat")
 
 
-def test_missing_tools_configurable(host):
-    assert host.fs.missing_tools() == []
-    host.fs.missing.append("mkfs.xfs")
-    assert host.fs.missing_tools() == ["mkfs.xfs"]
-
-
 def test_bind_of_host_dir_and_nested_roots(host, tmp_path):
     dev, mnt = staged(host, tmp_path)
     sub = os.path.join(mnt, "a", "b")
