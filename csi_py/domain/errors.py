@@ -1,4 +1,5 @@
-"""Domain errors. rpc/errors.py is the one place that maps them to gRPC status codes.
+"""The domain's errors, each with an optional subject and cause; rpc/errors.py is the one
+place that maps them to gRPC status codes and writes their messages.
 
 Every error should name what it is about and the cause, so the person reading
 `kubectl describe` knows what to do next. An error built with a structured `subject`
