@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
+from csi_py.linux.extents import data_ranges
 from csi_py.linux.files import fsync_dir, rename_noreplace, temp_name, unlink_quietly
 
 # <linux/fs.h>: FICLONE = _IOW(0x94, 9, int).
@@ -109,30 +110,11 @@ def supports_reflink(directory: str) -> bool:
 
 
 def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of each allocated range of ``fd`` below ``size``, in order.
-    Unwritten (fallocated, never written) extents count as holes, as SEEK_DATA
-    reports them."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == _errno.ENXIO:
-                return  # nothing but a hole up to the end
-            if exc.errno == _errno.EINVAL and offset == 0:
-                yield 0, size  # no SEEK_DATA here: all of it is data
-                return
-            raise
-        if start >= size:
-            return
-        try:
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        except OSError as exc:
-            if exc.errno != _errno.ENXIO:
-                raise
-            end = size  # truncated under us
-        yield start, end
-        offset = end
+    """(start, end) of each allocated range of ``fd`` below ``size``, in order (the
+    walk of linux/extents.py). Unwritten (fallocated, never written) extents count as
+    holes, as SEEK_DATA reports them."""
+    for start, length in data_ranges(fd, size):
+        yield start, start + length
 
 
 def _may_share_extents(src_fd: int, dst_fd: int, dst: str) -> bool:

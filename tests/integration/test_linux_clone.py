@@ -21,10 +21,10 @@ from csi_py.linux.copies import (
 )
 from csi_py.linux.exec import run
 from csi_py.linux.files import TEMP_MARKER, allocated_bytes
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 # The image the tests copy: 256 MiB long, 64 MiB of it data in 8 extents.
 IMAGE_SIZE = 256 * MiB
 DATA_EXTENTS = [(i * 32 * MiB, 8 * MiB) for i in range(8)]

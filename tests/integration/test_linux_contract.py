@@ -28,8 +28,7 @@ from csi_py.linux.errors import (
     MountError,
 )
 from tests.fakes import FakeHost, fake_host
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 
 @dataclass

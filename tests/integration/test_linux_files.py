@@ -19,8 +19,7 @@ from csi_py.linux.files import (
     remove_stale_temp_files,
     space,
 )
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 
 def leftovers(directory) -> list[str]:

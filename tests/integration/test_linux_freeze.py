@@ -12,10 +12,10 @@ import pytest
 from csi_py.linux.copies import clone_file
 from csi_py.linux.errors import DeviceBusy, FreezeError
 from csi_py.linux.exec import run
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 SIZE = {"ext4": 64 * MiB, "xfs": 320 * MiB, "btrfs": 256 * MiB}
 
 

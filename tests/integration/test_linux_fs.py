@@ -19,10 +19,10 @@ from csi_py.linux.fs import (
     TOOLS,
     probe_superblock,
 )
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 # xfsprogs >= 5.19 refuses filesystems under 300 MiB; btrfs needs 109 MiB
 # (csi_py.linux.filesystems holds each minimum).
 SIZE = {"ext4": 64 * MiB, "xfs": 320 * MiB, "btrfs": 256 * MiB}

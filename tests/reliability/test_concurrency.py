@@ -24,16 +24,8 @@ from csi_py._proto import csi_pb2 as pb
 from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import copies, files
 from tests.conftest import needs_root
-from tests.reliability.harness import (
-    MiB,
-    Volumes,
-    catalog_rows,
-    create_request,
-    disagreements,
-    payload,
-    read_digest,
-    write_data,
-)
+from tests.lifecycle import MiB, Volumes, create_request
+from tests.reliability.harness import catalog_rows, disagreements, payload, read_digest, write_data
 
 pytestmark = [pytest.mark.integration, needs_root()]
 

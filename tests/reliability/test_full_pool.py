@@ -29,15 +29,8 @@ from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import real_host
 from tests.conftest import needs_root
 from tests.kernel_leaks import loops_under, mounts_under
-from tests.reliability.harness import (
-    MiB,
-    Volumes,
-    catalog_rows,
-    disagreements,
-    payload,
-    read_digest,
-    write_data,
-)
+from tests.lifecycle import MiB, Volumes
+from tests.reliability.harness import catalog_rows, disagreements, payload, read_digest, write_data
 
 pytestmark = [pytest.mark.integration, needs_root()]
 
@@ -269,7 +262,6 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
         for other in volumes:
             v.delete(other)
     assert_nothing_left(driver, set())
-
 
 
 # EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32); NOLOGFLUSH: stop at once, as a failing

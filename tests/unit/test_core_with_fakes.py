@@ -21,8 +21,8 @@ from csi_py.domain.model import (
 )
 from csi_py.linux.errors import MountError
 from tests.fakes import fake_host
+from tests.lifecycle import MiB
 
-MiB = 1 << 20
 RWO = AccessMode.SINGLE_NODE_WRITER
 MOUNT = Capability(AccessType.MOUNT, RWO, fs_type="ext4")
 BLOCK = Capability(AccessType.BLOCK, RWO)

@@ -12,8 +12,7 @@ import pytest
 
 from csi_py.linux.errors import CommandError, DeviceBusy, LinuxError, LoopError, MountError
 from tests.fakes import FAKE_DEV_PREFIX, FakeAction, fake_host
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 
 @pytest.fixture

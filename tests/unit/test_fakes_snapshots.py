@@ -11,8 +11,7 @@ import pytest
 
 from csi_py.linux.errors import DeviceBusy, FreezeError, GrowNotPermitted, LinuxError
 from tests.fakes import DEFAULT_READ_AHEAD_KIB, FakeAction, fake_host
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 
 @pytest.fixture

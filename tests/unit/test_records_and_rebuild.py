@@ -14,8 +14,8 @@ from csi_py.core.rebuild import check_pool
 from csi_py.domain.model import AccessMode, AccessType, Capability, CapacityRange
 from csi_py.state.records import FORMATTED, RecordError, Records, VolumeRecord, decode
 from tests.fakes import fake_host
+from tests.lifecycle import MiB
 
-MiB = 1 << 20
 MOUNT = Capability(AccessType.MOUNT, AccessMode.SINGLE_NODE_WRITER, fs_type="ext4")
 
 
