@@ -197,22 +197,24 @@ def reconcile(driver: Driver) -> ReconcileReport:
                     dev.backing_file, why)
 
     known = catalog.volume_states()
-    for entry in os.scandir(pool.volumes_dir):
-        if entry.name.startswith(".tmp-") or entry.name.startswith("."):
-            _quietly(report, files.remove_file, entry.path)
-            report.removed_temp_files.append(entry.path)
+    for name in files.list_names(pool.volumes_dir):
+        path = os.path.join(pool.volumes_dir, name)
+        if name.startswith("."):  # temp files (".tmp-" among them) and other dot files
+            _quietly(report, files.remove_file, path)
+            report.removed_temp_files.append(path)
             continue
-        volume_id = pool.volume_id_of_name(entry.name)
+        volume_id = pool.volume_id_of_name(name)
         if volume_id is None or volume_id not in known:
-            report.unknown_images.append(entry.path)
+            report.unknown_images.append(path)
     # Images are named by their snapshot's key, without the node part of its id.
     snapshot_keys = {file_key(sid) for sid in catalog.snapshot_states()}
-    for entry in os.scandir(pool.snapshots_dir):
-        if entry.name.startswith("."):
-            _quietly(report, files.remove_file, entry.path)
-            report.removed_temp_files.append(entry.path)
-        elif entry.name.removesuffix(".img") not in snapshot_keys:
-            report.unknown_images.append(entry.path)
+    for name in files.list_names(pool.snapshots_dir):
+        path = os.path.join(pool.snapshots_dir, name)
+        if name.startswith("."):
+            _quietly(report, files.remove_file, path)
+            report.removed_temp_files.append(path)
+        elif name.removesuffix(".img") not in snapshot_keys:
+            report.unknown_images.append(path)
     report.removed_temp_files += files.remove_stale_temp_files(pool.records_dir)
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)

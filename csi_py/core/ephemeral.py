@@ -16,6 +16,7 @@ from csi_py.core.rules import IGNORED_PARAMETER_PREFIXES, PARAM_FS_TYPE
 from csi_py.core.volumes import Volumes
 from csi_py.domain.errors import DriverError, InvalidArgument, NotFound
 from csi_py.domain.model import AccessType, Capability, CapacityRange, Volume
+from csi_py.linux import files
 from csi_py.linux.errors import LinuxError
 from csi_py.state.catalog import Catalog
 
@@ -86,7 +87,7 @@ class EphemeralVolumes:
             NAME_PREFIX + handle, CapacityRange(size, 0), [cap], params, {}, []
         )
         staging = self._staging(volume)
-        os.makedirs(self.staging_root, mode=0o700, exist_ok=True)
+        files.make_private_dir(self.staging_root)
         try:
             self.node.stage(volume.id, staging, cap, {})
             self.node.publish(volume.id, target_path, staging, cap, readonly)
@@ -115,7 +116,4 @@ class EphemeralVolumes:
         self.node.unpublish(volume.id, target_path)
         self.node.unstage(volume.id, staging)
         self.volumes.delete_volume(volume.id)
-        try:
-            os.rmdir(staging)
-        except FileNotFoundError:
-            pass
+        files.remove_empty_dir(staging)

@@ -23,6 +23,7 @@ from csi_py.core.paging import MAX_PAGE, page_limit
 from csi_py.core.volumes import Volumes
 from csi_py.domain.errors import InvalidArgument
 from csi_py.domain.model import StagingState, Volume
+from csi_py.linux import files
 from csi_py.linux.errors import LinuxError
 from csi_py.linux.interfaces import LoopDevice
 from csi_py.linux.pool_state import pool_fs_state
@@ -111,7 +112,7 @@ class HealthReporter:
             return (HealthCondition(VolumeHealthType.INACCESSIBLE, POOL_FAILED, message),)
         message = c._backing_file(volume)
         if message is not None:
-            reason = IMAGE_MISSING if not os.path.exists(path) else IMAGE_TRUNCATED
+            reason = IMAGE_MISSING if not files.exists(path) else IMAGE_TRUNCATED
             found.append(HealthCondition(VolumeHealthType.DATA_LOSS, reason, message))
         message = c._loop_device(volume)
         if message is not None:

@@ -323,7 +323,7 @@ def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
     (rebuild only: a catalog that cannot be opened or moved), OSError when the pool
     cannot be read.
     """
-    if not os.path.isdir(pool.root):
+    if not files.is_dir(pool.root):
         raise PoolError(f"pool {pool.root} does not exist (give the driver's --pool)")
     if apply:
         pool.prepare()
@@ -331,7 +331,7 @@ def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
     else:
         moved = ""
         try:
-            catalog = Catalog(pool.catalog_path) if os.path.exists(pool.catalog_path) \
+            catalog = Catalog(pool.catalog_path) if files.exists(pool.catalog_path) \
                 else Catalog(":memory:")
         except CatalogDamaged as exc:
             moved = f"(would be moved aside: {exc})"

@@ -224,6 +224,30 @@ def read_small(path: str, limit: int = 1 << 20) -> bytes:
         os.close(fd)
 
 
+def exists(path: str) -> bool:
+    """Whether ``path`` exists (following symlinks). Never raises."""
+    return os.path.exists(path)
+
+
+def is_dir(path: str) -> bool:
+    """Whether ``path`` is a directory (following symlinks). Never raises."""
+    return os.path.isdir(path)
+
+
+def make_private_dir(path: str) -> None:
+    """Create ``path`` (and its parents) owner-only (0700). Idempotent. Raises OSError."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def remove_empty_dir(path: str) -> None:
+    """Remove the empty directory ``path``. Idempotent: a missing one is fine. Raises
+    OSError (ENOTEMPTY, EBUSY for a mount point)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+
+
 def list_names(directory: str) -> list[str]:
     """The entry names of ``directory``, sorted; [] if it does not exist. Raises
     OSError for other failures (EIO on a failed filesystem)."""

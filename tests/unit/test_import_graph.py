@@ -171,25 +171,15 @@ def test_only_rpc_and_server_import_grpc_or_the_generated_code():
 KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
     "csi_py.core.crashpoints": (
         {"os.kill"}, "a crash point SIGKILLs its own process (test builds only)"),
-    "csi_py.core.driver": (
-        {"os.scandir"}, "start-up reconciliation lists the pool's image and snapshot files"),
-    "csi_py.core.ephemeral": (
-        {"os.makedirs", "os.rmdir"},
-        "creates and removes the private staging directory of inline volumes"),
     "csi_py.core.node": (
         {"os.O_CREAT", "os.O_EXCL", "os.O_NOFOLLOW", "os.O_WRONLY", "os.close", "os.lstat",
          "os.makedirs", "os.mkdir", "os.open", "os.rmdir", "os.stat", "os.unlink"},
         "creates, checks and removes staging and target paths (the mount-utils"
         " CleanupMountPoint work the issue moves to linux/)"),
-    "csi_py.core.health_conditions": (
-        {"os.path.exists"}, "tells a missing image from a truncated one"),
     "csi_py.core.pool": (
         {"os.lstat", "os.makedirs", "os.unlink", "os.path.exists", "os.path.realpath"},
         "prepares the pool's directories, drops the catalog reserve file and resolves"
         " paths to check they are inside the pool"),
-    "csi_py.core.rebuild": (
-        {"os.path.exists", "os.path.isdir"},
-        "checks that the pool, the catalog and each image exist before rebuilding"),
     "csi_py.core.validation": (
         {"os.lstat", "os.path.realpath"},
         "refuses a symlink at a request's path or in its parent (check_no_symlink)"),
