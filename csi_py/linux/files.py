@@ -234,6 +234,26 @@ def is_dir(path: str) -> bool:
     return os.path.isdir(path)
 
 
+def resolve(path: str) -> str:
+    """``path`` with every symlink resolved (realpath). Never raises."""
+    return os.path.realpath(path)
+
+
+def lstat(path: str) -> os.stat_result:
+    """``path``'s own status (a symlink is not followed). Raises OSError."""
+    return os.lstat(path)
+
+
+def remove_if_present(path: str) -> bool:
+    """Remove the file ``path``; True if there was one. Raises OSError other than
+    ENOENT."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def make_private_dir(path: str) -> None:
     """Create ``path`` (and its parents) owner-only (0700). Idempotent. Raises OSError."""
     os.makedirs(path, mode=0o700, exist_ok=True)

@@ -176,10 +176,6 @@ KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
          "os.makedirs", "os.mkdir", "os.open", "os.rmdir", "os.stat", "os.unlink"},
         "creates, checks and removes staging and target paths (the mount-utils"
         " CleanupMountPoint work the issue moves to linux/)"),
-    "csi_py.core.pool": (
-        {"os.lstat", "os.makedirs", "os.unlink", "os.path.exists", "os.path.realpath"},
-        "prepares the pool's directories, drops the catalog reserve file and resolves"
-        " paths to check they are inside the pool"),
     "csi_py.core.validation": (
         {"os.lstat", "os.path.realpath"},
         "refuses a symlink at a request's path or in its parent (check_no_symlink)"),
@@ -246,7 +242,7 @@ def test_the_checks_see_what_they_look_for():
     assert "grpc" in _imports(by_name["csi_py.rpc.errors"])
     assert {"import fcntl", "os.open"} <= _kernel_calls(by_name["csi_py.linux.fs"])
     assert "reads proc" in _kernel_calls(by_name["csi_py.linux.filesystems.base"])
-    assert "os.path.realpath" in _kernel_calls(by_name["csi_py.core.pool"])
+    assert "os.path.realpath" in _kernel_calls(by_name["csi_py.core.validation"])
     assert not {c for c in _kernel_calls(by_name["csi_py.config"]) if c.startswith("os.")}
     relative = ast.parse("from . import model\nfrom ..linux import fs\n")
     inside = Module("csi_py.core.node", "core", relative)
