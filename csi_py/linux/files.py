@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from csi_py.linux import _libc
 
@@ -252,6 +254,48 @@ def remove_if_present(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The process umask set to ``mask`` for the block, then restored: what is created
+    meanwhile (a socket, SQLite's WAL) is born with no more than it allows. Process-wide,
+    not per thread."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def chmod_if_present(path: str, mode: int) -> None:
+    """Set ``path``'s mode if it exists. Idempotent. Raises OSError other than ENOENT."""
+    try:
+        os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+
+
+def open_read_only(path: str) -> int:
+    """A read-only descriptor of ``path`` (close-on-exec), e.g. to sync it later.
+    Raises OSError."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def datasync(fd: int) -> None:
+    """fdatasync(2): the file's data (and the metadata needed to read it) on disk.
+    Raises OSError."""
+    os.fdatasync(fd)
+
+
+def close_fd(fd: int) -> None:
+    """Close a descriptor from :func:`open_read_only`. Raises OSError."""
+    os.close(fd)
+
+
+def make_dirs(path: str) -> None:
+    """Create ``path`` and its parents with the default mode. Idempotent. Raises OSError."""
+    os.makedirs(path, exist_ok=True)
 
 
 def make_private_dir(path: str) -> None:

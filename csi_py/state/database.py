@@ -11,13 +11,13 @@ connection behind a lock.)
 from __future__ import annotations
 
 import functools
-import os
 import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from csi_py.linux import files
 from csi_py.state.errors import CatalogDamaged, CatalogError, CatalogFull
 from csi_py.state.schema import check_and_migrate
 
@@ -85,7 +85,16 @@ class Database:
             if path == ":memory:" else None
         # The WAL and shared-memory files are created by SQLite with the process
         # umask: owner-only like the catalog itself, from their first byte.
-        old_umask = os.umask(0o077)
+        with files.umask(0o077):
+            self._open_once_more_when_full()
+        if path != ":memory:":
+            for name in (path, path + "-wal", path + "-shm"):
+                files.chmod_if_present(name, 0o600)
+
+    def _open_once_more_when_full(self) -> None:
+        """_open(), retried once with the catalog's reserve given back to the pool.
+        Raises CatalogError, CatalogDamaged, CatalogTooNew."""
+        path = self.path
         try:
             try:
                 self._open()
@@ -100,14 +109,6 @@ class Database:
                     raise CatalogError(f"cannot open catalog {path}: {again}") from again
         except sqlite3.DatabaseError as exc:  # "not a database", "malformed"
             raise CatalogDamaged(f"catalog {path} is damaged: {exc}") from exc
-        finally:
-            os.umask(old_umask)
-        if path != ":memory:":
-            for name in (path, path + "-wal", path + "-shm"):
-                try:
-                    os.chmod(name, 0o600)
-                except FileNotFoundError:
-                    pass
 
     def _connect(self) -> _Connection:
         try:
@@ -187,7 +188,7 @@ class Database:
                 pass
         with self._sync_lock:
             if self._wal_fd is not None:
-                os.close(self._wal_fd)
+                files.close_fd(self._wal_fd)
                 self._wal_fd = None
 
     @contextmanager
@@ -227,8 +228,8 @@ class Database:
             target = self._committed  # every commit so far is in the WAL file
             try:
                 if self._wal_fd is None:
-                    self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
-                os.fdatasync(self._wal_fd)
+                    self._wal_fd = files.open_read_only(self.path + "-wal")
+                files.datasync(self._wal_fd)
             except OSError as exc:
                 raise CatalogError(f"catalog {self.path}: cannot sync its WAL: {exc}"
                                    ) from exc

@@ -186,14 +186,6 @@ KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
          "os.urandom", "reads proc", "reads sys"},
         "the demo runs a driver process, writes and reads data through a volume and"
         " checks that nothing is left behind"),
-    "csi_py.server": (
-        {"os.chmod", "os.lstat", "os.makedirs", "os.umask", "os.unlink"},
-        "creates the unix socket 0600 and removes a stale one"),
-    "csi_py.state.database": (
-        {"os.chmod", "os.umask", "os.open", "os.close", "os.fdatasync", "os.O_RDONLY",
-         "os.O_CLOEXEC"},
-        "creates the SQLite files 0600; group commit: one fdatasync of the WAL, outside the"
-        " write lock, shared by concurrent commits"),
 }
 
 
