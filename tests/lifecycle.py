@@ -7,8 +7,8 @@ The sizes and capabilities the suites share are here too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,11 +211,6 @@ class NodeSession:
             print("node session cleanup:", *errors, sep="\n  ")
 
 
-@contextmanager
-def node_session(client: Any) -> Iterator[NodeSession]:
+def node_session(client: Any) -> closing[NodeSession]:
     """A NodeSession closed when the block ends, however it ends."""
-    session = NodeSession(client)
-    try:
-        yield session
-    finally:
-        session.close()
+    return closing(NodeSession(client))

@@ -4,8 +4,8 @@ node session that always unpublishes and unstages what a test set up."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import grpc
@@ -80,13 +80,9 @@ class NodeSession(lifecycle.NodeSession):
         self.driver = driver
 
 
-@contextmanager
-def node_session(driver: Any) -> Iterator[NodeSession]:
-    session = NodeSession(driver)
-    try:
-        yield session
-    finally:
-        session.close()
+def node_session(driver: Any) -> closing[NodeSession]:
+    """A NodeSession on `driver`, closed when the block ends, however it ends."""
+    return closing(NodeSession(driver))
 
 
 # --- snapshots and group snapshots ---------------------------------------------------------

@@ -155,18 +155,16 @@ def test_kernel_errors_are_translated_with_their_path_and_meaning():
     assert "no space left in the pool" in context.details
 
 
-def test_an_unexpected_exception_is_internal_and_logged_with_its_trace(caplog):
-    with caplog.at_level(logging.ERROR, logger=rpc_errors.__name__):
-        context = call(KeyError("surprise"))
-    assert context.code == grpc.StatusCode.INTERNAL
-    assert context.details == "volume vol-1: DeleteVolume: KeyError: 'surprise'"
-    assert any(r.exc_info for r in caplog.records)
-    assert status_for(KeyError("x")) == grpc.StatusCode.INTERNAL
-
-
-def test_a_bare_value_error_is_invalid_argument_with_its_trace_kept(caplog):
+@pytest.mark.parametrize(("exc", "code", "details"), [
+    # Unexpected: INTERNAL, naming the call and the exception's type.
+    (KeyError("surprise"), grpc.StatusCode.INTERNAL,
+     "volume vol-1: DeleteVolume: KeyError: 'surprise'"),
+    # A bare ValueError is input that reached a parser, most likely (or a bug).
+    (ValueError("bad size"), grpc.StatusCode.INVALID_ARGUMENT, "volume vol-1: bad size"),
+])
+def test_a_non_domain_exception_keeps_its_trace_in_the_log(caplog, exc, code, details):
     with caplog.at_level(logging.WARNING, logger=rpc_errors.__name__):
-        context = call(ValueError("bad size"))
-    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert context.details == "volume vol-1: bad size"
+        context = call(exc)
+    assert (context.code, context.details) == (code, details)
+    assert status_for(exc) == code
     assert any(r.exc_info for r in caplog.records)
