@@ -288,7 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
     from csi_py.core.pool import PoolError
     from csi_py.linux import real_host
     from csi_py.server import Server, SocketInUse, check_socket_free
-    from csi_py.state.catalog import CatalogError
+    from csi_py.state.errors import CatalogError
 
     try:
         # Before the pool is opened: a refused start must leave everything as it was.

@@ -332,7 +332,7 @@ def _create_snapshot_with_progress(client: Client, volume_id: str, name: str) ->
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from csi_py.core.snapshots import progress_file_name
+    from csi_py.linux.progress import progress_file_name
 
     manifest = client.identity.GetPluginInfo(pb.GetPluginInfoRequest(), timeout=10).manifest
     progress_path = os.path.join(manifest.get("pool", ""), "snapshots", progress_file_name(name))

@@ -6,7 +6,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 from csi_py.domain.units import GiB, MiB
@@ -50,7 +50,6 @@ class Config:
     # "host:port" or ":port" for the Prometheus endpoint; "" turns it off.
     metrics_address: str = ""
     log_level: str = "INFO"
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def socket_path(self) -> str:

@@ -12,7 +12,7 @@ def run(pool_root: str, action: str) -> int:
     from csi_py.core.pool import Pool, PoolError
     from csi_py.core.rebuild import check_pool
     from csi_py.linux import real_host
-    from csi_py.state.catalog import CatalogError
+    from csi_py.state.errors import CatalogError
 
     try:
         report = check_pool(Pool(pool_root), real_host(), apply=action == "rebuild")

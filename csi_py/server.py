@@ -18,6 +18,7 @@ import grpc
 
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
+from csi_py.linux import files
 from csi_py.logs import begin_request, end_request
 from csi_py.rpc.controller import ControllerService
 from csi_py.rpc.group_controller import GroupControllerService
@@ -43,7 +44,7 @@ def check_socket_free(path: str) -> bool:
     path is not a socket (we never delete a regular file or directory).
     """
     try:
-        st = os.lstat(path)
+        st = files.lstat(path)
     except FileNotFoundError:
         return True
     if not stat.S_ISSOCK(st.st_mode):
@@ -64,11 +65,7 @@ def check_socket_free(path: str) -> bool:
 def clear_stale_socket(path: str) -> None:
     """Remove a socket file left by a dead driver. Idempotent. Raises what
     check_socket_free raises."""
-    if not check_socket_free(path):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
+    if not check_socket_free(path) and files.remove_if_present(path):
         log.info("removed stale socket %s", path)
 
 
@@ -170,16 +167,13 @@ class Server:
 
         Probe answers not-ready until reconciliation is done.
         """
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        files.make_dirs(os.path.dirname(self.path))
         clear_stale_socket(self.path)
-        old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
-        try:
+        with files.umask(0o177):  # the socket is born 0600: no window for others
             if self._grpc.add_insecure_port("unix:" + self.path) == 0:
                 raise OSError(f"cannot listen on {self.path}")
             self._grpc.start()
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        files.chmod_if_present(self.path, 0o600)
         if self.metrics is not None:
             self.metrics_port = self.metrics.serve(self.driver.config.metrics_address)
         log.info("serving %s on unix://%s (node %s, pool %s)", self.driver.config.driver_name,
@@ -196,10 +190,7 @@ class Server:
         if self.metrics is not None:
             self.metrics.close()
         self.driver.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        files.remove_if_present(self.path)
         log.info("stopped")
 
     def serve_forever(self) -> None:

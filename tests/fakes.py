@@ -628,7 +628,6 @@ class FakeFilesystems(_FakeBase):
 
     def __init__(self, kernel: FakeKernel):
         super().__init__(kernel)
-        self.missing: list[str] = []
         # Whether this "process" may resize a mounted ext4 (CAP_SYS_RESOURCE).
         self.online_resize = True
 
@@ -742,9 +741,6 @@ class FakeFilesystems(_FakeBase):
             _write_marker(loop.backing_file, marker)
             self._log("grow", device, detail=f"{fs_type} {loop.size_bytes}")
 
-    def missing_tools(self) -> list[str]:
-        return list(self.missing)
-
     def can_grow_online(self, fs_type: str) -> bool:
         if fs_type in EXT_TYPES:
             return self.online_resize
@@ -759,9 +755,6 @@ class FakeFilesystems(_FakeBase):
         with self.kernel.lock:
             loop, marker = self._filesystem(device, mount_point, fs_type, ext)
             return loop.size_bytes > int(marker["size"])
-
-    def filesystem_size(self, mount_point: str) -> int:
-        return self.statfs(mount_point).total_bytes
 
     def freeze(self, mount_point: str) -> None:
         with self.kernel.lock:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.pool import Pool
 from csi_py.domain.model import AccessType
-from csi_py.linux import Host, files
+from csi_py.linux import Host, copies, files
 from csi_py.state.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Capturer:
         try:
             with self.quiesced(volume_ids):
                 for src, dst in pairs:
-                    methods.append(files.clone_file(src, dst, progress=progress,
+                    methods.append(copies.clone_file(src, dst, progress=progress,
                                                     allow_reflink=allow_reflink))
                     made.append(dst)
         except BaseException:

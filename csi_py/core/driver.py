@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from csi_py.config import Config
 from csi_py.core.controller import ControllerCore
 from csi_py.core.ephemeral import EphemeralVolumes
+from csi_py.core.group_snapshots import GroupSnapshots
 from csi_py.core.health import HealthChecker
 from csi_py.core.health_conditions import HealthReporter
 from csi_py.core.identity import backs, volume_of_device
@@ -20,6 +21,7 @@ from csi_py.core.node import NodeCore
 from csi_py.core.node_calls import NodeCalls
 from csi_py.core.pool import Pool
 from csi_py.core.rebuild import PoolListing, RebuildReport, open_catalog, rebuild
+from csi_py.core.snapshot_metadata import SnapshotMetadataCore
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.domain.errors import Unavailable
 from csi_py.domain.model import AccessType, SnapshotState, VolumeState
@@ -67,10 +69,17 @@ class Driver:
         self.locks = KeyedTryLock()
         self.controller = ControllerCore(config, self.catalog, self.pool, host, self.locks)
         self.node = NodeCore(config, self.catalog, self.pool, host, self.locks, self.controller)
-        self.snapshots = SnapshotCore(self.catalog, self.pool, host, self.locks, self.controller)
+        self.snapshots = SnapshotCore(config, self.catalog, self.pool, self.locks,
+                                      self.controller.space, self.controller.volumes,
+                                      self.controller.capturer)
+        self.groups = GroupSnapshots(config, self.catalog, self.pool, self.locks,
+                                     self.controller.space, self.controller.capturer,
+                                     self.snapshots)
+        self.snapshot_metadata = SnapshotMetadataCore(self.catalog, self.pool, config)
         self.health = HealthChecker(config, self.catalog, self.pool, host, self.node.kernel)
-        self.health_report = HealthReporter(self.health, self.controller)
-        self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller, self.node)
+        self.health_report = HealthReporter(self.health, self.controller.volumes)
+        self.ephemeral = EphemeralVolumes(self.catalog, self.pool, self.controller.volumes,
+                                          self.node)
         self.node_calls = NodeCalls(self.node, self.ephemeral, self.controller,
                                     self.health_report)
         self._ready = threading.Event()

@@ -10,9 +10,10 @@ import os
 
 from csi_py.config import ConfigError, parse_size
 from csi_py.core import validation as v
-from csi_py.core.controller import IGNORED_PARAMETER_PREFIXES, PARAM_FS_TYPE, ControllerCore
 from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
+from csi_py.core.rules import IGNORED_PARAMETER_PREFIXES, PARAM_FS_TYPE
+from csi_py.core.volumes import Volumes
 from csi_py.domain.errors import DriverError, InvalidArgument, NotFound
 from csi_py.domain.model import AccessType, Capability, CapacityRange, Volume
 from csi_py.linux import targets
@@ -32,11 +33,11 @@ def is_ephemeral(volume_context: dict[str, str]) -> bool:
 
 
 class EphemeralVolumes:
-    def __init__(self, catalog: Catalog, pool: Pool, controller: ControllerCore,
+    def __init__(self, catalog: Catalog, pool: Pool, volumes: Volumes,
                  node: NodeCore) -> None:
         self.catalog = catalog
         self.pool = pool
-        self.controller = controller
+        self.volumes = volumes
         self.node = node
 
     @property
@@ -82,7 +83,7 @@ class EphemeralVolumes:
         except ConfigError as exc:
             raise InvalidArgument(f"volume {handle}: volumeAttributes size: {exc}") from None
         params = {PARAM_FS_TYPE: attributes[PARAM_FS_TYPE]} if PARAM_FS_TYPE in attributes else {}
-        volume = self.controller.create_volume(
+        volume = self.volumes.create_volume(
             NAME_PREFIX + handle, CapacityRange(size, 0), [cap], params, {}, []
         )
         staging = self._staging(volume)
@@ -114,5 +115,5 @@ class EphemeralVolumes:
         staging = self._staging(volume)
         self.node.unpublish(volume.id, target_path)
         self.node.unstage(volume.id, staging)
-        self.controller.delete_volume(volume.id)
+        self.volumes.delete_volume(volume.id)
         targets.remove_dir(staging)

@@ -21,7 +21,7 @@ from csi_py.linux.errors import (
     ToolMissing,
     errno_text,
 )
-from csi_py.state.catalog import CatalogError, CatalogFull
+from csi_py.state.errors import CatalogError, CatalogFull
 
 ERRNO_ERRORS: dict[int, tuple[type[e.DriverError], str]] = {
     # The request names something unusable: fix the request.
@@ -79,7 +79,8 @@ def from_errno(err: int | None, subject: str) -> e.DriverError:
     """The domain error for a failed syscall about `subject` (a path, a device), with
     a message naming the subject, the errno and what it means."""
     kind, meaning = ERRNO_ERRORS.get(err or 0, (e.Internal, "an unexpected kernel error"))
-    return kind(f"{subject}: {errno_text(err)}: {meaning}")
+    # No structured subject: `subject` is a path, and rpc adds the request's volume.
+    return kind(f"{subject}: {errno_text(err)}", cause=meaning)
 
 
 def translate(exc: BaseException) -> e.DriverError | None:

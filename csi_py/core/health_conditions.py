@@ -17,11 +17,13 @@ import errno
 import os
 from dataclasses import dataclass
 
-from csi_py.core.controller import MAX_PAGE, ControllerCore
 from csi_py.core.health import THIN_LOW_WATER, HealthChecker
 from csi_py.core.mutable import READ_AHEAD_KIB, direct_io_wanted
+from csi_py.core.paging import MAX_PAGE, page_limit
+from csi_py.core.volumes import Volumes
 from csi_py.domain.errors import InvalidArgument
 from csi_py.domain.model import StagingState, Volume
+from csi_py.linux import files
 from csi_py.linux.errors import LinuxError
 from csi_py.linux.interfaces import LoopDevice
 from csi_py.linux.pool_state import pool_fs_state
@@ -89,9 +91,9 @@ class HealthPage:
 class HealthReporter:
     """Conditions of volumes and of the pool, over the legacy probes and the host."""
 
-    def __init__(self, checker: HealthChecker, controller: ControllerCore) -> None:
+    def __init__(self, checker: HealthChecker, volumes: Volumes) -> None:
         self.checker = checker
-        self.controller = controller
+        self.volumes = volumes
 
     # --- one volume ----------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class HealthReporter:
             return (HealthCondition(VolumeHealthType.INACCESSIBLE, POOL_FAILED, message),)
         message = c._backing_file(volume)
         if message is not None:
-            reason = IMAGE_MISSING if not os.path.exists(path) else IMAGE_TRUNCATED
+            reason = IMAGE_MISSING if not files.exists(path) else IMAGE_TRUNCATED
             found.append(HealthCondition(VolumeHealthType.DATA_LOSS, reason, message))
         message = c._loop_device(volume)
         if message is not None:
@@ -198,13 +200,11 @@ class HealthReporter:
         stay valid while volumes come and go. Raises InvalidArgument (negative
         max_entries), Aborted (a token this driver never issued).
         """
-        if max_entries < 0:
-            raise InvalidArgument("max_entries must not be negative")
-        limit = min(max_entries or MAX_PAGE, MAX_PAGE)
+        limit = page_limit(max_entries)
         found: list[tuple[Volume, tuple[HealthCondition, ...]]] = []
         token = starting_token
         while True:
-            listing = self.controller.list_volumes(MAX_PAGE, token)  # checks the token
+            listing = self.volumes.list_volumes(MAX_PAGE, token)  # checks the token
             for vol, _nodes in listing.volumes:
                 conditions = self.volume_conditions(vol)
                 if not conditions:

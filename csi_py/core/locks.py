@@ -10,7 +10,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from csi_py.domain.errors import Aborted
+from csi_py.domain.errors import Aborted, Subject
+
+# What a key that is an id names, by the id's prefix (the ids this driver issues).
+_KINDS = (("vol-", "volume"), ("snap-", "snapshot"), ("group-", "group snapshot"))
+
+
+def subject_of_key(key: str) -> Subject:
+    """The subject of an id used as a key: a volume, snapshot or group snapshot. Any
+    other key is internal and never shown (its Subject is only "the object")."""
+    kind = next((k for prefix, k in _KINDS if key.startswith(prefix)), "")
+    return Subject(kind, id=key) if kind else Subject("the object")
 
 
 class KeyedTryLock:
@@ -21,25 +31,22 @@ class KeyedTryLock:
         self._busy: dict[str, str] = {}
 
     @contextmanager
-    def hold(self, key: str, operation: str) -> Iterator[None]:
-        """Hold `key` for the duration of the block.
+    def hold(self, key: str, operation: str, subject: Subject | None = None
+             ) -> Iterator[None]:
+        """Hold `key` for the duration of the block. `subject` is what an error names
+        (by default the volume, snapshot or group the key's id names): keys are
+        internal ("name:<name>" for a name being created) and never shown.
 
         Raises Aborted at once (never waits) when another operation holds the key.
         """
         with self._guard:
             current = self._busy.get(key)
             if current is not None:
-                raise Aborted(
-                    f"{key}: an operation ({current}) is already in progress; retry later"
-                )
+                raise Aborted(f"an operation ({current}) is already in progress; retry later",
+                              subject=subject or subject_of_key(key))
             self._busy[key] = operation
         try:
             yield
         finally:
             with self._guard:
                 self._busy.pop(key, None)
-
-    def busy(self) -> dict[str, str]:
-        """A snapshot of the keys held now and their operations (for diagnostics)."""
-        with self._guard:
-            return dict(self._busy)

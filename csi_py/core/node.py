@@ -5,14 +5,11 @@ node_publish, node_expand), which decides on the kernel's view of the volume."""
 from __future__ import annotations
 
 from csi_py.core import validation as v
-from csi_py.core.controller import (
-    PUBLISH_CONTEXT_NODE,
-    PUBLISH_CONTEXT_READONLY,
-    check_capability,
-)
+from csi_py.core.attachments import PUBLISH_CONTEXT_NODE, PUBLISH_CONTEXT_READONLY
 from csi_py.core.node_expand import ExpandWork
 from csi_py.core.node_publish import PublishWork
 from csi_py.core.node_stage import StageWork
+from csi_py.core.rules import check_capability
 from csi_py.domain.errors import FailedPrecondition, InvalidArgument
 from csi_py.domain.model import Capability, CapacityRange
 

@@ -16,7 +16,8 @@ from csi_py.linux import Host
 from csi_py.linux.errors import DeviceBusy, LinuxError
 from csi_py.linux.loop import LoopDevice
 from csi_py.linux.volume_view import VolumeKernel, VolumeView
-from csi_py.state.catalog import Catalog, CatalogError
+from csi_py.state.catalog import Catalog
+from csi_py.state.errors import CatalogError
 from csi_py.state.records import Records
 
 log = logging.getLogger("csi_py.core.node")

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from csi_py.core import validation as v
-from csi_py.core.controller import check_volume_capability
+from csi_py.core.capacity import check_range
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.node_base import NodeBase, log
+from csi_py.core.rules import check_volume_capability
 from csi_py.domain.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability, CapacityRange, Volume, VolumeStats
 from csi_py.linux import targets
 from csi_py.linux.volume_view import mount_is_of
@@ -114,12 +116,8 @@ def check_node_capacity(volume: Volume, rng: CapacityRange) -> None:
     """NodeExpandVolume only makes the node see the size ControllerExpandVolume gave the
     volume; a range that size does not satisfy is the spec's "Unsupported capacity_range"
     (OUT_OF_RANGE). Raises InvalidArgument for a malformed range."""
+    check_range(rng, volume_subject(volume.id))
     req, lim, size = rng.required_bytes, rng.limit_bytes, volume.capacity_bytes
-    if req < 0 or lim < 0:
-        raise InvalidArgument(f"volume {volume.id}: capacity_range bytes must not be negative")
-    if lim and req > lim:
-        raise InvalidArgument(
-            f"volume {volume.id}: required_bytes {req} is larger than limit_bytes {lim}")
     if req > size:
         raise OutOfRange(
             f"volume {volume.id} has {size} bytes, less than the required {req};"

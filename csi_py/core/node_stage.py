@@ -21,7 +21,7 @@ from csi_py.linux.errors import DeviceBusy
 from csi_py.linux.filesystems import FILESYSTEMS
 from csi_py.linux.loop import LoopDevice
 from csi_py.linux.volume_view import mount_is_of
-from csi_py.state.catalog import CatalogError
+from csi_py.state.errors import CatalogError
 from csi_py.state.records import FORMATTED, FORMATTING
 
 # A staged filesystem never needs device nodes or setuid programs from the volume.

@@ -58,8 +58,8 @@ class Pool:
         """Whether `path` (resolved) is the pool root or anything below it, other
         than the driver's own staging places below ephemeral/: a mount there would
         hide the catalog, the images or their records. Never raises."""
-        real = os.path.realpath(path)
-        root = os.path.realpath(self.root).rstrip("/")
+        real = files.resolve(path)
+        root = files.resolve(self.root).rstrip("/")
         if real != root and not real.startswith(root + "/"):
             return False
         return not real.startswith(os.path.join(root, os.path.basename(self.ephemeral_dir))
@@ -76,7 +76,7 @@ class Pool:
     def keep_catalog_reserve(self) -> bool:
         """Allocate the catalog's reserve file if it is missing. Best effort (False
         when the pool has no room for it now). Idempotent."""
-        if os.path.exists(self.catalog_reserve_path):
+        if files.exists(self.catalog_reserve_path):
             return True
         try:
             files.create_image(self.catalog_reserve_path, CATALOG_RESERVE_BYTES,
@@ -89,11 +89,7 @@ class Pool:
 
     def release_catalog_reserve(self) -> bool:
         """Give the reserve's space back to the pool. True if there was one to free."""
-        try:
-            os.unlink(self.catalog_reserve_path)
-        except FileNotFoundError:
-            return False
-        return True
+        return files.remove_if_present(self.catalog_reserve_path)
 
     def image_path(self, volume_id: str) -> str:
         """The backing file of a volume. Raises InvalidArgument for a malformed id."""
@@ -128,8 +124,8 @@ class Pool:
         users other than its owner: any of those would let someone else swap a backing
         file under a mounted volume.
         """
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        st = os.lstat(self.root)
+        files.make_private_dir(self.root)
+        st = files.lstat(self.root)
         if stat.S_ISLNK(st.st_mode):
             raise PoolError(f"pool {self.root} is a symlink; give the real directory")
         if not stat.S_ISDIR(st.st_mode):
@@ -139,16 +135,16 @@ class Pool:
                 f"pool {self.root} is writable by group or others (mode {st.st_mode & 0o777:o});"
                 f" run chmod go-w {self.root}"
             )
-        if os.path.realpath(self.root) != self.root:
+        if files.resolve(self.root) != self.root:
             raise PoolError(
-                f"pool {self.root} resolves to {os.path.realpath(self.root)}; give that path"
+                f"pool {self.root} resolves to {files.resolve(self.root)}; give that path"
             )
-        os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+        files.make_private_dir(self.volumes_dir)
+        files.make_private_dir(self.snapshots_dir)
         try:
-            os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+            files.make_private_dir(self.records_dir)
         except OSError as exc:
             # A pool from before records, started while full: the reserve pays.
             if exc.errno != errno.ENOSPC or not self.release_catalog_reserve():
                 raise
-            os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+            files.make_private_dir(self.records_dir)

@@ -40,7 +40,8 @@ from csi_py.domain.model import (
 from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import Host, files
 from csi_py.linux.loop import LoopDevice
-from csi_py.state.catalog import Catalog, CatalogDamaged, CatalogError
+from csi_py.state.catalog import Catalog
+from csi_py.state.errors import CatalogDamaged, CatalogError
 from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
     (rebuild only: a catalog that cannot be opened or moved), OSError when the pool
     cannot be read.
     """
-    if not os.path.isdir(pool.root):
+    if not files.is_dir(pool.root):
         raise PoolError(f"pool {pool.root} does not exist (give the driver's --pool)")
     if apply:
         pool.prepare()
@@ -347,7 +348,7 @@ def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
     else:
         moved = ""
         try:
-            catalog = Catalog(pool.catalog_path) if os.path.exists(pool.catalog_path) \
+            catalog = Catalog(pool.catalog_path) if files.exists(pool.catalog_path) \
                 else Catalog(":memory:")
         except CatalogDamaged as exc:
             moved = f"(would be moved aside: {exc})"

@@ -29,7 +29,6 @@ from csi_py.linux.filesystems import (
     SUPPORTED,
     Filesystem,
     for_type,
-    missing_tools,
     tools,
 )
 from csi_py.linux.filesystems.base import MKFS_TIMEOUT, block_device_size
@@ -41,7 +40,7 @@ __all__ = ["EXT_TYPES", "MIN_FS_BYTES", "SUPPORTED_FS", "TOOLS", "Filesystems", 
 # Derived from the one table in csi_py.linux.filesystems (kept under their old names
 # for the fakes and tests that import them from here).
 SUPPORTED_FS = SUPPORTED
-# Every tool format(), grow() and errors() may need; reported by missing_tools().
+# Every tool format(), grow() and errors() may need (filesystems.missing_tools reports them).
 TOOLS = tuple(tools())
 
 # <linux/fs.h>: _IOWR('X', 119, int) and _IOWR('X', 120, int).
@@ -185,13 +184,6 @@ class Filesystems:
         """
         return _fs_for(fs_type, "grow").needs_grow(device, mount_point)
 
-    def filesystem_size(self, mount_point: str) -> int:
-        """Size in bytes of the filesystem mounted at (or holding) ``mount_point``
-        as statfs reports it (f_blocks * f_frsize: what df shows, without the
-        metadata the filesystem keeps for itself). Raises OSError."""
-        st = os.statvfs(mount_point)
-        return st.f_blocks * st.f_frsize
-
     def freeze(self, mount_point: str) -> None:
         """Freeze the filesystem mounted at ``mount_point`` (FIFREEZE): dirty data
         and the journal are flushed, and every writer blocks until :meth:`thaw`,
@@ -289,10 +281,6 @@ class Filesystems:
             free_inodes=st.f_ffree,
             used_inodes=max(st.f_files - st.f_ffree, 0),
         )
-
-    def missing_tools(self) -> list[str]:
-        """The external tools of :data:`TOOLS` that are not installed. Idempotent."""
-        return missing_tools()
 
     def block_device_size(self, device: str) -> int:
         """Size of a block device in bytes (BLKGETSIZE64). Raises LinuxError."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.controller import ContentSource
 from csi_py.core.driver import Driver
+from csi_py.core.sources import ContentSource
 from csi_py.domain.errors import InvalidArgument, Unimplemented
 from csi_py.rpc import convert, health
 from csi_py.rpc.errors import rpc_method
@@ -199,7 +199,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerGetVolume(self, request, context):  # noqa: N802
         self.driver.require_ready()
         vol = self.core.get_ready_volume(request.volume_id)
-        nodes = [a.node_id for a in self.driver.catalog.attachments_of(vol.id)]
+        nodes = self.core.published_nodes(vol.id)
         # CSI v1.13 dropped VolumeCondition: health is ControllerGetVolumeHealth's now.
         return pb.ControllerGetVolumeResponse(
             volume=self._volume(vol),

@@ -11,6 +11,7 @@ import grpc
 
 from csi_py.core.errmap import translate
 from csi_py.domain import errors as e
+from csi_py.domain.errors import Subject
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,9 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def with_subject(request: Any, message: str) -> str:
-    """`message`, prefixed with what the request is about (the volume, snapshot or group
-    snapshot: its id, or the name being created) unless the message already names it,
-    so that every error tells the user which object it concerns."""
+def request_subject(request: Any) -> Subject | None:
+    """What a request is about: its volume, snapshot or group snapshot (by id, or by
+    the name being created), or None for a request about no one object."""
     fields = request.DESCRIPTOR.fields_by_name
     kind = request.DESCRIPTOR.name
     keys: tuple[str, ...]
@@ -55,13 +55,39 @@ def with_subject(request: Any, message: str) -> str:
     else:
         noun, keys = "volume", ("volume_id", "name")
     key = next((k for k in keys if k in fields and getattr(request, k)), None)
-    value = getattr(request, key) if key else ""
-    if not value or value in message:
-        return message
+    if key is None:
+        return None
+    value = getattr(request, key)
     if key == "source_volume_id":
         noun = "volume"
-    shown = repr(value) if len(value) <= 256 else f"{value[:64]!r}... ({len(value)} chars)"
-    return f"{noun} {shown}: {message}"
+    return Subject(noun, name=value) if key == "name" else Subject(noun, id=value)
+
+
+def message_for(exc: e.DriverError, request: Any) -> str:
+    """The status message of a domain error, formatted here once, so every message says
+    which object the request concerns: an error that carries its subject is shown as it
+    is ("<subject>: <what>: <cause>"), after the request's object when that is another
+    one (the volume being published when the node is full, the group being cut when a
+    member is missing); one without a subject gets the request's object in front."""
+    if exc.subject is None:
+        return with_subject(request, str(exc))
+    asked = request_subject(request)
+    if asked is None or asked.same_object(exc.subject):
+        return str(exc)
+    return f"{asked}: {exc}"
+
+
+def with_subject(request: Any, message: str) -> str:
+    """`message` about the request's object, for errors that carry no subject: those
+    of modules whose errors still name their object in the text (the node side) and
+    unexpected failures. Such a message that already names the object is left alone."""
+    subject = request_subject(request)
+    if subject is None:
+        return message
+    value = subject.id or subject.name
+    if value in message:
+        return message
+    return f"{subject}: {message}"
 
 
 # Status messages travel in an HTTP/2 trailer, which gRPC caps (8 KiB by default): a
@@ -95,6 +121,6 @@ def rpc_method(func: F) -> F:
             log.log(logging.WARNING if type(exc) is ValueError else logging.INFO,
                     "%s -> %s: %s", func.__name__, code.name, known,
                     exc_info=type(exc) is ValueError)
-            context.abort(code, _cut(with_subject(request, str(known))))
+            context.abort(code, _cut(message_for(known, request)))
 
     return wrapper  # type: ignore[return-value]

@@ -14,12 +14,11 @@ GroupRPC = pb.GroupControllerServiceCapability.RPC
 class GroupControllerService(csi_pb2_grpc.GroupControllerServicer):
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
-        self.core = driver.snapshots
+        self.core = driver.groups
 
     def _response(self, group):  # type: ignore[no-untyped-def]
-        members = [self.driver.catalog.get_snapshot(sid) for sid in group.snapshot_ids]
         config = self.driver.config
-        return convert.group_snapshot(group, [m for m in members if m is not None],
+        return convert.group_snapshot(group, self.core.members(group),
                                       {config.topology_key: config.node_id})
 
     @rpc_method

@@ -11,7 +11,7 @@ import grpc
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core.driver import Driver
-from csi_py.core.snapshot_metadata import RangeStream, SnapshotMetadataCore
+from csi_py.core.snapshot_metadata import RangeStream
 from csi_py.domain.errors import DriverError, InvalidArgument
 from csi_py.rpc.errors import rpc_method, status_for
 
@@ -50,7 +50,7 @@ def _batches(stream: RangeStream, max_results: int, response_type: type,
 class SnapshotMetadataService(csi_pb2_grpc.SnapshotMetadataServicer):
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
-        self.core = SnapshotMetadataCore(driver.catalog, driver.pool, driver.config)
+        self.core = driver.snapshot_metadata
 
     @rpc_method
     def GetMetadataAllocated(self, request, context):  # noqa: N802

@@ -4,8 +4,8 @@ node session that always unpublishes and unstages what a test set up."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import grpc
@@ -13,8 +13,9 @@ import grpc
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.rpc.client import mount_capability
+from tests import lifecycle
+from tests.lifecycle import MiB
 
-MiB = 1024 * 1024
 SMALL = 32 * MiB  # ext4 and block volumes: cheap to format, sparse on disk
 XFS_MIN = 300 * MiB  # xfsprogs refuses anything smaller
 
@@ -70,73 +71,18 @@ def unknown_volume_id() -> str:
     return "vol-" + "0" * 32
 
 
-class NodeSession:
-    """Stages and publishes through gRPC and remembers what it did, so `close()` can
-    undo it (unpublish every target, then unstage) even when the test failed."""
+class NodeSession(lifecycle.NodeSession):
+    """The shared NodeSession (tests/lifecycle.py) on a test driver: its current client
+    (a new one after the test restarts the driver), and the driver for its paths."""
 
     def __init__(self, driver: Any) -> None:
+        super().__init__(lambda: driver.client)
         self.driver = driver
-        self.node = driver.client.node
-        self.targets: list[tuple[str, str]] = []
-        self.stagings: list[tuple[str, str]] = []
-
-    def stage(self, volume_id: str, path: str, cap: pb.VolumeCapability,
-              publish_context: dict[str, str] | None = None) -> None:
-        self.stagings.append((volume_id, path))
-        self.node.NodeStageVolume(
-            pb.NodeStageVolumeRequest(
-                volume_id=volume_id, staging_target_path=path, volume_capability=cap,
-                publish_context=publish_context or {},
-            ),
-            timeout=120,
-        )
-
-    def publish(self, volume_id: str, staging: str, target: str,
-                cap: pb.VolumeCapability, readonly: bool = False) -> None:
-        self.targets.append((volume_id, target))
-        self.node.NodePublishVolume(self.publish_request(volume_id, staging, target, cap,
-                                                         readonly), timeout=60)
-
-    @staticmethod
-    def publish_request(volume_id: str, staging: str, target: str,
-                        cap: pb.VolumeCapability, readonly: bool = False
-                        ) -> pb.NodePublishVolumeRequest:
-        return pb.NodePublishVolumeRequest(
-            volume_id=volume_id, staging_target_path=staging, target_path=target,
-            volume_capability=cap, readonly=readonly,
-        )
-
-    def close(self) -> None:
-        errors = []
-        for volume_id, target in reversed(self.targets):
-            try:
-                self.node.NodeUnpublishVolume(
-                    pb.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target),
-                    timeout=60,
-                )
-            except grpc.RpcError as exc:
-                errors.append(f"unpublish {volume_id} {target}: {exc.details()}")
-        for volume_id, path in reversed(self.stagings):
-            try:
-                self.node.NodeUnstageVolume(
-                    pb.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=path),
-                    timeout=60,
-                )
-            except grpc.RpcError as exc:
-                errors.append(f"unstage {volume_id} {path}: {exc.details()}")
-        # A cleanup failure is reported by the workdir fixture's leak check too; say why.
-        if errors:
-            print("node session cleanup:", *errors, sep="\n  ")
 
 
-@contextmanager
-def node_session(driver: Any) -> Iterator[NodeSession]:
-    session = NodeSession(driver)
-    try:
-        yield session
-    finally:
-        session.close()
-
+def node_session(driver: Any) -> closing[NodeSession]:
+    """A NodeSession on `driver`, closed when the block ends, however it ends."""
+    return closing(NodeSession(driver))
 
 
 # --- snapshots and group snapshots ---------------------------------------------------------

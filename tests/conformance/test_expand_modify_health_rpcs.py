@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.rpc.client import Mode, block_capability, mount_capability
+from csi_py.rpc.client import Mode, mount_capability
 from tests.conformance.helpers import (
     SMALL,
     XFS_MIN,
@@ -28,13 +28,12 @@ from tests.conformance.helpers import (
     unknown_volume_id,
 )
 from tests.conftest import NODE_ID
+from tests.lifecycle import BLOCK, EXT4
 
 pytestmark = pytest.mark.conformance
 
 Code = grpc.StatusCode
-EXT4 = mount_capability("ext4")
 XFS = mount_capability("xfs")
-BLOCK = block_capability()
 TiB = 1 << 40
 CAP_SYS_RESOURCE = 24
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.rpc.client import block_capability
 from tests.conformance.helpers import (
     SMALL,

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.rpc.client import Mode, block_capability, mount_capability
+from csi_py.rpc.client import Mode, mount_capability
 from tests.conformance.helpers import (
     SMALL,
     XFS_MIN,
@@ -28,13 +28,12 @@ from tests.conformance.helpers import (
     unknown_volume_id,
 )
 from tests.conftest import NODE_ID
+from tests.lifecycle import BLOCK, EXT4
 
 pytestmark = pytest.mark.conformance
 
 Code = grpc.StatusCode
 NodeRPC = pb.NodeServiceCapability.RPC
-EXT4 = mount_capability("ext4")
-BLOCK = block_capability()
 
 
 def _mounts_at(path: str) -> list[list[str]]:
@@ -211,7 +210,6 @@ def test_stage_is_idempotent(driver, node, fs):
     assert len(_loops_of(driver, vol.volume_id)) == 1
     # And after a restart: the kernel, not memory, says it is staged.
     driver.restart()
-    node.node = driver.client.node
     node.stage(vol.volume_id, path, cap)
     assert len(_mounts_at(path)) == 1
 

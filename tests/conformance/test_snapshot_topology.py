@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.rpc.client import block_capability
 from tests.conformance.helpers import (
     create,
     expect_error,
@@ -21,11 +20,11 @@ from tests.conformance.helpers import (
     snapshot_files,
 )
 from tests.conftest import NODE_ID
+from tests.lifecycle import BLOCK
 
 pytestmark = pytest.mark.conformance
 
 Code = grpc.StatusCode
-BLOCK = block_capability()
 
 
 def _key(driver) -> str:

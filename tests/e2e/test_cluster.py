@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster import DRIVER, DRIVER_NAMESPACE, REPO, Cluster
+from tests.lifecycle import GiB
 
-MiB = 1 << 20
-GiB = 1 << 30
 LOCAL_CLUSTER = os.environ.get("CSI_PY_E2E_LAYOUT") is not None
 
 

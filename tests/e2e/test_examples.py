@@ -13,9 +13,7 @@ import pytest
 import yaml
 
 from tests.e2e.cluster import DRIVER, DRIVER_NAMESPACE, EXAMPLES, TIMEOUT, Cluster
-
-GiB = 1 << 30
-MiB = 1 << 20
+from tests.lifecycle import GiB, MiB
 
 
 def _quantity(q: str) -> int:

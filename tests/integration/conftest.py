@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lifecycle import MiB
+
 HERE = Path(__file__).parent
 HAVE_KERNEL = os.geteuid() == 0 and os.path.exists("/dev/loop-control")
 SKIP_REASON = "needs root and /dev/loop-control (real loop devices and mounts)"
@@ -105,9 +107,6 @@ def no_leaks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
     leaked = _clean(root)
     if leaked:
         pytest.fail("test leaked kernel state (now cleaned up): " + "; ".join(leaked))
-
-
-MiB = 1 << 20
 
 
 class Kit:

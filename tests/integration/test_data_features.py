@@ -29,10 +29,10 @@ from tests.conformance.helpers import (
     restore_request,
     snapshot,
 )
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 SIZES = {"ext4": 32 * MiB, "xfs": 300 * MiB, "btrfs": 128 * MiB, "block": 32 * MiB}
 # btrfs grows to 256 MiB at least: the kernel refuses smaller resizes.
 GROWTH = {"ext4": 32 * MiB, "xfs": 100 * MiB, "btrfs": 128 * MiB, "block": 16 * MiB}
@@ -106,14 +106,7 @@ def mount(node: NodeSession, volume_id: str, kind: str, name: str) -> str:
 
 def unstage(node: NodeSession, volume_id: str) -> None:
     """Undo what `node` did for one volume (unpublish, unstage) and forget it."""
-    for vid, target in [t for t in node.targets if t[0] == volume_id]:
-        node.node.NodeUnpublishVolume(
-            pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target), timeout=60)
-        node.targets.remove((vid, target))
-    for vid, staging in [s for s in node.stagings if s[0] == volume_id]:
-        node.node.NodeUnstageVolume(
-            pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging), timeout=60)
-        node.stagings.remove((vid, staging))
+    node.undo_volume(volume_id)
 
 
 def staging_of(node: NodeSession, volume_id: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py.linux import real_host
-from csi_py.rpc.client import block_capability, mount_capability
+from csi_py.rpc.client import mount_capability
 from tests.conformance.helpers import (
     SMALL,
     XFS_MIN,
@@ -29,12 +29,11 @@ from tests.conformance.helpers import (
     node_session,
 )
 from tests.conftest import RunningDriver
+from tests.lifecycle import BLOCK, EXT4
 from tests.pools import driver_on_own_pool
 
 pytestmark = pytest.mark.integration
 
-EXT4 = mount_capability("ext4")
-BLOCK = block_capability()
 T = pb.VolumeHealthErrorType
 S = pb.StorageHealthErrorType
 

@@ -11,21 +11,20 @@ import subprocess
 
 import pytest
 
-from csi_py.linux import files
-from csi_py.linux.exec import run
-from csi_py.linux.files import (
+from csi_py.linux import copies, files
+from csi_py.linux.copies import (
     PROGRESS_EVERY,
-    TEMP_MARKER,
-    allocated_bytes,
     clone_file,
     reflink,
     sparse_copy,
     supports_reflink,
 )
+from csi_py.linux.exec import run
+from csi_py.linux.files import TEMP_MARKER, allocated_bytes
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 # The image the tests copy: 256 MiB long, 64 MiB of it data in 8 extents.
 IMAGE_SIZE = 256 * MiB
 DATA_EXTENTS = [(i * 32 * MiB, 8 * MiB) for i in range(8)]
@@ -236,7 +235,7 @@ def test_sparse_copy_across_filesystem_types_uses_read_write(xfs_reflink, ext4, 
             refused.append(exc.errno)
             raise
 
-    monkeypatch.setattr(files.os, "copy_file_range", spy)
+    monkeypatch.setattr(copies.os, "copy_file_range", spy)
     dst = os.path.join(ext4, "copy.img")
     assert clone_file(src, dst) == "copy"
     assert sha256(dst) == sha256(src)
@@ -250,7 +249,7 @@ def test_sparse_copy_fallback_when_copy_file_range_is_missing(ext4, monkeypatch)
     def enosys(*args, **kw):
         raise OSError(errno.ENOSYS, "no copy_file_range")
 
-    monkeypatch.setattr(files.os, "copy_file_range", enosys)
+    monkeypatch.setattr(copies.os, "copy_file_range", enosys)
     dst = os.path.join(ext4, "copy.img")
     assert sparse_copy(src, dst) == DATA_BYTES
     assert sha256(dst) == sha256(src) and data_map(dst) == data_map(src)
@@ -327,7 +326,7 @@ def test_clone_file_failure_midway_removes_temp(ext4, monkeypatch):
     def broken(*args, **kw):
         raise OSError(errno.EIO, "disk on fire")
 
-    monkeypatch.setattr(files.os, "copy_file_range", broken)
+    monkeypatch.setattr(copies.os, "copy_file_range", broken)
     dst = os.path.join(ext4, "snap.img")
     with pytest.raises(OSError) as exc:
         clone_file(src, dst)

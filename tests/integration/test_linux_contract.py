@@ -28,8 +28,7 @@ from csi_py.linux.errors import (
     MountError,
 )
 from tests.fakes import FakeHost, fake_host
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 
 @dataclass
@@ -389,9 +388,8 @@ def test_grow(env, fs_type):
     h.loops.detach(dev.path)
 
 
-def test_missing_tools_and_sizes(env):
+def test_block_device_sizes(env):
     h = env.host
-    assert h.fs.missing_tools() == []
     with pytest.raises(LinuxError):
         h.fs.block_device_size(str(env.root / "nope"))
     with pytest.raises(LinuxError):
@@ -528,11 +526,10 @@ def test_frozen_filesystem_outlives_its_unmount(env):
 # ---- sizes and growing ----------------------------------------------------------------
 
 
-def test_filesystem_size_and_needs_grow(env):
+def test_statfs_size_and_needs_grow(env):
     h = env.host
     dev, mnt = env.staged()
-    assert h.fs.filesystem_size(mnt) == h.fs.statfs(mnt).total_bytes
-    assert 0 < h.fs.filesystem_size(mnt) <= 64 * MiB
+    assert 0 < h.fs.statfs(mnt).total_bytes <= 64 * MiB
     assert h.fs.needs_grow(dev.path, mnt, "ext4") is False
     assert h.fs.needs_grow(dev.path, None, "ext4") is False
     with open(dev.backing_file, "r+b") as f:
@@ -549,7 +546,7 @@ def test_filesystem_size_and_needs_grow(env):
     h.fs.grow(dev.path, None, "ext4")
     assert h.fs.needs_grow(dev.path, None, "ext4") is False
     h.mounts.mount(dev.path, mnt, "ext4")
-    assert h.fs.filesystem_size(mnt) > 64 * MiB
+    assert h.fs.statfs(mnt).total_bytes > 64 * MiB
     h.mounts.unmount(mnt)
     h.loops.detach(dev.path)
 

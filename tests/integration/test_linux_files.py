@@ -19,8 +19,7 @@ from csi_py.linux.files import (
     remove_stale_temp_files,
     space,
 )
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 
 def leftovers(directory) -> list[str]:
@@ -68,14 +67,14 @@ def test_create_does_not_replace_a_file_that_appears_meanwhile(pool, monkeypatch
     # Someone creates the file between the existence check and the rename:
     # RENAME_NOREPLACE must refuse rather than overwrite it.
     path = str(pool / "race.img")
-    real_temp = files._temp_name
+    real_temp = files.temp_name
 
     def temp_and_race(p: str) -> str:
         with open(path, "wb") as f:
             f.write(b"theirs")
         return real_temp(p)
 
-    monkeypatch.setattr(files, "_temp_name", temp_and_race)
+    monkeypatch.setattr(files, "temp_name", temp_and_race)
     with pytest.raises(FileExistsError):
         create_image(path, MiB, preallocate=False)
     assert open(path, "rb").read() == b"theirs"

@@ -9,13 +9,13 @@ import threading
 
 import pytest
 
+from csi_py.linux.copies import clone_file
 from csi_py.linux.errors import DeviceBusy, FreezeError
 from csi_py.linux.exec import run
-from csi_py.linux.files import clone_file
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 SIZE = {"ext4": 64 * MiB, "xfs": 320 * MiB, "btrfs": 256 * MiB}
 
 

@@ -12,11 +12,17 @@ from csi_py.linux import exec as exec_mod
 from csi_py.linux.errors import CommandError, GrowNotPermitted, LinuxError, ToolMissing
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems import ext4 as ext4_mod
-from csi_py.linux.fs import MIN_FS_BYTES, SUPPORTED_FS, TOOLS, Filesystems, probe_superblock
+from csi_py.linux.filesystems import missing_tools
+from csi_py.linux.fs import (
+    MIN_FS_BYTES,
+    SUPPORTED_FS,
+    TOOLS,
+    probe_superblock,
+)
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 # xfsprogs >= 5.19 refuses filesystems under 300 MiB; btrfs needs 109 MiB
 # (csi_py.linux.filesystems holds each minimum).
 SIZE = {"ext4": 64 * MiB, "xfs": 320 * MiB, "btrfs": 256 * MiB}
@@ -210,14 +216,13 @@ def test_can_grow_online(kit):
 
 
 @pytest.mark.parametrize("fs_type", SUPPORTED_FS)
-def test_needs_grow_and_filesystem_size(kit, fs_type):
+def test_needs_grow_and_statfs_size(kit, fs_type):
     size = SIZE[fs_type]
     dev = kit.device(size)
     kit.fs.format(dev.path, fs_type)
     mnt = kit.dir("mnt")
     kit.mounts.mount(dev.path, mnt, fs_type)
-    assert kit.fs.filesystem_size(mnt) == kit.fs.statfs(mnt).total_bytes
-    assert 0 < kit.fs.filesystem_size(mnt) <= size
+    assert 0 < kit.fs.statfs(mnt).total_bytes <= size
     assert kit.fs.needs_grow(dev.path, mnt, fs_type) is False
     _grow_image_and_device(kit, dev, 2 * size)
     assert kit.fs.needs_grow(dev.path, mnt, fs_type) is True
@@ -229,7 +234,7 @@ def test_needs_grow_and_filesystem_size(kit, fs_type):
         kit.fs.grow(dev.path, None, fs_type)
         kit.mounts.mount(dev.path, mnt, fs_type)
     assert kit.fs.needs_grow(dev.path, mnt, fs_type) is False
-    assert kit.fs.filesystem_size(mnt) > size
+    assert kit.fs.statfs(mnt).total_bytes > size
     kit.mounts.unmount(mnt)
 
 
@@ -262,7 +267,7 @@ def test_needs_grow_knows_what_the_grow_tools_leave_unused(kit, fs_type):
     point = mnt if online else None
 
     def fs_size() -> int:
-        return kit.fs.filesystem_size(mnt) if online else ext_block_count(dev.path)
+        return kit.fs.statfs(mnt).total_bytes if online else ext_block_count(dev.path)
 
     size = SIZE[fs_type]
     for growth, used in TAILS[fs_type]:
@@ -353,9 +358,9 @@ def test_statfs_matches_statvfs(kit):
 
 
 def test_missing_tools(kit, monkeypatch):
-    assert Filesystems().missing_tools() == []
+    assert missing_tools() == []
     monkeypatch.setattr("csi_py.linux.exec.find_tool", lambda name: None)
-    assert Filesystems().missing_tools() == list(TOOLS)
+    assert missing_tools() == list(TOOLS)
 
 
 def test_block_device_size(kit):

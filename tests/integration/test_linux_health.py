@@ -11,10 +11,10 @@ import time
 import pytest
 
 from csi_py.linux.exec import run
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 SIZE = {"ext4": 64 * MiB, "xfs": 320 * MiB, "btrfs": 256 * MiB}
 
 

@@ -17,10 +17,9 @@ from csi_py.linux import loop as loop_mod
 from csi_py.linux import loop_sysfs
 from csi_py.linux.errors import DeviceBusy, LoopError
 from csi_py.linux.loop import LoopManager
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
-
-MiB = 1 << 20
 
 
 def sysfs(dev, rel: str) -> str:

@@ -22,8 +22,7 @@ from csi_py.linux.mount import (
     parse_mountinfo,
     parse_options,
 )
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 # ---- parsing (pure) --------------------------------------------------------------
 

@@ -11,10 +11,10 @@ import pytest
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py.rpc.client import block_capability, mount_capability
+from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
 RPC = pb.ControllerServiceCapability.RPC
-MiB = 1 << 20
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.snapshot_ids import file_key
-from csi_py.rpc.client import block_capability, mount_capability
+from csi_py.domain.snapshot_ids import file_key
+from csi_py.rpc.client import mount_capability
 from tests.conformance.helpers import (
     MiB,
     create,
@@ -27,12 +27,11 @@ from tests.conformance.helpers import (
     unknown_snapshot_id,
 )
 from tests.conftest import RunningDriver
+from tests.lifecycle import BLOCK, GiB
 from tests.pools import driver_on_own_pool
 
 pytestmark = pytest.mark.integration
 
-GiB = 1 << 30
-BLOCK = block_capability()
 Code = grpc.StatusCode
 BLK = 4096
 

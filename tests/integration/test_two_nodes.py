@@ -16,10 +16,11 @@ import pytest
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
 from csi_py.core import snapshots as snapshot_module
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from tests.conformance.helpers import expect_error
 from tests.conftest import NODE_ID, needs_root
-from tests.reliability.harness import DriverProcess, MiB, Volumes, create_request, payload
+from tests.lifecycle import MiB, Volumes, create_request
+from tests.reliability.harness import DriverProcess, payload
 
 pytestmark = [pytest.mark.integration, needs_root()]
 

@@ -10,64 +10,31 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.rpc.client import block_capability, mount_capability
 from tests.conftest import NODE_ID
+from tests.lifecycle import EXT4, MiB, Volumes, capability
 
-MiB = 1 << 20
 SIZES = {"ext4": 64 * MiB, "xfs": 300 * MiB, "btrfs": 128 * MiB, "block": 32 * MiB}
 
 
-def capability(kind: str) -> pb.VolumeCapability:
-    return block_capability() if kind == "block" else mount_capability(kind)
-
-
 def create(driver, name: str, kind: str) -> pb.Volume:
-    return driver.client.controller.CreateVolume(
-        pb.CreateVolumeRequest(
-            name=name,
-            capacity_range=pb.CapacityRange(required_bytes=SIZES[kind]),
-            volume_capabilities=[capability(kind)],
-        )
-    ).volume
+    return Volumes(driver.client).create(name, kind, SIZES[kind])
 
 
 def stage_and_publish(driver, vid: str, kind: str, target: str, readonly=False) -> None:
-    cap = capability(kind)
-    ctx = driver.client.controller.ControllerPublishVolume(
-        pb.ControllerPublishVolumeRequest(volume_id=vid, node_id=NODE_ID, volume_capability=cap)
-    ).publish_context
-    driver.client.node.NodeStageVolume(
-        pb.NodeStageVolumeRequest(
-            volume_id=vid,
-            staging_target_path=driver.path("staging"),
-            volume_capability=cap,
-            publish_context=ctx,
-        )
-    )
-    driver.client.node.NodePublishVolume(
-        pb.NodePublishVolumeRequest(
-            volume_id=vid,
-            staging_target_path=driver.path("staging"),
-            target_path=target,
-            volume_capability=cap,
-            publish_context=ctx,
-            readonly=readonly,
-        )
-    )
+    """What kubelet and the attacher do, the publish_context passed on as they do."""
+    v = Volumes(driver.client)
+    ctx = v.attach(vid, kind)
+    v.stage(vid, kind, driver.path("staging"), ctx)
+    v.publish(vid, kind, driver.path("staging"), target, readonly, ctx)
 
 
 def teardown(driver, vid: str, targets: list[str]) -> None:
+    v = Volumes(driver.client)
     for target in targets:
-        driver.client.node.NodeUnpublishVolume(
-            pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target)
-        )
-    driver.client.node.NodeUnstageVolume(
-        pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("staging"))
-    )
-    driver.client.controller.ControllerUnpublishVolume(
-        pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID)
-    )
-    driver.client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
+        v.unpublish(vid, target)
+    v.unstage(vid, driver.path("staging"))
+    v.detach(vid)
+    v.delete(vid)
 
 
 def write_data(target: str, kind: str, payload: bytes) -> None:
@@ -321,7 +288,7 @@ def test_stage_refuses_a_device_holding_another_filesystem(driver):
             pb.NodeStageVolumeRequest(
                 volume_id=vid,
                 staging_target_path=driver.path("staging"),
-                volume_capability=mount_capability("ext4"),
+                volume_capability=EXT4,
             )
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

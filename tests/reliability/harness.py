@@ -16,20 +16,19 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py.core.crashpoints import ENV as CRASH_ENV
-from csi_py.core.snapshot_ids import file_key
-from csi_py.rpc.client import Client, block_capability, mount_capability
+from csi_py.domain.snapshot_ids import file_key
+from csi_py.rpc.client import Client
 from tests.conftest import NODE_ID
 from tests.kernel_leaks import loops_under, mounts_under
+from tests.lifecycle import MiB
 
-MiB = 1 << 20
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KILLED = -signal.SIGKILL
 
@@ -147,125 +146,6 @@ class DriverProcess:
 
 
 # --- requests ------------------------------------------------------------------------------
-
-
-def capability(kind: str) -> pb.VolumeCapability:
-    return block_capability() if kind == "block" else mount_capability(kind)
-
-
-def create_request(name: str, kind: str, size: int = 32 * MiB, snapshot_id: str = "",
-                   volume_id: str = "", params: dict[str, str] | None = None
-                   ) -> pb.CreateVolumeRequest:
-    request = pb.CreateVolumeRequest(
-        name=name, capacity_range=pb.CapacityRange(required_bytes=size),
-        volume_capabilities=[capability(kind)], parameters=params or {},
-    )
-    if snapshot_id:
-        request.volume_content_source.snapshot.snapshot_id = snapshot_id
-    if volume_id:
-        request.volume_content_source.volume.volume_id = volume_id
-    return request
-
-
-class Volumes:
-    """The calls kubelet and the sidecars make, for one client. Requests are built from
-    their arguments only, so a retry sends exactly the same request."""
-
-    def __init__(self, client: Any, timeout: float = 120.0) -> None:
-        self.c = client
-        self.t = timeout
-
-    def create(self, name: str, kind: str, size: int = 32 * MiB, **kw: Any) -> pb.Volume:
-        return self.c.controller.CreateVolume(create_request(name, kind, size, **kw),
-                                              timeout=self.t).volume
-
-    def delete(self, vid: str) -> None:
-        self.c.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), timeout=self.t)
-
-    def attach(self, vid: str, kind: str) -> dict[str, str]:
-        return dict(self.c.controller.ControllerPublishVolume(
-            pb.ControllerPublishVolumeRequest(volume_id=vid, node_id=NODE_ID,
-                                              volume_capability=capability(kind)),
-            timeout=self.t).publish_context)
-
-    def detach(self, vid: str) -> None:
-        self.c.controller.ControllerUnpublishVolume(
-            pb.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID), timeout=self.t)
-
-    def stage(self, vid: str, kind: str, staging: str, ctx: dict[str, str] | None = None) -> None:
-        self.c.node.NodeStageVolume(
-            pb.NodeStageVolumeRequest(volume_id=vid, staging_target_path=staging,
-                                      volume_capability=capability(kind),
-                                      publish_context=ctx or {"node": NODE_ID}),
-            timeout=self.t)
-
-    def unstage(self, vid: str, staging: str) -> None:
-        self.c.node.NodeUnstageVolume(
-            pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging),
-            timeout=self.t)
-
-    def publish(self, vid: str, kind: str, staging: str, target: str,
-                readonly: bool = False) -> None:
-        self.c.node.NodePublishVolume(
-            pb.NodePublishVolumeRequest(volume_id=vid, staging_target_path=staging,
-                                        target_path=target, volume_capability=capability(kind),
-                                        readonly=readonly),
-            timeout=self.t)
-
-    def unpublish(self, vid: str, target: str) -> None:
-        self.c.node.NodeUnpublishVolume(
-            pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target), timeout=self.t)
-
-    def expand(self, vid: str, kind: str, size: int) -> pb.ControllerExpandVolumeResponse:
-        return self.c.controller.ControllerExpandVolume(
-            pb.ControllerExpandVolumeRequest(volume_id=vid,
-                                             capacity_range=pb.CapacityRange(required_bytes=size),
-                                             volume_capability=capability(kind)),
-            timeout=self.t)
-
-    def node_expand(self, vid: str, kind: str, path: str, staging: str, size: int) -> int:
-        return self.c.node.NodeExpandVolume(
-            pb.NodeExpandVolumeRequest(volume_id=vid, volume_path=path,
-                                       staging_target_path=staging,
-                                       capacity_range=pb.CapacityRange(required_bytes=size),
-                                       volume_capability=capability(kind)),
-            timeout=self.t).capacity_bytes
-
-    def snapshot(self, vid: str, name: str) -> pb.Snapshot:
-        return self.c.controller.CreateSnapshot(
-            pb.CreateSnapshotRequest(source_volume_id=vid, name=name), timeout=self.t).snapshot
-
-    def delete_snapshot(self, sid: str) -> None:
-        self.c.controller.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=sid),
-                                         timeout=self.t)
-
-    def group(self) -> Any:
-        from csi_py._proto import csi_pb2_grpc
-
-        return csi_pb2_grpc.GroupControllerStub(self.c.channel)
-
-    def group_snapshot(self, name: str, vids: list[str]) -> pb.VolumeGroupSnapshot:
-        return self.group().CreateVolumeGroupSnapshot(
-            pb.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=vids),
-            timeout=self.t).group_snapshot
-
-    def delete_group(self, gid: str, sids: Iterable[str]) -> None:
-        self.group().DeleteVolumeGroupSnapshot(
-            pb.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid, snapshot_ids=list(sids)),
-            timeout=self.t)
-
-    def condition(self, vid: str) -> Condition:
-        """The volume's health as ControllerGetVolumeHealth reports it, summed up."""
-        health = self.c.controller.ControllerGetVolumeHealth(
-            pb.ControllerGetVolumeHealthRequest(volume_id=vid), timeout=self.t
-        ).volume_health.health_statuses
-        return Condition(bool(health), "; ".join(f"{h.reason}: {h.message}" for h in health))
-
-
-@dataclass(frozen=True)
-class Condition:
-    abnormal: bool
-    message: str
 
 
 def retry_aborted(call: Callable[[], Any], attempts: int = 200, pause: float = 0.01) -> Any:

@@ -25,9 +25,9 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.kernel_leaks import loops_under, mounts_under
+from tests.lifecycle import Volumes
 from tests.reliability.harness import (
     DriverProcess,
-    Volumes,
     disagreements,
     read_digest,
     retry_aborted,

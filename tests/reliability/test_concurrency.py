@@ -21,19 +21,11 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.core.snapshot_ids import file_key
-from csi_py.linux import files
+from csi_py.domain.snapshot_ids import file_key
+from csi_py.linux import copies, files
 from tests.conftest import needs_root
-from tests.reliability.harness import (
-    MiB,
-    Volumes,
-    catalog_rows,
-    create_request,
-    disagreements,
-    payload,
-    read_digest,
-    write_data,
-)
+from tests.lifecycle import MiB, Volumes, create_request
+from tests.reliability.harness import catalog_rows, disagreements, payload, read_digest, write_data
 
 pytestmark = [pytest.mark.integration, needs_root()]
 
@@ -182,8 +174,9 @@ def test_parallel_calls_on_one_volume_are_serialized_or_aborted(driver):
     for attr, names in MUTATING.items():
         for name in names:
             recorder.wrap(getattr(host, attr), name)
-    for name in ("grow_image", "create_image", "clone_file", "remove_file"):
+    for name in ("grow_image", "create_image", "remove_file"):
         recorder.wrap(files, name)
+    recorder.wrap(copies, "clone_file")
     sizes = iter(range(33, 10_000))
     snapshots: list[str] = []
     outcomes: dict[str, dict[grpc.StatusCode, int]] = {k: {} for k in ALLOWED}

@@ -27,12 +27,11 @@ import pytest
 from csi_py.core.crashpoints import POINTS
 from csi_py.linux import real_host
 from tests.conftest import needs_root
+from tests.lifecycle import MiB, Volumes
 from tests.reliability.harness import (
     EXERCISED,
     KILLED,
     DriverProcess,
-    MiB,
-    Volumes,
     disagreements,
     fsck_clean,
     payload,

@@ -25,19 +25,12 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import real_host
 from tests.conftest import needs_root
 from tests.kernel_leaks import loops_under, mounts_under
-from tests.reliability.harness import (
-    MiB,
-    Volumes,
-    catalog_rows,
-    disagreements,
-    payload,
-    read_digest,
-    write_data,
-)
+from tests.lifecycle import MiB, Volumes
+from tests.reliability.harness import catalog_rows, disagreements, payload, read_digest, write_data
 
 pytestmark = [pytest.mark.integration, needs_root()]
 
@@ -134,7 +127,7 @@ def test_thick_create_larger_than_free_space_is_resource_exhausted(driver, monke
 
     # The space check passes but the disk fills while allocating (another writer won the
     # race): the half-allocated file is removed, and the answer is the same.
-    monkeypatch.setattr(driver.server.driver.controller, "_check_space", lambda *a: None)
+    monkeypatch.setattr(driver.server.driver.controller.space, "check_fits", lambda *a: None)
     expect_exhausted(v.create, "raced", "block", too_big, params=thick())
     assert_nothing_left(driver, set())
 
@@ -223,8 +216,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
     try:
         # Expansion: the space check, and ENOSPC half way through allocating.
         expect_exhausted(v.expand, vid, "block", size + 128 * MiB)
-        monkeypatch.setattr(core.controller, "capacity", lambda prov: type(
-            "R", (), {"available_bytes": 1 << 40})())
+        monkeypatch.setattr(core.controller.space, "check_growth_fits", lambda *a: None)
         expect_exhausted(v.expand, vid, "block", size + 128 * MiB)
         monkeypatch.undo()
         assert os.path.getsize(image) == size
@@ -239,7 +231,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
 
         # Snapshots: the space check, and ENOSPC half way through the copy.
         expect_exhausted(v.snapshot, vid, "snap")
-        monkeypatch.setattr(core.snapshots, "_check_room", lambda *a: None)
+        monkeypatch.setattr(core.controller.space, "check_copy_room", lambda *a: None)
         expect_exhausted(v.snapshot, vid, "snap-raced")
         expect_exhausted(v.group_snapshot, "group-raced", [vid, thin])
         monkeypatch.undo()
@@ -248,7 +240,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
 
         # Restores and clones of a thick volume need its size in free space.
         expect_exhausted(v.create, "clone", "block", size, volume_id=vid, params=thick())
-        monkeypatch.setattr(core.controller, "_check_space", lambda *a: None)
+        monkeypatch.setattr(core.controller.space, "check_fits", lambda *a: None)
         expect_exhausted(v.create, "clone-raced", "block", size, volume_id=vid,
                          params=thick())
         monkeypatch.undo()
@@ -270,7 +262,6 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
         for other in volumes:
             v.delete(other)
     assert_nothing_left(driver, set())
-
 
 
 # EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32); NOLOGFLUSH: stop at once, as a failing

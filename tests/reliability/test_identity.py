@@ -18,13 +18,8 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.kernel_leaks import loops_under, mounts_under
-from tests.reliability.harness import (
-    MiB,
-    Volumes,
-    disagreements,
-    payload,
-    write_data,
-)
+from tests.lifecycle import MiB, Volumes
+from tests.reliability.harness import disagreements, payload, write_data
 
 pytestmark = [pytest.mark.integration, needs_root()]
 

@@ -21,12 +21,10 @@ import pytest
 
 from csi_py._proto import csi_pb2 as pb
 from tests.conftest import NODE_ID, needs_root
+from tests.lifecycle import MiB, Volumes, capability
 from tests.reliability.harness import (
     KILLED,
     DriverProcess,
-    MiB,
-    Volumes,
-    capability,
     disagreements,
     payload,
     read_digest,

@@ -21,14 +21,8 @@ import pytest
 from csi_py._proto import csi_pb2 as pb
 from tests.conftest import needs_root
 from tests.kernel_leaks import clean_under, loops_under, mounts_under
-from tests.reliability.harness import (
-    MiB,
-    Volumes,
-    disagreements,
-    payload,
-    read_digest,
-    write_data,
-)
+from tests.lifecycle import MiB, Volumes
+from tests.reliability.harness import disagreements, payload, read_digest, write_data
 
 pytestmark = [pytest.mark.integration, needs_root()]
 

@@ -26,12 +26,11 @@ import pytest
 from csi_py._proto import csi_pb2 as pb
 from tests.conftest import _start, needs_root
 from tests.kernel_leaks import loops_under, mounts_under
+from tests.lifecycle import MiB, Volumes
 from tests.reliability.harness import (
     KILLED,
     REPO,
     DriverProcess,
-    MiB,
-    Volumes,
     disagreements,
     payload,
     read_digest,

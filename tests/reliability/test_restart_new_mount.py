@@ -22,14 +22,8 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.kernel_leaks import clean_under
-from tests.reliability.harness import (
-    DriverProcess,
-    MiB,
-    Volumes,
-    payload,
-    read_digest,
-    write_data,
-)
+from tests.lifecycle import MiB, Volumes
+from tests.reliability.harness import DriverProcess, payload, read_digest, write_data
 
 pytestmark = [pytest.mark.integration, needs_root()]
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from tests.conftest import NODE_ID
 from tests.security.sandbox import Sandbox
 

@@ -14,11 +14,12 @@ import grpc
 import pytest
 
 from csi_py._proto import csi_pb2 as pb
-from csi_py.core.snapshot_ids import file_key
+from csi_py.domain.snapshot_ids import file_key
 from csi_py.rpc.client import block_capability, mount_capability
 from tests.conftest import NODE_ID, needs_root
 from tests.kernel_leaks import mounts_under
-from tests.reliability.harness import MiB, Volumes, create_request, disagreements
+from tests.lifecycle import MiB, Volumes, create_request
+from tests.reliability.harness import disagreements
 
 pytestmark = [pytest.mark.integration, needs_root()]
 

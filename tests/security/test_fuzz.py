@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 
 from csi_py._proto import csi_pb2 as pb
 from tests.conftest import NODE_ID, needs_root
-from tests.reliability.harness import Volumes, disagreements
+from tests.lifecycle import Volumes
+from tests.reliability.harness import disagreements
 from tests.security.fuzzing import (
     SENT,
     TEARDOWN_SURPRISES,

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from csi_py.core.model import (
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Attachment,
@@ -15,7 +15,9 @@ from csi_py.core.model import (
     Volume,
     VolumeState,
 )
-from csi_py.state.catalog import SCHEMA_VERSION, Catalog, CatalogError, NameTaken
+from csi_py.state.catalog import Catalog
+from csi_py.state.errors import CatalogError, NameTaken
+from csi_py.state.schema import SCHEMA_VERSION
 
 
 def vol(i: int, state=VolumeState.READY) -> Volume:
@@ -146,7 +148,7 @@ def test_catalog_file_is_owner_only(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbled", "truncated"])
 def test_a_damaged_catalog_is_reported_as_damaged(tmp_path, damage):
-    from csi_py.state.catalog import CatalogDamaged
+    from csi_py.state.errors import CatalogDamaged
 
     path = str(tmp_path / "c.db")
     catalog = Catalog(path)
@@ -164,7 +166,7 @@ def test_a_damaged_catalog_is_reported_as_damaged(tmp_path, damage):
 
 
 def snap(i: int, source: str, group: str = "", state=None):
-    from csi_py.core.model import Snapshot, SnapshotState
+    from csi_py.domain.model import Snapshot, SnapshotState
 
     return Snapshot(id=f"snap-{i:032x}", name=f"snap-{i}", source_volume_id=source,
                     size_bytes=1 << 20, created_at=2.0, state=state or SnapshotState.READY,
@@ -172,7 +174,7 @@ def snap(i: int, source: str, group: str = "", state=None):
 
 
 def test_snapshots_filters_pages_and_state(catalog):
-    from csi_py.core.model import SnapshotState
+    from csi_py.domain.model import SnapshotState
 
     a = catalog.insert_volume(vol(1))
     b = catalog.insert_volume(vol(2))
@@ -198,7 +200,7 @@ def test_snapshots_filters_pages_and_state(catalog):
 
 
 def test_groups_hold_their_members(catalog):
-    from csi_py.core.model import GroupSnapshot, SnapshotState
+    from csi_py.domain.model import GroupSnapshot, SnapshotState
 
     a = catalog.insert_volume(vol(1))
     group = GroupSnapshot("group-1", "g1", 3.0, SnapshotState.CREATING)

@@ -10,8 +10,8 @@ import pytest
 
 from csi_py.config import Config
 from csi_py.core.driver import Driver
-from csi_py.core.errors import Aborted, FailedPrecondition, NotFound
-from csi_py.core.model import (
+from csi_py.domain.errors import Aborted, FailedPrecondition, NotFound
+from csi_py.domain.model import (
     AccessMode,
     AccessType,
     Capability,
@@ -21,8 +21,8 @@ from csi_py.core.model import (
 )
 from csi_py.linux.errors import MountError
 from tests.fakes import fake_host
+from tests.lifecycle import MiB
 
-MiB = 1 << 20
 RWO = AccessMode.SINGLE_NODE_WRITER
 MOUNT = Capability(AccessType.MOUNT, RWO, fs_type="ext4")
 BLOCK = Capability(AccessType.BLOCK, RWO)
@@ -171,7 +171,7 @@ def test_reconcile_rolls_back_creates_finishes_deletes_and_adopts_devices(env):
 
 
 def test_requests_before_reconciliation_are_unavailable(tmp_path):
-    from csi_py.core.errors import Unavailable
+    from csi_py.domain.errors import Unavailable
 
     config = Config(endpoint="unix:///u.sock", node_id="n1",
                     pool=str(tmp_path / "pool")).validated()
@@ -192,7 +192,7 @@ def test_unknown_volume_is_not_found_on_the_node(env):
 def test_a_retried_restore_succeeds_after_its_snapshot_is_gone(env):
     """The CO may retry a CreateVolume that finished; by then the snapshot may have been
     deleted. The answer comes from the record: the same volume."""
-    from csi_py.core.controller import ContentSource
+    from csi_py.core.sources import ContentSource
 
     driver, _, _ = env
     vol = new_volume(driver, "src", cap=BLOCK)

@@ -12,11 +12,11 @@ import grpc
 import pytest
 
 from csi_py.core import errmap
-from csi_py.core import errors as e
 from csi_py.core.pool import PoolError
+from csi_py.domain import errors as e
 from csi_py.linux.errors import KERNEL_ERRNOS, LoopError, MountError
 from csi_py.rpc.errors import status_for
-from csi_py.state.catalog import CatalogError, CatalogFull
+from csi_py.state.errors import CatalogError, CatalogFull
 
 LINUX_DIR = os.path.join(os.path.dirname(errmap.__file__), "..", "linux")
 

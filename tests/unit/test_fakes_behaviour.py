@@ -12,8 +12,7 @@ import pytest
 
 from csi_py.linux.errors import CommandError, DeviceBusy, LinuxError, LoopError, MountError
 from tests.fakes import FAKE_DEV_PREFIX, FakeAction, fake_host
-
-MiB = 1 << 20
+from tests.lifecycle import MiB
 
 
 @pytest.fixture
@@ -159,12 +158,6 @@ def test_grow_wrong_type(host, tmp_path):
     host.fs.grow(dev.path, None, "ext4")
     with pytest.raises(ValueError):
         host.fs.grow(dev.path, mnt, "vfat")
-
-
-def test_missing_tools_configurable(host):
-    assert host.fs.missing_tools() == []
-    host.fs.missing.append("mkfs.xfs")
-    assert host.fs.missing_tools() == ["mkfs.xfs"]
 
 
 def test_bind_of_host_dir_and_nested_roots(host, tmp_path):

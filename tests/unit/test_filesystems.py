@@ -13,8 +13,8 @@ from csi_py import config
 from csi_py.core import driver as core_driver
 from csi_py.linux import filesystems, fs
 from csi_py.linux.filesystems import FILESYSTEMS, for_type
+from tests.lifecycle import MiB
 
-MiB = 1 << 20
 SOURCE = pathlib.Path(csi_py.__file__).parent
 
 

@@ -14,8 +14,8 @@
        domain      domain/: model, units, limits, ids, errors; logs.py, output.py and
                    csi_py/__init__.py sit here too, as leaves that import nothing of ours
 
-   The old core/model.py, core/errors.py and core/snapshot_ids.py are re-export shims
-   for tests and benchmarks: no module of csi_py/ may import them.
+   The domain types live only in domain/: the old re-export shims (core/model.py,
+   core/errors.py, core/snapshot_ids.py) are gone and must not come back.
 2. Only rpc/ and server.py import grpc or the generated csi_py._proto.
 3. Only linux/ calls the kernel: imports fcntl, ctypes, subprocess, shutil, select,
    mmap or pty, calls os.* beyond path and name handling (os.path's string
@@ -49,7 +49,7 @@ RANK = {
     "server": 7,
     "cli": 8, "commands": 8, "demo": 8, "pool_cli": 8, "__main__": 8,
 }  # fmt: skip
-SHIMS = {"csi_py.core.model", "csi_py.core.errors", "csi_py.core.snapshot_ids"}
+OLD_SHIMS = ("core/model.py", "core/errors.py", "core/snapshot_ids.py")
 GRPC_ALLOWED = {"rpc", "server"}
 # The CLI is a gRPC client of the driver and builds CSI requests itself; it belongs
 # behind rpc/client.py.
@@ -146,10 +146,11 @@ def test_no_import_runs_upward():
     assert sorted(set(upward)) == []
 
 
-def test_no_module_imports_the_old_domain_shims():
-    users = sorted(f"{m.name} imports {name}" for m in MODULES for name in _imports(m)
-                   if name in SHIMS and m.name not in SHIMS)
-    assert users == []
+def test_the_domain_is_defined_once():
+    """No re-export of the domain types under core/ (the shims tests once imported)."""
+    assert [p for p in OLD_SHIMS if (ROOT / p).exists()] == []
+    assert {"csi_py.domain.model", "csi_py.domain.errors",
+            "csi_py.domain.snapshot_ids"} <= {m.name for m in MODULES}
 
 
 def test_only_rpc_and_server_import_grpc_or_the_generated_code():
@@ -170,17 +171,6 @@ def test_only_rpc_and_server_import_grpc_or_the_generated_code():
 KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
     "csi_py.core.crashpoints": (
         {"os.kill"}, "a crash point SIGKILLs its own process (test builds only)"),
-    "csi_py.core.health_conditions": (
-        {"os.path.exists"}, "tells a missing image from a truncated one"),
-    "csi_py.core.pool": (
-        {"os.lstat", "os.makedirs", "os.unlink", "os.path.exists", "os.path.realpath"},
-        "prepares the pool's directories, drops the catalog reserve file and resolves"
-        " paths to check they are inside the pool"),
-    "csi_py.core.rebuild": (
-        {"os.path.exists", "os.path.isdir"},
-        "checks that the pool, the catalog and each image exist before rebuilding"),
-    "csi_py.core.snapshots": (
-        {"os.replace", "os.unlink"}, "writes and removes a snapshot's progress file"),
     "csi_py.core.validation": (
         {"os.lstat", "os.path.realpath"},
         "refuses a symlink at a request's path or in its parent (check_no_symlink)"),
@@ -191,14 +181,6 @@ KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
          "os.urandom", "reads proc", "reads sys"},
         "the demo runs a driver process, writes and reads data through a volume and"
         " checks that nothing is left behind"),
-    "csi_py.server": (
-        {"os.chmod", "os.lstat", "os.makedirs", "os.umask", "os.unlink"},
-        "creates the unix socket 0600 and removes a stale one"),
-    "csi_py.state.catalog": (
-        {"os.chmod", "os.umask", "os.open", "os.close", "os.fdatasync", "os.O_RDONLY",
-         "os.O_CLOEXEC"},
-        "creates the SQLite files 0600; group commit: one fdatasync of the WAL, outside the"
-        " write lock, shared by concurrent commits"),
 }
 
 
@@ -247,7 +229,7 @@ def test_the_checks_see_what_they_look_for():
     assert "grpc" in _imports(by_name["csi_py.rpc.errors"])
     assert {"import fcntl", "os.open"} <= _kernel_calls(by_name["csi_py.linux.fs"])
     assert "reads proc" in _kernel_calls(by_name["csi_py.linux.filesystems.base"])
-    assert "os.path.realpath" in _kernel_calls(by_name["csi_py.core.pool"])
+    assert "os.path.realpath" in _kernel_calls(by_name["csi_py.core.validation"])
     assert not {c for c in _kernel_calls(by_name["csi_py.config"]) if c.startswith("os.")}
     relative = ast.parse("from . import model\nfrom ..linux import fs\n")
     inside = Module("csi_py.core.node", "core", relative)

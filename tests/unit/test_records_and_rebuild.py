@@ -10,12 +10,12 @@ import pytest
 
 from csi_py.config import Config
 from csi_py.core.driver import Driver
-from csi_py.core.model import AccessMode, AccessType, Capability, CapacityRange
 from csi_py.core.rebuild import check_pool
+from csi_py.domain.model import AccessMode, AccessType, Capability, CapacityRange
 from csi_py.state.records import FORMATTED, RecordError, Records, VolumeRecord, decode
 from tests.fakes import fake_host
+from tests.lifecycle import MiB
 
-MiB = 1 << 20
 MOUNT = Capability(AccessType.MOUNT, AccessMode.SINGLE_NODE_WRITER, fs_type="ext4")
 
 
@@ -37,13 +37,13 @@ def made(tmp_path):
     vols = [c.create_volume(f"v{i}", CapacityRange(32 * MiB, 0), [MOUNT], {}, {}, [])
             for i in range(2)]
     snap = driver.snapshots.create(vols[0].id, "s0", {})
-    group = driver.snapshots.create_group("g0", [v.id for v in vols], {})
+    group = driver.groups.create_group("g0", [v.id for v in vols], {})
     driver.close()
     return tmp_path, host, vols, snap, group
 
 
 def test_a_record_round_trips_and_garbage_is_refused(tmp_path):
-    from csi_py.core.model import Provisioning, Volume, VolumeState
+    from csi_py.domain.model import Provisioning, Volume, VolumeState
 
     records = Records(str(tmp_path))
     vol = Volume("vol-" + "1" * 32, "pvc-1", 64 * MiB, "xfs", Provisioning.THICK,
@@ -159,7 +159,7 @@ def test_block_size_is_recorded_and_old_records_mean_512(tmp_path, made):
     try:
         assert driver.catalog.get_volume(vols[0].id).block_size == 4096
         assert driver.catalog.get_volume(vols[1].id).block_size == 512
-        from csi_py.core.controller import ContentSource
+        from csi_py.core.sources import ContentSource
 
         clone = driver.controller.create_volume(
             "clone-of-old", CapacityRange(32 * MiB, 0), [MOUNT], {}, {}, [],

@@ -1,4 +1,4 @@
-"""Snapshot ids that carry their node (core/snapshot_ids.py): the forms, the 128-byte
+"""Snapshot ids that carry their node (domain/snapshot_ids.py): the forms, the 128-byte
 limit whatever the node id, and hostile ids that must parse as nothing or as a plain
 key, never as a path."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from csi_py.core import snapshot_ids as ids
 from csi_py.core.pool import Pool
+from csi_py.domain import snapshot_ids as ids
 
 KEY = "snap-" + "0123456789abcdef" * 2
 

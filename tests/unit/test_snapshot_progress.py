@@ -5,8 +5,8 @@ import os
 
 from csi_py.config import Config
 from csi_py.core.driver import Driver
-from csi_py.core.model import AccessMode, AccessType, Capability, CapacityRange
-from csi_py.core.snapshots import ProgressFile, progress_file_name
+from csi_py.domain.model import AccessMode, AccessType, Capability, CapacityRange
+from csi_py.linux.progress import ProgressFile, progress_file_name
 from tests.fakes import fake_host
 
 

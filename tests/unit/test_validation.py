@@ -3,7 +3,7 @@
 import pytest
 
 from csi_py.core import validation as v
-from csi_py.core.errors import InvalidArgument
+from csi_py.domain.errors import InvalidArgument
 
 
 def test_new_volume_ids_are_well_formed_and_unique():

@@ -1,5 +1,0 @@
-"""Re-export shim: the domain errors moved to csi_py.domain.errors. Kept only so tests and
-benchmarks importing the old path keep working; csi_py/ itself imports the domain
-(tests/unit/test_import_graph.py forbids the old path there)."""
-
-from csi_py.domain.errors import *  # noqa: F403
