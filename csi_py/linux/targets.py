@@ -92,6 +92,23 @@ def remove_dir(path: str) -> None:
         pass
 
 
+def is_symlink(path: str) -> bool:
+    """Whether the last component of ``path`` is a symlink (not followed). False when
+    nothing is there yet. Raises OSError when it cannot be looked at."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            # A mount point of a filesystem that failed (a shut-down xfs answers every
+            # stat of its root with EIO): a mount point is never a symlink, and it must
+            # still be unmountable.
+            return False
+        raise
+    return stat.S_ISLNK(st.st_mode)
+
+
 def is_block_device(path: str) -> bool:
     """Whether `path` (followed) is a block device node, e.g. a published block
     volume's target. Raises OSError when it cannot be read."""
