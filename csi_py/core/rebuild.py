@@ -22,8 +22,9 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from csi_py.core.identity import volume_of_device
 from csi_py.core.pool import Pool, PoolError
@@ -45,6 +46,8 @@ from csi_py.state.errors import CatalogDamaged, CatalogError
 from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 # Mount types that show a device node bind-mounted onto a file (a published block
 # volume), not a filesystem on the device.
@@ -203,14 +206,11 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
                                             " gone)")
     scan = records.scan(skip)
     report.unreadable_records += scan.unreadable
-    sound = functools.partial(_sound_record, records=records, known=known, report=report,
-                              apply=apply)
-    for rec in scan.volumes:
+    adoptable = functools.partial(_adoptable, records=records, known=known, report=report,
+                                  apply=apply)
+    for rec, image, size in adoptable(scan.volumes, lambda r: r.volume.id, "volume",
+                                      is_volume_id, pool.image_path, known.volumes):
         vol = rec.volume
-        found = sound(vol.id, "volume", is_volume_id, pool.image_path, known.volumes)
-        if found is None or vol.id in known.volumes:
-            continue
-        image, size = found
         other = catalog.get_volume_by_name(vol.name)
         if other is not None:
             report.conflicts.append(f"volume {vol.id}: its name {vol.name!r} is recorded for"
@@ -224,12 +224,9 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
             known.volumes[vol.id] = VolumeState.READY
         report.adopted_volumes.append(_describe(adopted))
     groups: dict[str, GroupSnapshot] = {}
-    for srec in scan.snapshots:
+    for srec, image, _size in adoptable(scan.snapshots, lambda r: r.snapshot.id, "snapshot",
+                                        is_snapshot_id, pool.snapshot_path, known.snapshots):
         snap = srec.snapshot
-        found = sound(snap.id, "snapshot", is_snapshot_id, pool.snapshot_path, known.snapshots)
-        if found is None or snap.id in known.snapshots:
-            continue
-        image, _size = found
         if snap.group_id and catalog.get_group(snap.group_id) is None and \
                 snap.group_id not in groups:
             group = GroupSnapshot(snap.group_id, srec.group_name, srec.group_created_at,
@@ -250,20 +247,25 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
             f" fs={snap.fs_type or '-'}")
 
 
-def _sound_record(object_id: str, kind: str, valid: Callable[[str], bool],
-                  image_of: Callable[[str], str], in_catalog: Container[str], *,
-                  records: Records, known: _Known, report: RebuildReport,
-                  apply: bool) -> tuple[str, int] | None:
-    """A record's image and its size, or None for a record to pass over: a bad id
-    (reported unreadable) or an image that is gone (see :func:`_image_size`). Notes a
-    record with a good id as sound."""
-    if not valid(object_id):
-        report.unreadable_records.append(f"{records.path(object_id)}: bad {kind} id")
-        return None
-    known.good_records.add(Records.name_of(object_id))
-    image = image_of(object_id)
-    size = _image_size(image, object_id, object_id in in_catalog, records, report, apply)
-    return None if size is None else (image, size)
+def _adoptable(items: Iterable[_R], id_of: Callable[[_R], str], kind: str,
+               valid: Callable[[str], bool], image_of: Callable[[str], str],
+               in_catalog: Container[str], *, records: Records, known: _Known,
+               report: RebuildReport, apply: bool) -> Iterator[tuple[_R, str, int]]:
+    """Each record of ``items`` that the catalog lacks (checked as it is reached),
+    with its image and the image's size. Passes over a bad id (reported unreadable)
+    and an image that is gone (see :func:`_image_size`); notes each record with a
+    good id as sound."""
+    for item in items:
+        object_id = id_of(item)
+        if not valid(object_id):
+            report.unreadable_records.append(f"{records.path(object_id)}: bad {kind} id")
+            continue
+        known.good_records.add(Records.name_of(object_id))
+        image = image_of(object_id)
+        is_known = object_id in in_catalog
+        size = _image_size(image, object_id, is_known, records, report, apply)
+        if size is not None and not is_known:
+            yield item, image, size
 
 
 def _image_size(image: str, object_id: str, known: bool, records: Records,
