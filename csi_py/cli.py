@@ -80,6 +80,15 @@ def _leaf(sub: Any, name: str, helptext: str, handler: Callable[..., int]
     return parser
 
 
+def _group(sub: Any, name: str, helptext: str) -> Any:
+    """A command with actions of its own (``volume create``): the subparsers that
+    take them."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=helptext,
+                                                     description=helptext)
+    _common(parser)
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csi-py", description="A CSI driver serving loop-device-backed volumes.",
@@ -156,10 +165,7 @@ def _add_demo(sub: Any) -> None:
 
 
 def _add_volume(sub: Any) -> None:
-    vol = sub.add_parser("volume", help="manage volumes on a running driver",
-                         description="manage volumes on a running driver")
-    _common(vol)
-    vsub = vol.add_subparsers(dest="action", required=True, metavar="ACTION")
+    vsub = _group(sub, "volume", "manage volumes on a running driver")
     create = _leaf(vsub, "create", "create a volume (e.g. for a static PV)",
                    _client("volume_create"))
     create.add_argument("name", type=_name, help="the volume's name (unique on the driver)")
@@ -194,10 +200,7 @@ def _add_volume(sub: Any) -> None:
 
 
 def _add_snapshot(sub: Any) -> None:
-    snap = sub.add_parser("snapshot", help="manage snapshots on a running driver",
-                          description="manage snapshots on a running driver")
-    _common(snap)
-    ssub = snap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ssub = _group(sub, "snapshot", "manage snapshots on a running driver")
     screate = _leaf(ssub, "create", "snapshot a volume (shows a copy's progress)",
                     _client("snapshot_create"))
     screate.add_argument("volume", help="name or id of the volume to snapshot")

@@ -30,7 +30,7 @@ class ControllerCore:
         self.space = Space(config, catalog, pool)
         sources = Sources(config, catalog, pool, locks, self.capturer, records)
         self.volumes = Volumes(config, catalog, pool, host, locks, self.space, sources, records)
-        self.expansion = Expansion(config, catalog, pool, host, locks, self.space, self.volumes)
+        self.expansion = Expansion(self.volumes)
         self.attachments = Attachments(config, catalog, locks, self.space, self.volumes)
         # The entry points the servicers and the node side call, by the module that
         # owns each (see those for what they raise and whether they are idempotent).

@@ -10,7 +10,8 @@ unarmed point costs one string comparison.
 from __future__ import annotations
 
 import os
-import signal
+
+from csi_py.linux.process import kill_self
 
 ENV = "CSI_PY_CRASH_POINT"
 
@@ -38,4 +39,4 @@ _ARMED = os.environ.get(ENV, "")
 def crash_point(name: str) -> None:
     """Die at once (SIGKILL, no cleanup) if this point is the armed one."""
     if _ARMED and name == _ARMED:
-        os.kill(os.getpid(), signal.SIGKILL)
+        kill_self()

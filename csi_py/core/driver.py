@@ -20,7 +20,7 @@ from csi_py.core.locks import KeyedTryLock
 from csi_py.core.node import NodeCore
 from csi_py.core.node_calls import NodeCalls
 from csi_py.core.pool import Pool
-from csi_py.core.rebuild import PoolListing, RebuildReport, open_catalog, rebuild
+from csi_py.core.rebuild import Findings, PoolListing, RebuildReport, open_catalog, rebuild
 from csi_py.core.snapshot_metadata import SnapshotMetadataCore
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.domain.errors import Unavailable
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ReconcileReport:
+class ReconcileReport(Findings):
     """What start-up reconciliation found and did; logged and kept for diagnostics."""
 
     rolled_back_creates: list[str] = field(default_factory=list)
@@ -49,7 +49,7 @@ class ReconcileReport:
     rebuild: RebuildReport = field(default_factory=RebuildReport)
 
     def summary(self) -> str:
-        counts = {k: len(v) for k, v in self.__dict__.items() if isinstance(v, list)}
+        counts = self.counts()
         counts.update(self.rebuild.counts())
         return "reconciled: " + " ".join(f"{k}={n}" for k, n in counts.items())
 

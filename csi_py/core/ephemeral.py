@@ -14,7 +14,8 @@ from csi_py.core.node import NodeCore
 from csi_py.core.pool import Pool
 from csi_py.core.rules import IGNORED_PARAMETER_PREFIXES, PARAM_FS_TYPE
 from csi_py.core.volumes import Volumes
-from csi_py.domain.errors import DriverError, InvalidArgument, NotFound
+from csi_py.domain.errors import DriverError, InvalidArgument, NotFound, Subject
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability, CapacityRange, Volume
 from csi_py.linux import targets
 from csi_py.linux.errors import LinuxError
@@ -67,21 +68,24 @@ class EphemeralVolumes:
         target_path = v.check_absolute_path(target_path, "target_path")
         v.check_no_symlink(target_path, "target_path")
         if cap is None:
-            raise InvalidArgument(f"volume {handle}: volume_capability is required")
+            raise InvalidArgument("volume_capability is required", subject=volume_subject(handle))
         if cap.access_type is not AccessType.MOUNT:
-            raise InvalidArgument(f"volume {handle}: inline volumes are filesystems, not block")
+            raise InvalidArgument("inline volumes are filesystems, not block",
+                                  subject=volume_subject(handle))
         unknown = sorted(k for k in attributes
                          if k not in ATTRIBUTES and k != EPHEMERAL_KEY
                          and not k.startswith(IGNORED_PARAMETER_PREFIXES))
         if unknown:
             raise InvalidArgument(
-                f"volume {handle}: unknown volumeAttributes {unknown}; inline volumes take"
-                f" {list(ATTRIBUTES)}"
+                f"unknown volumeAttributes {unknown}; inline volumes take"
+                f" {list(ATTRIBUTES)}",
+                subject=volume_subject(handle),
             )
         try:
             size = parse_size(attributes[ATTR_SIZE]) if ATTR_SIZE in attributes else 0
         except ConfigError as exc:
-            raise InvalidArgument(f"volume {handle}: volumeAttributes size: {exc}") from None
+            raise InvalidArgument(f"volumeAttributes size: {exc}",
+                                  subject=volume_subject(handle)) from None
         params = {PARAM_FS_TYPE: attributes[PARAM_FS_TYPE]} if PARAM_FS_TYPE in attributes else {}
         volume = self.volumes.create_volume(
             NAME_PREFIX + handle, CapacityRange(size, 0), [cap], params, {}, []
@@ -107,7 +111,7 @@ class EphemeralVolumes:
         Raises NotFound when there is no such inline volume."""
         volume = self.find(handle)
         if volume is None:
-            raise NotFound(f"inline volume {handle!r} does not exist")
+            raise NotFound("does not exist", subject=Subject("inline volume", id=handle))
         self._remove(volume, target_path)
         log.info("inline volume %s (%s) removed", handle, volume.id)
 

@@ -7,33 +7,24 @@ import errno
 import logging
 from dataclasses import dataclass
 
-from csi_py.config import Config
 from csi_py.core import validation as v
-from csi_py.core.capacity import Space, check_range, fit_growth, resolve_size
+from csi_py.core.capacity import check_range, fit_growth, resolve_size
 from csi_py.core.crashpoints import crash_point
-from csi_py.core.locks import KeyedTryLock
-from csi_py.core.pool import Pool
 from csi_py.core.rules import check_capability, check_volume_capability
 from csi_py.core.volumes import Volumes
 from csi_py.domain.errors import InvalidArgument, OutOfRange, ResourceExhausted
 from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability, CapacityRange, Provisioning, Volume
-from csi_py.linux import Host, files
-from csi_py.state.catalog import Catalog
+from csi_py.linux import files
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Expansion:
-    """Grows volumes; never shrinks them."""
+    """Grows volumes; never shrinks them. Works over the same catalog, pool, host,
+    locks and space as the volumes it grows."""
 
-    config: Config
-    catalog: Catalog
-    pool: Pool
-    host: Host
-    locks: KeyedTryLock
-    space: Space
     volumes: Volumes
 
     def expand(
@@ -52,8 +43,8 @@ class Expansion:
         if capacity.required_bytes == 0 and capacity.limit_bytes == 0:
             raise InvalidArgument("capacity_range is required", subject=subject)
         if cap is not None:
-            check_capability(cap, self.config.filesystems)
-        with self.locks.hold(volume_id, "ControllerExpandVolume"):
+            check_capability(cap, self.volumes.config.filesystems)
+        with self.volumes.locks.hold(volume_id, "ControllerExpandVolume"):
             return self._expand_locked(volume_id, capacity, cap)
 
     def _expand_locked(
@@ -82,12 +73,12 @@ class Expansion:
         Raises OutOfRange, ResourceExhausted.
         """
         volume_id = volume.id
-        size = resolve_size(self.config, capacity, volume.fs_type, False)
+        size = resolve_size(self.volumes.config, capacity, volume.fs_type, False)
         size = fit_growth(volume.fs_type, mount, volume.capacity_bytes, size,
                           capacity.limit_bytes, volume_subject(volume_id))
         thick = volume.provisioning is Provisioning.THICK
-        self.space.check_growth_fits(volume, size - volume.capacity_bytes)
-        path = self.pool.image_path(volume_id)
+        self.volumes.space.check_growth_fits(volume, size - volume.capacity_bytes)
+        path = self.volumes.pool.image_path(volume_id)
         try:
             files.grow_image(path, size, preallocate=thick)
             crash_point("expand.file_grown")
@@ -98,10 +89,10 @@ class Expansion:
                     subject=volume_subject(volume_id),
                 ) from exc
             raise
-        for device in self.host.loops.find_by_backing_file(path):
-            self.host.loops.refresh_capacity(device.path)
+        for device in self.volumes.host.loops.find_by_backing_file(path):
+            self.volumes.host.loops.refresh_capacity(device.path)
         crash_point("expand.device_refreshed")
-        self.catalog.set_volume_capacity(volume_id, size)
+        self.volumes.catalog.set_volume_capacity(volume_id, size)
         crash_point("expand.committed")
         log.info("volume %s grown from %d to %d bytes", volume_id, volume.capacity_bytes,
                  size)

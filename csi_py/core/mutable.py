@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.errors import InvalidArgument, Subject
 from csi_py.linux import Host
 
 DIRECT_IO = "directIO"  # "true" / "false": the loop device's direct I/O mode
@@ -18,27 +18,28 @@ _DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also takes '²'
 DEFAULT_READ_AHEAD_KIB = 128
 
 
-def check_mutable(values: dict[str, str], subject: str) -> dict[str, str]:
+def check_mutable(values: dict[str, str], subject: Subject) -> dict[str, str]:
     """Normalized mutable parameters. Raises InvalidArgument naming an unknown key or a
     bad value. Pure."""
     unknown = sorted(k for k in values if k not in MUTABLE_KEYS)
     if unknown:
         raise InvalidArgument(
-            f"{subject}: mutable parameter(s) {unknown} are not supported; this driver can"
-            f" change {list(MUTABLE_KEYS)}"
+            f"mutable parameter(s) {unknown} are not supported; this driver can"
+            f" change {list(MUTABLE_KEYS)}",
+            subject=subject,
         )
     normalized: dict[str, str] = {}
     if DIRECT_IO in values:
         text = values[DIRECT_IO].strip().lower()
         if text not in ("true", "false"):
-            raise InvalidArgument(f"{subject}: {DIRECT_IO} must be 'true' or 'false'")
+            raise InvalidArgument(f"{DIRECT_IO} must be 'true' or 'false'", subject=subject)
         normalized[DIRECT_IO] = text
     if READ_AHEAD_KIB in values:
         text = values[READ_AHEAD_KIB].strip()
         if not _DIGITS.fullmatch(text) or int(text) > MAX_READ_AHEAD_KIB:
             raise InvalidArgument(
-                f"{subject}: {READ_AHEAD_KIB} must be a whole number from 0 to"
-                f" {MAX_READ_AHEAD_KIB}"
+                f"{READ_AHEAD_KIB} must be a whole number from 0 to {MAX_READ_AHEAD_KIB}",
+                subject=subject,
             )
         normalized[READ_AHEAD_KIB] = str(int(text))
     return normalized

@@ -11,6 +11,7 @@ from csi_py.core.node_publish import PublishWork
 from csi_py.core.node_stage import StageWork
 from csi_py.core.rules import check_capability
 from csi_py.domain.errors import FailedPrecondition, InvalidArgument
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Capability, CapacityRange
 
 
@@ -37,15 +38,17 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         staging_path = v.check_absolute_path(staging_path, "staging_target_path")
         self.check_outside_pool(staging_path, "staging_target_path")
         if cap is None:
-            raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
+            raise InvalidArgument("volume_capability is required",
+                                  subject=volume_subject(volume_id))
         check_capability(cap, self.config.filesystems)
         flags = v.check_mount_flags(cap.mount_flags)
         v.check_no_symlink(staging_path, "staging_target_path")
         node = publish_context.get(PUBLISH_CONTEXT_NODE, self.config.node_id)
         if node != self.config.node_id:
             raise FailedPrecondition(
-                f"volume {volume_id} was published for node {node!r}, not this node"
-                f" ({self.config.node_id!r})"
+                f"was published for node {node!r}, not this node"
+                f" ({self.config.node_id!r})",
+                subject=volume_subject(volume_id),
             )
         readonly = cap.access_mode.read_only or \
             publish_context.get(PUBLISH_CONTEXT_READONLY) == "true"
@@ -85,21 +88,23 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         v.require(volume_id, "volume_id")
         target_path = v.check_absolute_path(target_path, "target_path")
         if cap is None:
-            raise InvalidArgument(f"volume {volume_id}: volume_capability is required")
+            raise InvalidArgument("volume_capability is required",
+                                  subject=volume_subject(volume_id))
         check_capability(cap, self.config.filesystems)
         if not staging_path:
             # The spec's "Staging target path not set" (we have STAGE_UNSTAGE_VOLUME).
             raise FailedPrecondition(
-                f"volume {volume_id}: staging_target_path is not set; this driver stages"
-                " volumes, so call NodeStageVolume first and pass its path"
+                "staging_target_path is not set; this driver stages"
+                " volumes, so call NodeStageVolume first and pass its path",
+                subject=volume_subject(volume_id),
             )
         staging_path = v.check_absolute_path(staging_path, "staging_target_path")
         if target_path == staging_path or target_path.startswith(staging_path + "/") or \
                 staging_path.startswith(target_path + "/"):
             raise InvalidArgument(
-                f"volume {volume_id}: target_path {target_path} and staging_target_path"
+                f"target_path {target_path} and staging_target_path"
                 f" {staging_path} are the same or nested; a publish there would hide the"
-                " staging mount or be taken down with it")
+                " staging mount or be taken down with it", subject=volume_subject(volume_id))
         self.check_outside_pool(target_path, "target_path")
         flags = v.check_mount_flags(cap.mount_flags)
         v.check_no_symlink(target_path, "target_path")

@@ -11,6 +11,7 @@ from csi_py.core.controller import ControllerCore
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.pool import Pool
 from csi_py.domain.errors import FailedPrecondition, Internal, NotFound
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Capability, Staging, Volume
 from csi_py.linux import Host
 from csi_py.linux.errors import DeviceBusy, LinuxError
@@ -67,10 +68,10 @@ class NodeBase:
         mounted is still known to the kernel, which is all a teardown needs.
         Raises NotFound for a volume the catalog does not have."""
         if not v.is_volume_id(volume_id):
-            raise NotFound(f"volume {volume_id!r} does not exist")
+            raise NotFound("does not exist", subject=volume_subject(volume_id))
         try:
             if self.catalog.get_volume(volume_id) is None:
-                raise NotFound(f"volume {volume_id!r} does not exist")
+                raise NotFound("does not exist", subject=volume_subject(volume_id))
             return self.catalog.get_staging(volume_id)
         except CatalogError as exc:
             log.warning("volume %s: %s without the catalog: %s", volume_id, what, exc)
@@ -80,13 +81,15 @@ class NodeBase:
         """Take `times` mounts (this volume's, counted on a view) off `path`, one at a
         time (they may be stacked). Raises FailedPrecondition when it is busy."""
         if times > 16:
-            raise Internal(f"volume {volume_id}: {path} has {times} stacked mounts of it")
+            raise Internal(f"{path} has {times} stacked mounts of it",
+                           subject=volume_subject(volume_id))
         for _ in range(times):
             try:
                 self.host.mounts.unmount(path)
             except DeviceBusy as exc:
                 raise FailedPrecondition(
-                    f"volume {volume_id}: {path} is busy (a process still uses it): {exc}"
+                    f"{path} is busy (a process still uses it): {exc}",
+                    subject=volume_subject(volume_id),
                 ) from exc
 
     def detach_quietly(self, device: LoopDevice) -> bool:

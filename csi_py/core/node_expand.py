@@ -29,16 +29,18 @@ class ExpandWork(NodeBase):
             volume_path = v.check_absolute_path(volume_path, "volume_path")
         except InvalidArgument:
             raise NotFound(
-                f"volume {volume_id} is not published at {volume_path!r}") from None
+                f"is not published at {volume_path!r}", subject=volume_subject(volume_id)) from None
         record = self.catalog.get_staging(volume_id)
         view = self.view(volume_id, record)
         if not view.devices or not view.shows(view.top(volume_path)):
-            raise NotFound(f"volume {volume_id} is not staged or published at {volume_path}")
+            raise NotFound(f"is not staged or published at {volume_path}",
+                           subject=volume_subject(volume_id))
         if cap is not None:
             if record is not None and record.access_type is not cap.access_type:
                 raise InvalidArgument(
-                    f"volume {volume_id} is staged for {record.access_type.value} access,"
-                    f" not {cap.access_type.value}"
+                    f"is staged for {record.access_type.value} access,"
+                    f" not {cap.access_type.value}",
+                    subject=volume_subject(volume_id),
                 )
             check_volume_capability(volume, cap)
         if capacity is not None and self.config.expansion == "node" and \
@@ -62,9 +64,10 @@ class ExpandWork(NodeBase):
             return volume.capacity_bytes
         if not self.host.fs.can_grow_online(record.fs_type):
             raise FailedPrecondition(
-                f"volume {volume_id}: growing a mounted {record.fs_type} filesystem needs"
+                f"growing a mounted {record.fs_type} filesystem needs"
                 " CAP_SYS_RESOURCE, which this driver process lacks; run the node plugin"
-                " privileged, or the filesystem is grown at the volume's next stage"
+                " privileged, or the filesystem is grown at the volume's next stage",
+                subject=volume_subject(volume_id),
             )
         self.host.fs.grow(staged.path, mount_point, record.fs_type)
         crash_point("node_expand.grown")
@@ -85,7 +88,8 @@ class ExpandWork(NodeBase):
         except InvalidArgument:
             # A path that cannot be ours is simply not where the volume is (the spec's
             # NOT_FOUND); it is never touched.
-            raise NotFound(f"volume {volume_id} is not published at {volume_path!r}") from None
+            raise NotFound(f"is not published at {volume_path!r}",
+                           subject=volume_subject(volume_id)) from None
         # A broken volume (its backing file deleted, its device detached) is still
         # reported: its volume condition says what is wrong.
         record = self.catalog.get_staging(volume_id)
@@ -94,10 +98,10 @@ class ExpandWork(NodeBase):
         if view.lost and record is not None and record.staged:
             paths.append(view.lost)
         if not paths:
-            raise NotFound(f"volume {volume_id} is not staged on this node")
+            raise NotFound("is not staged on this node", subject=volume_subject(volume_id))
         entry = view.top(volume_path)
         if entry is None or not any(mount_is_of(entry, p) for p in paths):
-            raise NotFound(f"volume {volume_id} is not mounted at {volume_path}")
+            raise NotFound(f"is not mounted at {volume_path}", subject=volume_subject(volume_id))
         if targets.is_block_device(volume_path):
             size = self.host.fs.block_device_size(paths[0])
             return VolumeStats(total_bytes=size, available_bytes=0, used_bytes=0, is_block=True)
@@ -120,11 +124,13 @@ def check_node_capacity(volume: Volume, rng: CapacityRange) -> None:
     req, lim, size = rng.required_bytes, rng.limit_bytes, volume.capacity_bytes
     if req > size:
         raise OutOfRange(
-            f"volume {volume.id} has {size} bytes, less than the required {req};"
-            " grow it with ControllerExpandVolume first"
+            f"has {size} bytes, less than the required {req};"
+            " grow it with ControllerExpandVolume first",
+            subject=volume_subject(volume.id),
         )
     if lim and lim < size:
         raise OutOfRange(
-            f"volume {volume.id} has {size} bytes, more than the limit {lim}; volumes"
-            " cannot shrink"
+            f"has {size} bytes, more than the limit {lim}; volumes"
+            " cannot shrink",
+            subject=volume_subject(volume.id),
         )

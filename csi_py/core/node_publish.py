@@ -7,6 +7,7 @@ from csi_py.core import node_rules as rules
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.node_base import NodeBase, log
 from csi_py.domain.errors import FailedPrecondition
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability
 from csi_py.linux import targets
 from csi_py.linux.errors import LinuxError
@@ -30,13 +31,15 @@ class PublishWork(NodeBase):
         record = self.catalog.get_staging(volume_id)
         if record is None or not record.staged or not record.at(staging_path):
             raise FailedPrecondition(
-                f"volume {volume_id} is not staged at {staging_path}; call NodeStageVolume"
-                " first"
+                f"is not staged at {staging_path}; call NodeStageVolume"
+                " first",
+                subject=volume_subject(volume_id),
             )
         if record.access_type is not cap.access_type:
             raise FailedPrecondition(
-                f"volume {volume_id} is staged for {record.access_type.value} access,"
-                f" not {cap.access_type.value}"
+                f"is staged for {record.access_type.value} access,"
+                f" not {cap.access_type.value}",
+                subject=volume_subject(volume_id),
             )
         view = self.view(volume_id, record, at=target_path)
         device = rules.staged_device(view, volume_id)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from csi_py.domain.errors import AlreadyExists, FailedPrecondition
+from csi_py.domain.errors import AlreadyExists, FailedPrecondition, Subject
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessMode, AccessType, Staging, StagingState
 from csi_py.linux.loop import LoopDevice
 from csi_py.linux.volume_view import VolumeView, mount_is_of
@@ -18,8 +19,9 @@ def staged_device(view: VolumeView, volume_id: str) -> LoopDevice:
     device = view.staged
     if device is None:
         raise FailedPrecondition(
-            f"volume {volume_id} is staged but its loop device is gone (node"
-            " restarted?); stage it again"
+            "is staged but its loop device is gone (node"
+            " restarted?); stage it again",
+            subject=volume_subject(volume_id),
         )
     return device
 
@@ -42,7 +44,7 @@ def check_publish(
         staged = view.top(staging_path)
         if staged is None or not mount_is_of(staged, device.path):
             raise FailedPrecondition(
-                f"volume {volume_id}: {staging_path} is not mounted; stage it again")
+                f"{staging_path} is not mounted; stage it again", subject=volume_subject(volume_id))
     current = view.top(target_path)
     if current is not None:
         ours = mount_is_of(current, device.path) if access_type is AccessType.MOUNT \
@@ -50,9 +52,9 @@ def check_publish(
         if ours and current.read_only == readonly:
             return True
         raise AlreadyExists(
-            f"target {target_path} already has {current.source}"
-            f" (readonly={current.read_only}) mounted; it is not volume {volume_id}"
-            f" with readonly={readonly}"
+            f"already has {current.source} (readonly={current.read_only}) mounted; it is"
+            f" not volume {volume_id} with readonly={readonly}",
+            subject=Subject("target", path=target_path),
         )
     if access_mode is AccessMode.SINGLE_NODE_SINGLE_WRITER:
         # The spec's second NodePublishVolume table: another target path is
@@ -63,9 +65,10 @@ def check_publish(
         others = [m.mount_point for m in view.users(staging_path, target_path)]
         if others:
             raise FailedPrecondition(
-                f"volume {volume_id} is already published at {', '.join(others)};"
+                f"is already published at {', '.join(others)};"
                 f" access mode {access_mode.value} allows one target path"
-                " (SINGLE_NODE_MULTI_WRITER allows several); unpublish it there first"
+                " (SINGLE_NODE_MULTI_WRITER allows several); unpublish it there first",
+                subject=volume_subject(volume_id),
             )
     return False
 
@@ -112,8 +115,9 @@ def plan_unstage(view: VolumeView, volume_id: str, staging_path: str) -> Unstage
     users = view.users(staging_path)
     if users:
         raise FailedPrecondition(
-            f"volume {volume_id} is still published at"
-            f" {', '.join(m.mount_point for m in users)}; unpublish it first"
+            "is still published at"
+            f" {', '.join(m.mount_point for m in users)}; unpublish it first",
+            subject=volume_subject(volume_id),
         )
     return UnstagePlan(view.ours_on_top(staging_path), view.devices)
 
@@ -126,15 +130,17 @@ def check_compatible_staging(previous: Staging, wanted: Staging) -> None:
         return  # an interrupted stage or unstage: redo it
     if previous.staging_path != wanted.staging_path:
         raise FailedPrecondition(
-            f"volume {wanted.volume_id} is already staged at {previous.staging_path};"
-            f" unstage it there before staging at {wanted.staging_path}"
+            f"is already staged at {previous.staging_path};"
+            f" unstage it there before staging at {wanted.staging_path}",
+            subject=volume_subject(wanted.volume_id),
         )
     if (previous.access_type, previous.fs_type, previous.mount_flags, previous.readonly) != (
         wanted.access_type, wanted.fs_type, wanted.mount_flags, wanted.readonly
     ):
         raise AlreadyExists(
-            f"volume {wanted.volume_id} is staged at {wanted.staging_path} with another"
-            f" capability ({describe(previous)}); asked for {describe(wanted)}"
+            f"is staged at {wanted.staging_path} with another"
+            f" capability ({describe(previous)}); asked for {describe(wanted)}",
+            subject=volume_subject(wanted.volume_id),
         )
 
 

@@ -14,7 +14,8 @@ from csi_py.core.mutable import (
     direct_io_wanted,
 )
 from csi_py.core.node_base import NodeBase, log
-from csi_py.domain.errors import AlreadyExists, FailedPrecondition
+from csi_py.domain.errors import AlreadyExists, FailedPrecondition, Subject
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability, Staging, StagingState, Volume
 from csi_py.linux import files, targets
 from csi_py.linux.errors import DeviceBusy
@@ -49,8 +50,9 @@ class StageWork(NodeBase):
             # The spec's "Exceeds capabilities": the volume was made for another
             # filesystem (ValidateVolumeCapabilities does not confirm this either).
             raise FailedPrecondition(
-                f"volume {volume_id} was created for {volume.fs_type}; it cannot be"
-                f" staged as {fs_type}"
+                f"was created for {volume.fs_type}; it cannot be"
+                f" staged as {fs_type}",
+                subject=volume_subject(volume_id),
             )
         # With no staging record nothing of ours is attached: a stage records its
         # intent before it attaches, an unstage deletes the record only after the
@@ -112,8 +114,8 @@ class StageWork(NodeBase):
             if mount_is_of(entries[-1], device.path):
                 return  # already mounted: the retry of a stage that finished
             raise AlreadyExists(
-                f"staging path {staging_path} already has {entries[-1].source} mounted on"
-                f" it, not volume {volume.id}"
+                f"already has {entries[-1].source} mounted on it, not volume {volume.id}",
+                subject=Subject("staging path", path=staging_path),
             )
         # A backing file with no data at all is blank for sure; only otherwise is the
         # device probed (blkid costs a fork, and most first stages are of new volumes).
@@ -136,8 +138,9 @@ class StageWork(NodeBase):
             crash_point("stage.formatted")
         elif found != fs_type:
             raise FailedPrecondition(
-                f"volume {volume.id} already holds a {found} filesystem; it was asked to be"
-                f" staged as {fs_type}. Its data is left untouched."
+                f"already holds a {found} filesystem; it was asked to be"
+                f" staged as {fs_type}. Its data is left untouched.",
+                subject=volume_subject(volume.id),
             )
         elif kind is not None and kind.grows_unmounted and not readonly and \
                 self.host.fs.needs_grow(device.path, None, fs_type):
@@ -178,7 +181,8 @@ class StageWork(NodeBase):
                 self.host.loops.detach(device.path)
             except DeviceBusy as exc:
                 raise FailedPrecondition(
-                    f"volume {volume_id}: loop device {device.path} is still in use ({exc})"
+                    f"loop device {device.path} is still in use ({exc})",
+                    subject=volume_subject(volume_id),
                 ) from exc
         self.kernel.forget(view.image)
         crash_point("unstage.detached")

@@ -22,8 +22,9 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from csi_py.core.identity import volume_of_device
 from csi_py.core.pool import Pool, PoolError
@@ -46,13 +47,28 @@ from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
 
+_R = TypeVar("_R")
+
 # Mount types that show a device node bind-mounted onto a file (a published block
 # volume), not a filesystem on the device.
 NODE_FS_TYPES = ("devtmpfs", "tmpfs")
 
 
+class Findings:
+    """A report whose list fields each hold one kind of finding (a dataclass's base)."""
+
+    def counts(self) -> dict[str, int]:
+        """How many findings of each kind. Pure."""
+        return {k: len(v) for k, v in vars(self).items() if isinstance(v, list)}
+
+    def lines(self) -> list[str]:
+        """One line per finding, for an operator. Pure."""
+        return [f"{key}: {item}" for key, items in vars(self).items()
+                if isinstance(items, list) for item in items]
+
+
 @dataclass
-class RebuildReport:
+class RebuildReport(Findings):
     """What a rebuild found and did (or, without `apply`, would do)."""
 
     catalog_moved_to: list[str] = field(default_factory=list)
@@ -66,12 +82,6 @@ class RebuildReport:
     conflicts: list[str] = field(default_factory=list)
     record_errors: list[str] = field(default_factory=list)  # records that could not be written
 
-    def counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.__dict__.items()}
-
-    def lines(self) -> list[str]:
-        """One line per finding, for an operator."""
-        return [f"{key}: {item}" for key, items in self.__dict__.items() for item in items]
 
 
 def open_catalog(pool: Pool, on_full: object = None, *, move_aside: bool = True
@@ -196,17 +206,11 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
                                             " gone)")
     scan = records.scan(skip)
     report.unreadable_records += scan.unreadable
-    for rec in scan.volumes:
+    adoptable = functools.partial(_adoptable, records=records, known=known, report=report,
+                                  apply=apply)
+    for rec, image, size in adoptable(scan.volumes, lambda r: r.volume.id, "volume",
+                                      is_volume_id, pool.image_path, known.volumes):
         vol = rec.volume
-        if not is_volume_id(vol.id):
-            report.unreadable_records.append(f"{records.path(vol.id)}: bad volume id")
-            continue
-        known.good_records.add(Records.name_of(vol.id))
-        image = pool.image_path(vol.id)
-        is_known = vol.id in known.volumes
-        size = _image_size(image, vol.id, is_known, records, report, apply)
-        if size is None or is_known:
-            continue
         other = catalog.get_volume_by_name(vol.name)
         if other is not None:
             report.conflicts.append(f"volume {vol.id}: its name {vol.name!r} is recorded for"
@@ -220,16 +224,9 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
             known.volumes[vol.id] = VolumeState.READY
         report.adopted_volumes.append(_describe(adopted))
     groups: dict[str, GroupSnapshot] = {}
-    for srec in scan.snapshots:
+    for srec, image, _size in adoptable(scan.snapshots, lambda r: r.snapshot.id, "snapshot",
+                                        is_snapshot_id, pool.snapshot_path, known.snapshots):
         snap = srec.snapshot
-        if not is_snapshot_id(snap.id):
-            report.unreadable_records.append(f"{records.path(snap.id)}: bad snapshot id")
-            continue
-        known.good_records.add(Records.name_of(snap.id))
-        image = pool.snapshot_path(snap.id)
-        is_known = snap.id in known.snapshots
-        if _image_size(image, snap.id, is_known, records, report, apply) is None or is_known:
-            continue
         if snap.group_id and catalog.get_group(snap.group_id) is None and \
                 snap.group_id not in groups:
             group = GroupSnapshot(snap.group_id, srec.group_name, srec.group_created_at,
@@ -248,6 +245,27 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
         report.adopted_snapshots.append(
             f"{snap.id} name={snap.name!r} of={snap.source_volume_id} size={snap.size_bytes}"
             f" fs={snap.fs_type or '-'}")
+
+
+def _adoptable(items: Iterable[_R], id_of: Callable[[_R], str], kind: str,
+               valid: Callable[[str], bool], image_of: Callable[[str], str],
+               in_catalog: Container[str], *, records: Records, known: _Known,
+               report: RebuildReport, apply: bool) -> Iterator[tuple[_R, str, int]]:
+    """Each record of ``items`` that the catalog lacks (checked as it is reached),
+    with its image and the image's size. Passes over a bad id (reported unreadable)
+    and an image that is gone (see :func:`_image_size`); notes each record with a
+    good id as sound."""
+    for item in items:
+        object_id = id_of(item)
+        if not valid(object_id):
+            report.unreadable_records.append(f"{records.path(object_id)}: bad {kind} id")
+            continue
+        known.good_records.add(Records.name_of(object_id))
+        image = image_of(object_id)
+        is_known = object_id in in_catalog
+        size = _image_size(image, object_id, is_known, records, report, apply)
+        if size is not None and not is_known:
+            yield item, image, size
 
 
 def _image_size(image: str, object_id: str, known: bool, records: Records,

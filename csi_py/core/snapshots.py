@@ -101,7 +101,7 @@ class SnapshotCore:
         v.check_name(name, "name")
         v.require(source_volume_id, "source_volume_id")
         check_snapshot_parameters(parameters, f"snapshot {name!r}")
-        require_here(f"snapshot {name!r}", requisite or [], self.config)
+        require_here(snapshot_subject(name=name), requisite or [], self.config)
         with self.locks.hold("snapshot-name:" + name, "CreateSnapshot",
                              snapshot_subject(name=name)):
             existing = self.catalog.get_snapshot_by_name(name)

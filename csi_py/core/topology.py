@@ -5,7 +5,7 @@ segment, ``<topology key>: <node id>``). Pure functions."""
 from __future__ import annotations
 
 from csi_py.config import Config
-from csi_py.domain.errors import ResourceExhausted
+from csi_py.domain.errors import ResourceExhausted, Subject
 from csi_py.domain.snapshot_ids import foreign_owner
 
 
@@ -14,7 +14,7 @@ def topology_matches(segments: dict[str, str], key: str, node_id: str) -> bool:
     return segments.get(key, node_id) == node_id
 
 
-def require_here(subject: str, requisite: list[dict[str, str]], where: Config,
+def require_here(subject: Subject, requisite: list[dict[str, str]], where: Config,
                  snapshot_id: str = "") -> None:
     """Raise ResourceExhausted (the spec's code for topology that cannot be met) when
     ``requisite`` is given and none of its topologies names this node. With
@@ -25,13 +25,15 @@ def require_here(subject: str, requisite: list[dict[str, str]], where: Config,
         return
     if snapshot_id:
         raise ResourceExhausted(
-            f"{subject}: snapshot {snapshot_id} lives on node {where.node_id!r}"
+            f"snapshot {snapshot_id} lives on node {where.node_id!r}"
             f" ({where.topology_key}={where.node_id}) and can be restored only there, not"
-            f" in the requested topology {requisite}; restore it on node {where.node_id!r}"
+            f" in the requested topology {requisite}; restore it on node {where.node_id!r}",
+            subject=subject,
         )
     raise ResourceExhausted(
-        f"{subject}: the requested topology {requisite} does not include node"
-        f" {where.node_id!r}, the only node this driver instance serves"
+        f"the requested topology {requisite} does not include node"
+        f" {where.node_id!r}, the only node this driver instance serves",
+        subject=subject,
     )
 
 

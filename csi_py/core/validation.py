@@ -1,20 +1,20 @@
 """Checks on untrusted request fields: ids, names, paths, sizes, maps and mount flags.
 
-Everything here is pure (no I/O except `check_target_path`, which only lstat()s) and
+Everything here is pure (no I/O except `check_no_symlink`, which asks linux.targets
+whether a path is or runs through a symlink) and
 raises InvalidArgument with a message that names the field and what was wrong.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 import uuid
 from collections.abc import Callable
 
 from csi_py.domain.errors import InvalidArgument
 from csi_py.domain.limits import MAX_MAP_BYTES, MAX_STRING_BYTES
+from csi_py.linux import files, targets
 
 MAX_PATH_BYTES = 4096
 # Linux's limit on one path component (NAME_MAX).
@@ -134,23 +134,13 @@ def check_no_symlink(path: str, field: str) -> None:
     Raises InvalidArgument. A path that does not exist yet is fine.
     """
     parent = os.path.dirname(path)
-    if os.path.realpath(parent) != parent:
+    resolved = files.resolve(parent)
+    if resolved != parent:
         raise InvalidArgument(
-            f"{field} {path!r}: its parent directory resolves to {os.path.realpath(parent)!r}"
+            f"{field} {path!r}: its parent directory resolves to {resolved!r}"
             " through a symlink; give the real path"
         )
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        if exc.errno == errno.EIO:
-            # A mount point of a filesystem that failed (a shut-down xfs answers every
-            # stat of its root with EIO): a mount point is never a symlink, and it must
-            # still be unmountable.
-            return
-        raise
-    if stat.S_ISLNK(st.st_mode):
+    if targets.is_symlink(path):
         raise InvalidArgument(f"{field} {path!r} is a symlink; refusing to follow it")
 
 

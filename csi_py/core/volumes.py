@@ -116,7 +116,7 @@ class Volumes:
                                   subject=volume_subject(name=name))
         for cap in caps:
             check_capability(cap, self.config.filesystems)
-        mutable = check_mutable(mutable_parameters, f"volume {name!r}")
+        mutable = check_mutable(mutable_parameters, volume_subject(name=name))
         fs_type, provisioning = parse_parameters(self.config, parameters, caps)
         asked = requested_fs_type(parameters) or next((c.fs_type for c in caps if c.fs_type), "")
         wants_mount = any(c.access_type is AccessType.MOUNT for c in caps)
@@ -143,7 +143,7 @@ class Volumes:
         if origin is not None:
             size = fit_growth(fs_type, wants_mount, origin.size_bytes, size,
                               capacity.limit_bytes, volume_subject(name=name), str(source))
-        require_here(f"volume {name!r}", requisite, self.config,
+        require_here(volume_subject(name=name), requisite, self.config,
                      source.id if source is not None and source.kind == "snapshot" else "")
         request = CreateRequest(name, size, fs_type, provisioning, parameters, mutable,
                                 source, origin)
@@ -272,7 +272,7 @@ class Volumes:
         v.require(volume_id, "volume_id")
         with self.locks.hold(volume_id, "ControllerModifyVolume"):
             volume = self.get_ready_volume(volume_id)
-            values = check_mutable(mutable_parameters, f"volume {volume_id}")
+            values = check_mutable(mutable_parameters, volume_subject(volume_id))
             merged = {**volume.mutable_parameter_map, **values}
             for device in self.host.loops.find_by_backing_file(self.pool.image_path(volume_id)):
                 apply_mutable(self.host, device.path, values)

@@ -11,6 +11,7 @@ import fcntl
 import os
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from csi_py.linux.extents import data_ranges
 from csi_py.linux.files import fsync_dir, rename_noreplace, temp_name, unlink_quietly
@@ -185,6 +186,29 @@ def _no_space(src: str, dst: str) -> OSError:
     return OSError(_errno.ENOSPC, f"not enough space to copy {src} to {dst}", dst)
 
 
+@contextmanager
+def _source_and_new(src: str, new: str, dst: str) -> Iterator[tuple[int, int]]:
+    """``src`` opened to read and the file ``new`` created (O_EXCL, 0600), both
+    closed on the way out; ``new`` is removed when the body fails, and ENOSPC is
+    raised again naming ``src`` and ``dst``. Raises OSError (FileExistsError when
+    ``new`` exists, which is then left alone)."""
+    src_fd = _open_source(src)
+    try:
+        dst_fd = _create_new(new)
+        try:
+            try:
+                yield src_fd, dst_fd
+            finally:
+                os.close(dst_fd)
+        except BaseException as exc:
+            unlink_quietly(new)
+            if isinstance(exc, OSError) and exc.errno == _errno.ENOSPC:
+                raise _no_space(src, dst) from None
+            raise
+    finally:
+        os.close(src_fd)
+
+
 def sparse_copy(
     src: str,
     dst: str,
@@ -211,20 +235,8 @@ def sparse_copy(
     (ENOSPC naming both files, EINVAL when ``src`` is not a regular file, ...); no
     ``dst`` is left behind on failure.
     """
-    src_fd = _open_source(src)
-    try:
-        dst_fd = _create_new(dst)
-        try:
-            return _copy_fd(src_fd, dst_fd, src, dst, progress, share_extents)
-        except BaseException as exc:
-            unlink_quietly(dst)
-            if isinstance(exc, OSError) and exc.errno == _errno.ENOSPC:
-                raise _no_space(src, dst) from None
-            raise
-        finally:
-            os.close(dst_fd)
-    finally:
-        os.close(src_fd)
+    with _source_and_new(src, dst, dst) as (src_fd, dst_fd):
+        return _copy_fd(src_fd, dst_fd, src, dst, progress, share_extents)
 
 
 def clone_file(
@@ -251,33 +263,21 @@ def clone_file(
     """
     if os.path.lexists(dst):
         raise FileExistsError(_errno.EEXIST, "destination already exists", dst)
-    src_fd = _open_source(src)
-    try:
-        tmp = temp_name(dst)
-        dst_fd = _create_new(tmp)
-        try:
+    tmp = temp_name(dst)
+    with _source_and_new(src, tmp, dst) as (src_fd, dst_fd):
+        method = "copy"
+        if allow_reflink:
             try:
-                method = "copy"
-                if allow_reflink:
-                    try:
-                        _ficlone(src_fd, dst_fd, src, dst)
-                        method = "reflink"
-                    except OSError as exc:
-                        if exc.errno not in REFLINK_UNSUPPORTED:
-                            raise
-                        # A failed FICLONE leaves the destination untouched (empty).
-                if method == "copy":
-                    _copy_fd(src_fd, dst_fd, src, dst, progress, allow_reflink)
-                os.fsync(dst_fd)
-            finally:
-                os.close(dst_fd)
-            rename_noreplace(tmp, dst)
-        except BaseException as exc:
-            unlink_quietly(tmp)
-            if isinstance(exc, OSError) and exc.errno == _errno.ENOSPC:
-                raise _no_space(src, dst) from None
-            raise
-    finally:
-        os.close(src_fd)
+                _ficlone(src_fd, dst_fd, src, dst)
+                method = "reflink"
+            except OSError as exc:
+                if exc.errno not in REFLINK_UNSUPPORTED:
+                    raise
+                # A failed FICLONE leaves the destination untouched (empty).
+        if method == "copy":
+            _copy_fd(src_fd, dst_fd, src, dst, progress, allow_reflink)
+        os.fsync(dst_fd)
+        # Renamed with the file still open: the name moves, the open file does not.
+        rename_noreplace(tmp, dst)
     fsync_dir(os.path.dirname(dst) or ".")
     return method

@@ -1,6 +1,6 @@
 """The only place in csi-py that starts another program.
 
-Rules (DESIGN.md principle 4): an argument list, never a shell; a timeout; a fixed,
+Rules: an argument list, never a shell; a timeout; a fixed,
 small environment with ``LC_ALL=C`` so tool messages are in English and parseable;
 stdin closed unless input is given; stdout and stderr captured so a failure can say
 what the tool said.

@@ -200,29 +200,15 @@ class Filesystems:
         that cannot freeze, e.g. tmpfs; EPERM: no CAP_SYS_ADMIN or the root
         filesystem; ENOENT; ENOTDIR, also for a symlink, which is not followed).
         """
-        fd = _open_mount_root(mount_point, "freeze")
-        try:
-            fcntl.ioctl(fd, FIFREEZE, 0)
-        except OSError as exc:
-            if exc.errno == _errno.EBUSY:
-                return  # already frozen
-            raise _freeze_error("freeze (FIFREEZE)", mount_point, exc.errno) from None
-        finally:
-            os.close(fd)
+        # EBUSY: already frozen.
+        _freeze_ioctl(mount_point, "freeze", FIFREEZE, "FIFREEZE", done=_errno.EBUSY)
 
     def thaw(self, mount_point: str) -> None:
         """Thaw the filesystem mounted at ``mount_point`` (FITHAW), unblocking its
         writers. Idempotent: a filesystem that is not frozen (EINVAL) is success.
         Raises FreezeError as :meth:`freeze` does (not a mount point, ...)."""
-        fd = _open_mount_root(mount_point, "thaw")
-        try:
-            fcntl.ioctl(fd, FITHAW, 0)
-        except OSError as exc:
-            if exc.errno == _errno.EINVAL:
-                return  # not frozen
-            raise _freeze_error("thaw (FITHAW)", mount_point, exc.errno) from None
-        finally:
-            os.close(fd)
+        # EINVAL: not frozen.
+        _freeze_ioctl(mount_point, "thaw", FITHAW, "FITHAW", done=_errno.EINVAL)
 
     def frozen(self, mount_points: Sequence[str]) -> AbstractContextManager[None]:
         """A context manager that freezes ``mount_points`` in order and, on the way
@@ -331,6 +317,19 @@ def _thaw_all(service: _Freezer, mount_points: list[str]) -> list[Exception]:
         except Exception as exc:  # keep thawing the others: a frozen fs hangs its users
             failures.append(exc)
     return failures
+
+
+def _freeze_ioctl(mount_point: str, op: str, request: int, name: str, *, done: int) -> None:
+    """FIFREEZE or FITHAW on the root of ``mount_point``; the errno ``done`` means it
+    already is in that state (success). Raises FreezeError."""
+    fd = _open_mount_root(mount_point, op)
+    try:
+        fcntl.ioctl(fd, request, 0)
+    except OSError as exc:
+        if exc.errno != done:
+            raise _freeze_error(f"{op} ({name})", mount_point, exc.errno) from None
+    finally:
+        os.close(fd)
 
 
 def _open_mount_root(mount_point: str, op: str) -> int:

@@ -1,9 +1,9 @@
 """Mounts: mount(2)/umount2(2) through ctypes, option words, and reading the mount table
 (its parsing is mountinfo.py's).
 
-No fork/exec here: NodePublish/NodeUnpublish are the hot path (DESIGN.md principle
-5), and a failed syscall gives an errno we can map precisely. The mount table is
-always read from the kernel (principle 2); nothing is cached.
+No fork/exec here: NodePublish/NodeUnpublish are the hot path, and a failed syscall
+gives an errno we can map precisely. The mount table is always read from the kernel
+(the kernel, not memory, is the truth for mounts); nothing is cached.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 
-from csi_py.domain.errors import AlreadyExists, FailedPrecondition
+from csi_py.domain.errors import AlreadyExists, FailedPrecondition, Subject
 
 
 def make_staging_dir(path: str, mode: int = 0o750) -> None:
@@ -28,7 +28,7 @@ def make_dir(path: str) -> None:
         os.mkdir(path, 0o750)
     except FileExistsError:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise AlreadyExists(f"target {path} exists and is not a directory") from None
+            raise AlreadyExists("exists and is not a directory", subject=_target(path)) from None
     except OSError as exc:
         raise _cannot_make(path, exc) from None
 
@@ -48,12 +48,11 @@ def make_file(path: str) -> None:
             try:
                 os.rmdir(path)
             except OSError as exc:
-                raise AlreadyExists(
-                    f"target {path} is a non-empty directory; a block volume needs a file"
-                ) from exc
+                raise AlreadyExists("is a non-empty directory; a block volume needs a file",
+                                    subject=_target(path)) from exc
             make_file(path)
         elif not stat.S_ISREG(mode):
-            raise AlreadyExists(f"target {path} exists and is not a regular file") from None
+            raise AlreadyExists("exists and is not a regular file", subject=_target(path)) from None
     except OSError as exc:
         raise _cannot_make(path, exc) from None
 
@@ -75,12 +74,12 @@ def remove_target(path: str) -> None:
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise FailedPrecondition(
-                f"target {path} is still a mount point (mounted again there, or in another"
-                " mount namespace); unmount it and retry") from None
+                "is still a mount point (mounted again there, or in another mount"
+                " namespace); unmount it and retry", subject=_target(path)) from None
         if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
             # E.g. EROFS or EACCES: its parent is not writable, which the CO must ensure.
-            raise FailedPrecondition(
-                f"cannot remove target {path}: {exc.strerror or exc}") from None
+            raise FailedPrecondition("cannot be removed", cause=str(exc.strerror or exc),
+                                     subject=_target(path)) from None
 
 
 def remove_dir(path: str) -> None:
@@ -92,6 +91,23 @@ def remove_dir(path: str) -> None:
         pass
 
 
+def is_symlink(path: str) -> bool:
+    """Whether the last component of ``path`` is a symlink (not followed). False when
+    nothing is there yet. Raises OSError when it cannot be looked at."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            # A mount point of a filesystem that failed (a shut-down xfs answers every
+            # stat of its root with EIO): a mount point is never a symlink, and it must
+            # still be unmountable.
+            return False
+        raise
+    return stat.S_ISLNK(st.st_mode)
+
+
 def is_block_device(path: str) -> bool:
     """Whether `path` (followed) is a block device node, e.g. a published block
     volume's target. Raises OSError when it cannot be read."""
@@ -101,5 +117,10 @@ def is_block_device(path: str) -> bool:
 def _cannot_make(path: str, exc: OSError) -> FailedPrecondition:
     """The CO must give a target whose parent exists and is writable by the driver."""
     return FailedPrecondition(
-        f"cannot create target {path}: {exc.strerror or exc}; its parent directory must"
-        " exist and be writable (the CO creates it before NodePublishVolume)")
+        "cannot be created; its parent directory must exist and be writable (the CO"
+        " creates it before NodePublishVolume)", cause=str(exc.strerror or exc),
+        subject=_target(path))
+
+
+def _target(path: str) -> Subject:
+    return Subject("target", path=path)

@@ -78,9 +78,13 @@ def message_for(exc: e.DriverError, request: Any) -> str:
 
 
 def with_subject(request: Any, message: str) -> str:
-    """`message` about the request's object, for errors that carry no subject: those
-    of modules whose errors still name their object in the text (the node side) and
-    unexpected failures. Such a message that already names the object is left alone."""
+    """`message` about the request's object, for errors that carry no subject. Every
+    error about an object carries one (controller and node side alike); what is left
+    here: the checks of one request field (core/validation.py, core/rules.py,
+    rpc/convert.py, core/paging.py), whose message names the field and sometimes
+    quotes its value, the id; kernel, tool, pool and catalog failures translated by
+    core/errmap.py, whose message names the path or device; and unexpected failures.
+    Such a message that already names the object is left alone."""
     subject = request_subject(request)
     if subject is None:
         return message

@@ -12,12 +12,13 @@ import grpc
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
+from csi_py.linux.filesystems import FILESYSTEMS
 from csi_py.rpc.client import mount_capability
 from tests import lifecycle
 from tests.lifecycle import MiB
 
 SMALL = 32 * MiB  # ext4 and block volumes: cheap to format, sparse on disk
-XFS_MIN = 300 * MiB  # xfsprogs refuses anything smaller
+XFS_MIN = FILESYSTEMS["xfs"].min_bytes  # xfsprogs refuses anything smaller
 
 def expect_error(
     call: Callable[..., Any], request: Any, code: grpc.StatusCode, *words: str

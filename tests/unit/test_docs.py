@@ -170,3 +170,14 @@ def test_go_tool_versions_agree_with_hack_setup() -> None:
     for doc in (REPO / "requirements-deploy.txt", REPO / "docs" / "deployment.md"):
         for module, version in re.findall(r"go install (\S+)@(v[\d.]+)", doc.read_text()):
             assert pinned.get(module) == version, f"{doc.name}: {module}@{version}"
+
+
+def test_the_readme_sizes_are_the_filesystem_tables() -> None:
+    """The README's smallest sizes are read off csi_py.linux.filesystems, the one
+    place they are defined: a change there must change the README too."""
+    from csi_py.linux.filesystems import FILESYSTEMS
+
+    row = next(line for line in (REPO / "README.md").read_text().splitlines()
+               if line.startswith("| Size |"))
+    named = dict(re.findall(r"\b(ext4|xfs|btrfs) (\d+) MiB", row))
+    assert named == {name: str(fs.min_bytes >> 20) for name, fs in FILESYSTEMS.items()}

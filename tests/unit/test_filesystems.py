@@ -82,7 +82,40 @@ def test_every_tool_csi_py_runs_is_in_the_table():
             run |= _tools_run_in(path)
     run |= {kind.mkfs[0] for kind in FILESYSTEMS.values()}
     assert {"blkid", "resize2fs", "e2fsck", "xfs_growfs", "btrfs"} <= run  # the scan works
-    assert run <= set(filesystems.tools())
+    # Equal, not only contained: the table names no tool that nothing runs.
+    assert run == set(filesystems.tools())
+
+
+@pytest.mark.parametrize("gone", sorted(set(filesystems.tools())))
+def test_probe_fails_for_each_tool_the_driver_can_run(tmp_path, monkeypatch, gone):
+    """Probe (the real servicer over a driver on the fakes) names every missing tool of
+    the table, e2fsck and resize2fs as much as mkfs."""
+    import grpc
+
+    from csi_py._proto import csi_pb2 as pb
+    from csi_py.config import Config
+    from csi_py.core.driver import Driver
+    from csi_py.linux import exec as linux_exec
+    from csi_py.rpc.identity import IdentityService
+    from tests.fakes import fake_host
+
+    class Context:
+        def abort(self, code, details):
+            self.code, self.details = code, details
+            raise RuntimeError(details)
+
+    monkeypatch.setattr(linux_exec, "find_tool", lambda n: None if n == gone else "/bin/" + n)
+    config = Config(endpoint="unix:///u.sock", node_id="n1",
+                    pool=str(tmp_path / "pool")).validated()
+    driver = Driver(config, fake_host())
+    try:
+        context = Context()
+        with pytest.raises(RuntimeError):
+            IdentityService(driver).Probe(pb.ProbeRequest(), context)
+        assert context.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert f"required tools are missing: {gone};" in context.details
+    finally:
+        driver.close()
 
 
 @pytest.mark.parametrize("head, found", [

@@ -168,3 +168,46 @@ def test_a_non_domain_exception_keeps_its_trace_in_the_log(caplog, exc, code, de
     assert (context.code, context.details) == (code, details)
     assert status_for(exc) == code
     assert any(r.exc_info for r in caplog.records)
+
+
+def test_node_side_errors_name_their_volume_and_target_once(tmp_path):
+    from csi_py.linux import targets
+
+    stats = pb.NodeGetVolumeStatsRequest(volume_id="vol-1", volume_path="/t")
+    gone = e.NotFound("is not mounted at /t", subject=e.volume("vol-1"))
+    assert message_for(gone, stats) == "volume vol-1: is not mounted at /t"
+    afile = tmp_path / "f"
+    afile.write_text("data")
+    with pytest.raises(e.AlreadyExists) as taken:
+        targets.make_dir(str(afile))
+    publish = pb.NodePublishVolumeRequest(volume_id="vol-1", target_path=str(afile))
+    assert message_for(taken.value, publish) == \
+        f"volume vol-1: target {afile}: exists and is not a directory"
+
+
+NODE_SIDE = ("core/node.py", "core/node_base.py", "core/node_stage.py", "core/node_publish.py",
+             "core/node_expand.py", "core/node_rules.py", "core/ephemeral.py",
+             "linux/targets.py", "core/mutable.py", "core/topology.py")
+
+
+def test_every_node_side_error_carries_its_subject():
+    """The node side's domain errors say what they are about in a Subject, so rpc
+    formats their message once (no guessing from the text)."""
+    import ast
+    import pathlib
+
+    import csi_py
+
+    root = pathlib.Path(csi_py.__file__).parent
+    raised, bare = 0, []
+    for name in NODE_SIDE:
+        for node in ast.walk(ast.parse((root / name).read_text())):
+            if (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                    and getattr(node.exc.func, "id", "") in e.__dict__
+                    and isinstance(e.__dict__[node.exc.func.id], type)
+                    and issubclass(e.__dict__[node.exc.func.id], e.DriverError)):
+                raised += 1
+                if not any(k.arg == "subject" for k in node.exc.keywords):
+                    bare.append(f"{name}:{node.lineno}")
+    assert raised > 30  # the walk sees the raises
+    assert bare == []

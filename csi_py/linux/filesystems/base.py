@@ -74,6 +74,44 @@ class Filesystem(Protocol):
         ...
 
 
+class GrowsMounted:
+    """The shared half of a filesystem that grows, measures and reports its errors only
+    while mounted (xfs, btrfs): each of those calls needs a mount point. A subclass
+    supplies the three steps on a mount point. Stateless (thread-safe)."""
+
+    grows_unmounted: ClassVar[bool] = False
+    name: ClassVar[str]
+
+    def can_grow_online(self) -> bool:
+        return True
+
+    def grow(self, device: str, mount_point: str | None, fs_type: str) -> None:
+        if not mount_point:
+            raise ValueError(f"growing {fs_type} on {device} needs it mounted: no mount point")
+        self.grow_mounted(mount_point)
+
+    def needs_grow(self, device: str, mount_point: str | None) -> bool:
+        mount_point = require_mount_point(device, mount_point, self.name, "grow")
+        return self.needs_grow_mounted(device, mount_point, block_device_size(device))
+
+    def errors(self, device: str, mount_point: str | None) -> list[str]:
+        return self.errors_mounted(require_mount_point(device, mount_point, self.name, "check"))
+
+    def grow_mounted(self, mount_point: str) -> None:
+        """Grow the filesystem mounted at ``mount_point`` to fill its device.
+        Idempotent. Raises CommandError."""
+        raise NotImplementedError
+
+    def needs_grow_mounted(self, device: str, mount_point: str, device_bytes: int) -> bool:
+        """Whether growing would make it bigger on ``device`` (``device_bytes`` long).
+        Read-only. Raises LinuxError."""
+        raise NotImplementedError
+
+    def errors_mounted(self, mount_point: str) -> list[str]:
+        """The errors the kernel recorded for it. Read-only. Raises LinuxError."""
+        raise NotImplementedError
+
+
 def has_capability(field: str, bit: int) -> bool:
     """Whether capability ``bit`` is in set ``field`` ("CapEff", "CapBnd") of this
     process, from /proc/self/status. False when unreadable. Never raises."""

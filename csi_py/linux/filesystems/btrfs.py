@@ -14,11 +14,10 @@ from csi_py.linux.errors import LinuxError, errno_text
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems.base import (
     GROW_TIMEOUT,
+    GrowsMounted,
     MiB,
-    block_device_size,
     geometry_error,
     ioctl_dir,
-    require_mount_point,
 )
 
 _BTRFS_MAGIC_OFF = 65536 + 64
@@ -36,7 +35,7 @@ BTRFS_IOC_DEV_INFO = 0xD000941E
 BTRFS_MIN_RESIZE_BYTES = 256 * MiB
 
 
-class Btrfs:
+class Btrfs(GrowsMounted):
     """btrfs. See :class:`csi_py.linux.filesystems.base.Filesystem`."""
 
     name: ClassVar[str] = "btrfs"
@@ -47,28 +46,20 @@ class Btrfs:
     label_max: ClassVar[int] = 255
     mkfs: ClassVar[tuple[str, ...]] = ("mkfs.btrfs", "-q", "-f", "-K")
     tools: ClassVar[tuple[str, ...]] = ("mkfs.btrfs", "btrfs")
-    grows_unmounted: ClassVar[bool] = False
     mount_options: ClassVar[tuple[str, ...]] = ()
     min_grow_bytes: ClassVar[int] = BTRFS_MIN_RESIZE_BYTES
 
     def probe(self, head: bytes) -> str | None:
         return "btrfs" if head[_BTRFS_MAGIC_OFF:PROBE_BYTES] == _BTRFS_MAGIC else None
 
-    def can_grow_online(self) -> bool:
-        return True
-
-    def grow(self, device: str, mount_point: str | None, fs_type: str) -> None:
-        if not mount_point:
-            raise ValueError(f"growing {fs_type} on {device} needs it mounted: no mount point")
+    def grow_mounted(self, mount_point: str) -> None:
         run(["btrfs", "filesystem", "resize", "max", mount_point], timeout=GROW_TIMEOUT)
 
-    def needs_grow(self, device: str, mount_point: str | None) -> bool:
-        mount_point = require_mount_point(device, mount_point, self.name, "grow")
-        return _btrfs_needs_grow(device, mount_point, block_device_size(device))
+    def needs_grow_mounted(self, device: str, mount_point: str, device_bytes: int) -> bool:
+        return _btrfs_needs_grow(device, mount_point, device_bytes)
 
-    def errors(self, device: str, mount_point: str | None) -> list[str]:
-        return _btrfs_errors(require_mount_point(device, mount_point, self.name, "check"))
-
+    def errors_mounted(self, mount_point: str) -> list[str]:
+        return _btrfs_errors(mount_point)
 
 def _btrfs_needs_grow(device: str, mount_point: str, device_bytes: int) -> bool:
     if device_bytes < BTRFS_MIN_RESIZE_BYTES:

@@ -11,11 +11,10 @@ from typing import ClassVar
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems.base import (
     GROW_TIMEOUT,
+    GrowsMounted,
     MiB,
-    block_device_size,
     geometry_error,
     ioctl_dir,
-    require_mount_point,
 )
 
 _XFS_MAGIC = b"XFSB"
@@ -42,7 +41,7 @@ XFS_AG_SICK = {
 }  # fmt: skip
 
 
-class Xfs:
+class Xfs(GrowsMounted):
     """xfs. See :class:`csi_py.linux.filesystems.base.Filesystem`."""
 
     name: ClassVar[str] = "xfs"
@@ -52,7 +51,6 @@ class Xfs:
     label_max: ClassVar[int] = 12
     mkfs: ClassVar[tuple[str, ...]] = ("mkfs.xfs", "-q", "-f", "-K")
     tools: ClassVar[tuple[str, ...]] = ("mkfs.xfs", "xfs_growfs")
-    grows_unmounted: ClassVar[bool] = False
     # Clones and snapshots share the filesystem UUID of their source; xfs refuses to
     # mount two filesystems with one UUID unless told otherwise.
     mount_options: ClassVar[tuple[str, ...]] = ("nouuid",)
@@ -61,21 +59,14 @@ class Xfs:
     def probe(self, head: bytes) -> str | None:
         return "xfs" if head[:4] == _XFS_MAGIC else None
 
-    def can_grow_online(self) -> bool:
-        return True
-
-    def grow(self, device: str, mount_point: str | None, fs_type: str) -> None:
-        if not mount_point:
-            raise ValueError(f"growing {fs_type} on {device} needs it mounted: no mount point")
+    def grow_mounted(self, mount_point: str) -> None:
         run(["xfs_growfs", "-d", mount_point], timeout=GROW_TIMEOUT)
 
-    def needs_grow(self, device: str, mount_point: str | None) -> bool:
-        mount_point = require_mount_point(device, mount_point, self.name, "grow")
-        return _xfs_needs_grow(mount_point, block_device_size(device))
+    def needs_grow_mounted(self, device: str, mount_point: str, device_bytes: int) -> bool:
+        return _xfs_needs_grow(mount_point, device_bytes)
 
-    def errors(self, device: str, mount_point: str | None) -> list[str]:
-        return _xfs_errors(require_mount_point(device, mount_point, self.name, "check"))
-
+    def errors_mounted(self, mount_point: str) -> list[str]:
+        return _xfs_errors(mount_point)
 
 def _xfs_geometry(mount_point: str) -> tuple[bytearray, bool]:
     """XFS_IOC_FSGEOMETRY output, and whether it is the v5 layout (with ``sick``).
