@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from csi_py.domain.units import GiB
 from tests.e2e.cluster import DRIVER, DRIVER_NAMESPACE, REPO, Cluster
-from tests.lifecycle import GiB
 
 LOCAL_CLUSTER = os.environ.get("CSI_PY_E2E_LAYOUT") is not None
 

@@ -12,8 +12,8 @@ import time
 import pytest
 import yaml
 
+from csi_py.domain.units import GiB, MiB
 from tests.e2e.cluster import DRIVER, DRIVER_NAMESPACE, EXAMPLES, TIMEOUT, Cluster
-from tests.lifecycle import GiB, MiB
 
 
 def _quantity(q: str) -> int:
