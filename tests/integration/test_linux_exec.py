@@ -1,13 +1,17 @@
-"""The subprocess runner: no shell, fixed environment, typed errors."""
+"""The subprocess runner: no shell, fixed environment, typed errors; and the long-running
+child that spawn() starts and Child.stop() ends."""
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import time
 
 import pytest
 
 from csi_py.linux.errors import CommandError, ToolMissing
-from csi_py.linux.exec import find_tool, run
+from csi_py.linux.exec import find_tool, run, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +76,52 @@ def test_find_tool_sbin(monkeypatch):
 def test_run_empty_argv():
     with pytest.raises(ValueError):
         run([])
+
+
+def _wait_for(path) -> None:
+    # A guard against a hang, not a measurement: the child writes `path` when ready.
+    for _ in range(6000):
+        if path.exists():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the child never wrote {path}")
+
+
+def test_spawn_keeps_the_environment_and_stop_ends_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSI_PY_SPAWN_TEST", "kept")
+    ready = tmp_path / "ready"
+    child = spawn([sys.executable, "-c",
+                   "import os, sys, time\n"
+                   f"open({str(ready)!r}, 'w').write(os.environ['CSI_PY_SPAWN_TEST'])\n"
+                   "time.sleep(600)\n"])
+    _wait_for(ready)
+    assert ready.read_text() == "kept"
+    assert child.stop() == -signal.SIGTERM
+    assert child.stop() == -signal.SIGTERM  # idempotent: only reaped again
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
+    ready = tmp_path / "ready"
+    child = spawn([sys.executable, "-c",
+                   "import signal, time\n"
+                   "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                   f"open({str(ready)!r}, 'w').close()\n"
+                   "time.sleep(600)\n"])
+    _wait_for(ready)
+    assert child.stop(grace=0) == -signal.SIGKILL
+
+
+def test_stop_gives_the_status_the_child_exits_with(tmp_path):
+    ready = tmp_path / "ready"
+    child = spawn([sys.executable, "-c",
+                   "import signal, sys, time\n"
+                   "signal.signal(signal.SIGTERM, lambda *_: sys.exit(4))\n"
+                   f"open({str(ready)!r}, 'w').close()\n"
+                   "time.sleep(600)\n"])
+    _wait_for(ready)
+    assert child.stop() == 4
+
+
+def test_spawn_empty_argv():
+    with pytest.raises(ValueError):
+        spawn([])
