@@ -78,47 +78,38 @@ def test_run_empty_argv():
         run([])
 
 
-def _wait_for(path) -> None:
-    # A guard against a hang, not a measurement: the child writes `path` when ready.
+def _spawn_ready(tmp_path, setup: str, report: str = "''"):
+    """spawn() a Python child that runs `setup`, writes `report` (an expression) to a
+    file and sleeps; returns it once the file is there, so the test's signal cannot
+    arrive before `setup` ran, and the file's path."""
+    ready = tmp_path / "ready"
+    child = spawn([sys.executable, "-c",
+                   f"import os, signal, sys, time\n{setup}\n"
+                   f"open({str(ready)!r}, 'w').write({report})\ntime.sleep(600)\n"])
+    # A guard against a hang, not a measurement.
     for _ in range(6000):
-        if path.exists():
-            return
+        if ready.exists():
+            return child, ready
         time.sleep(0.01)
-    raise AssertionError(f"the child never wrote {path}")
+    child.stop(grace=0)
+    raise AssertionError("the child never got ready")
 
 
 def test_spawn_keeps_the_environment_and_stop_ends_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CSI_PY_SPAWN_TEST", "kept")
-    ready = tmp_path / "ready"
-    child = spawn([sys.executable, "-c",
-                   "import os, sys, time\n"
-                   f"open({str(ready)!r}, 'w').write(os.environ['CSI_PY_SPAWN_TEST'])\n"
-                   "time.sleep(600)\n"])
-    _wait_for(ready)
+    child, ready = _spawn_ready(tmp_path, "", "os.environ['CSI_PY_SPAWN_TEST']")
     assert ready.read_text() == "kept"
     assert child.stop() == -signal.SIGTERM
     assert child.stop() == -signal.SIGTERM  # idempotent: only reaped again
 
 
 def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
-    ready = tmp_path / "ready"
-    child = spawn([sys.executable, "-c",
-                   "import signal, time\n"
-                   "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                   f"open({str(ready)!r}, 'w').close()\n"
-                   "time.sleep(600)\n"])
-    _wait_for(ready)
+    child, _ = _spawn_ready(tmp_path, "signal.signal(signal.SIGTERM, signal.SIG_IGN)")
     assert child.stop(grace=0) == -signal.SIGKILL
 
 
 def test_stop_gives_the_status_the_child_exits_with(tmp_path):
-    ready = tmp_path / "ready"
-    child = spawn([sys.executable, "-c",
-                   "import signal, sys, time\n"
-                   "signal.signal(signal.SIGTERM, lambda *_: sys.exit(4))\n"
-                   f"open({str(ready)!r}, 'w').close()\n"
-                   "time.sleep(600)\n"])
-    _wait_for(ready)
+    child, _ = _spawn_ready(tmp_path, "signal.signal(signal.SIGTERM, lambda *_: sys.exit(4))")
     assert child.stop() == 4
 
 
