@@ -11,15 +11,12 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import grpc
-
-from csi_py._proto import csi_pb2 as pb
 from csi_py.config import MIN_FS_BYTES, ConfigError, endpoint_path, format_size
 from csi_py.output import Column, render, table
-from csi_py.rpc.client import Client, block_capability, mount_capability
+from csi_py.rpc.client import Client, ClientError, ListedVolume, SnapshotInfo, VolumeInfo
 
 VOLUME_COLUMNS = (
     Column("NAME", "name"), Column("ID", "id"), Column("SIZE", "size"), Column("TYPE", "type"),
@@ -47,7 +44,7 @@ def run(action: Callable[[Client, argparse.Namespace], None], args: argparse.Nam
         with Client(path) as client:
             try:
                 action(client, args)
-            except grpc.RpcError as exc:
+            except ClientError as exc:
                 raise _rpc_error(exc, path) from None
     except (CommandError, ConfigError) as exc:
         print(f"csi-py: {exc}", file=sys.stderr)
@@ -87,13 +84,12 @@ def _check_listening(path: str) -> None:
         probe.close()
 
 
-def _rpc_error(exc: grpc.RpcError, path: str) -> CommandError:
-    code = exc.code()
-    if code is grpc.StatusCode.UNAVAILABLE:
+def _rpc_error(exc: ClientError, path: str) -> CommandError:
+    if exc.code == "UNAVAILABLE":
         return _no_driver(path, "it stopped answering")
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+    if exc.code == "DEADLINE_EXCEEDED":
         return CommandError(f"the driver on unix://{path} did not answer in time; see its log")
-    return CommandError(f"{exc.details()} ({code.name})")
+    return CommandError(f"{exc.message} ({exc.code})")
 
 
 def _emit(args: argparse.Namespace, columns: tuple[Column, ...], records: list[dict[str, Any]],
@@ -121,61 +117,33 @@ def _emit_one(args: argparse.Namespace, columns: tuple[Column, ...], record: dic
 # --- volumes ---------------------------------------------------------------------------
 
 
-def volume_record(vol: pb.Volume, status: Any = None,
+def volume_record(vol: VolumeInfo, nodes: tuple[str, ...] = (),
                   problems: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A volume as the CLI shows it. `status` is a ListVolumes status, when there is one;
-    `problems` are its health entries as "Reason: message" (empty when healthy)."""
-    fs_type = vol.volume_context.get("fsType", "")
-    nodes = list(status.published_node_ids) if status is not None else []
+    """A volume as the CLI shows it. `nodes` are the nodes it is published on, as
+    ListVolumes reports them; `problems` are its health entries as "Reason: message"
+    (empty when healthy)."""
+    fs_type = vol.context.get("fsType", "")
     abnormal = bool(problems)
     return {
-        "name": vol.volume_context.get("name", ""),
+        "name": vol.context.get("name", ""),
         "id": vol.volume_id,
         "size": format_size(vol.capacity_bytes),
         "capacityBytes": vol.capacity_bytes,
         "type": fs_type or "block",
-        "provisioning": vol.volume_context.get("provisioning", ""),
+        "provisioning": vol.context.get("provisioning", ""),
         "state": "Abnormal" if abnormal else "Published" if nodes else "Available",
-        "nodes": nodes,
+        "nodes": list(nodes),
         "condition": "; ".join(problems),
     }
 
 
-def _health(client: Client) -> dict[str, tuple[str, ...]]:
-    """Every volume's health problems by id (CSI v1.13 ControllerListVolumeHealth)."""
-    found: dict[str, tuple[str, ...]] = {}
-    token = ""
-    while True:
-        resp = client.controller.ControllerListVolumeHealth(
-            pb.ControllerListVolumeHealthRequest(max_entries=500, starting_token=token),
-            timeout=client.timeout)
-        for entry in resp.entries:
-            found[entry.volume_id] = tuple(f"{h.reason}: {h.message}"
-                                           for h in entry.health_statuses)
-        token = resp.next_token
-        if not token:
-            return found
-
-
-def _volumes(client: Client) -> Iterator[pb.ListVolumesResponse.Entry]:
-    token = ""
-    while True:
-        resp = client.controller.ListVolumes(
-            pb.ListVolumesRequest(max_entries=500, starting_token=token), timeout=client.timeout
-        )
-        yield from resp.entries
-        token = resp.next_token
-        if not token:
-            return
-
-
-def find_volume(client: Client, name_or_id: str) -> pb.ListVolumesResponse.Entry | None:
+def find_volume(client: Client, name_or_id: str) -> ListedVolume | None:
     """The volume whose id or name is `name_or_id` (an id wins), or None."""
     by_name = None
-    for entry in _volumes(client):
+    for entry in client.list_volumes():
         if entry.volume.volume_id == name_or_id:
             return entry
-        if by_name is None and entry.volume.volume_context.get("name") == name_or_id:
+        if by_name is None and entry.volume.context.get("name") == name_or_id:
             by_name = entry
     return by_name
 
@@ -188,16 +156,15 @@ def _volume_id(client: Client, name_or_id: str) -> str:
     return entry.volume.volume_id
 
 
-def _create(client: Client, args: argparse.Namespace, request: pb.CreateVolumeRequest,
-            fs_type: str) -> pb.Volume:
-    """CreateVolume with the name and size from the command line; prints the volume and,
-    on stderr, why its size differs from the one asked for."""
-    request.name = args.name
-    if args.size:
-        request.capacity_range.required_bytes = args.size
-    vol = client.controller.CreateVolume(request, timeout=client.timeout).volume
+def _create(client: Client, args: argparse.Namespace, fs_type: str,
+            params: dict[str, str] | None = None, **source: str) -> VolumeInfo:
+    """CreateVolume with the name, size and access type from the command line; prints
+    the volume and, on stderr, why its size differs from the one asked for. `source`
+    names the snapshot or volume to copy, if any."""
+    vol = client.create_volume(args.name, args.size or 0, block=args.block, fs_type=fs_type,
+                               parameters=params, **source)
     if args.size and vol.capacity_bytes > args.size:
-        made_fs = vol.volume_context.get("fsType", "") or fs_type
+        made_fs = vol.context.get("fsType", "") or fs_type
         floor = MIN_FS_BYTES.get(made_fs, 0) if not args.block else 0
         why = (f"the smallest {made_fs} volume is {format_size(floor)}"
                if floor and vol.capacity_bytes == floor else
@@ -212,21 +179,17 @@ def volume_create(client: Client, args: argparse.Namespace) -> None:
     params = {"provisioning": "thick"} if args.thick else {}
     if args.fs_type:
         params["fsType"] = args.fs_type
-    cap = block_capability() if args.block else mount_capability(args.fs_type)
-    vol = _create(client, args, pb.CreateVolumeRequest(parameters=params,
-                                                       volume_capabilities=[cap]),
-                  args.fs_type)
-    topo = vol.accessible_topology[0].segments if vol.accessible_topology else {}
+    vol = _create(client, args, args.fs_type, params)
     if getattr(args, "output", None) not in ("json", "yaml"):
-        affinity = ", ".join(f"{k}={v}" for k, v in topo.items())
+        affinity = ", ".join(f"{k}={v}" for k, v in vol.topology.items())
         print(f"# for a static PV: spec.csi.volumeHandle={vol.volume_id}; node affinity"
               f" {affinity}", file=sys.stderr)
 
 
 def volume_list(client: Client, args: argparse.Namespace) -> None:
-    volumes = list(_volumes(client))
-    health = _health(client) if volumes else {}
-    records = [volume_record(e.volume, e.status, health.get(e.volume.volume_id, ()))
+    volumes = list(client.list_volumes())
+    health = client.all_volume_health() if volumes else {}
+    records = [volume_record(e.volume, e.published_node_ids, health.get(e.volume.volume_id, ()))
                for e in volumes]
     _emit(args, VOLUME_COLUMNS, records, "Volume")
 
@@ -235,11 +198,9 @@ def volume_get(client: Client, args: argparse.Namespace) -> None:
     entry = find_volume(client, args.volume)
     if entry is None:
         raise CommandError(f'volume "{args.volume}" not found')
-    health = client.controller.ControllerGetVolumeHealth(
-        pb.ControllerGetVolumeHealthRequest(volume_id=entry.volume.volume_id),
-        timeout=client.timeout).volume_health
-    problems = tuple(f"{h.reason}: {h.message}" for h in health.health_statuses)
-    _emit_one(args, VOLUME_COLUMNS, volume_record(entry.volume, entry.status, problems))
+    problems = client.volume_health(entry.volume.volume_id)
+    _emit_one(args, VOLUME_COLUMNS, volume_record(entry.volume, entry.published_node_ids,
+                                                  problems))
 
 
 def volume_delete(client: Client, args: argparse.Namespace) -> None:
@@ -252,50 +213,31 @@ def volume_delete(client: Client, args: argparse.Namespace) -> None:
         raise CommandError(f'volume "{args.volume}" not found; nothing deleted'
                            " (--ignore-not-found makes this a success)")
     vid = entry.volume.volume_id
-    client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), timeout=client.timeout)
-    name = entry.volume.volume_context.get("name", "")
+    client.delete_volume(vid)
+    name = entry.volume.context.get("name", "")
     print(f'volume "{name}" ({vid}) deleted' if name else f"volume {vid} deleted")
 
 
 def volume_copy(client: Client, args: argparse.Namespace) -> None:
     """`volume restore SNAPSHOT NAME` and `volume clone VOLUME NAME`."""
-    source = pb.VolumeContentSource()
     if args.action == "restore":
-        source.snapshot.snapshot_id = args.source
+        _create(client, args, "", snapshot_id=args.source)
     else:
-        source.volume.volume_id = _volume_id(client, args.source)
-    cap = block_capability() if args.block else mount_capability()
-    _create(client, args, pb.CreateVolumeRequest(volume_content_source=source,
-                                                 volume_capabilities=[cap]), "")
+        _create(client, args, "", source_volume_id=_volume_id(client, args.source))
 
 
 # --- snapshots -------------------------------------------------------------------------
 
 
-def snapshot_record(snap: pb.Snapshot) -> dict[str, Any]:
+def snapshot_record(snap: SnapshotInfo) -> dict[str, Any]:
     return {
         "id": snap.snapshot_id,
         "sourceVolumeId": snap.source_volume_id,
         "size": format_size(snap.size_bytes),
         "sizeBytes": snap.size_bytes,
         "readyToUse": snap.ready_to_use,
-        "created": snap.creation_time.ToDatetime().isoformat(timespec="seconds") + "Z",
+        "created": snap.created.isoformat(timespec="seconds") + "Z",
     }
-
-
-def _snapshots(client: Client, volume_id: str = "", snapshot_id: str = ""
-               ) -> Iterator[pb.Snapshot]:
-    token = ""
-    while True:
-        resp = client.controller.ListSnapshots(
-            pb.ListSnapshotsRequest(max_entries=500, starting_token=token,
-                                    source_volume_id=volume_id, snapshot_id=snapshot_id),
-            timeout=client.timeout,
-        )
-        yield from (e.snapshot for e in resp.entries)
-        token = resp.next_token
-        if not token:
-            return
 
 
 def snapshot_create(client: Client, args: argparse.Namespace) -> None:
@@ -306,24 +248,23 @@ def snapshot_create(client: Client, args: argparse.Namespace) -> None:
 
 def snapshot_list(client: Client, args: argparse.Namespace) -> None:
     vid = _volume_id(client, args.volume) if args.volume else ""
-    _emit(args, SNAPSHOT_COLUMNS, [snapshot_record(s) for s in _snapshots(client, vid)],
+    _emit(args, SNAPSHOT_COLUMNS, [snapshot_record(s) for s in client.list_snapshots(vid)],
           "Snapshot")
 
 
 def snapshot_delete(client: Client, args: argparse.Namespace) -> None:
     # As for volumes: DeleteSnapshot is idempotent, so look first.
     if not any(s.snapshot_id == args.snapshot_id
-               for s in _snapshots(client, snapshot_id=args.snapshot_id)):
+               for s in client.list_snapshots(snapshot_id=args.snapshot_id)):
         if args.ignore_not_found:
             return
         raise CommandError(f'snapshot "{args.snapshot_id}" not found; nothing deleted'
                            " (--ignore-not-found makes this a success)")
-    client.controller.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=args.snapshot_id),
-                                     timeout=client.timeout)
+    client.delete_snapshot(args.snapshot_id)
     print(f"snapshot {args.snapshot_id} deleted")
 
 
-def _create_snapshot_with_progress(client: Client, volume_id: str, name: str) -> pb.Snapshot:
+def _create_snapshot_with_progress(client: Client, volume_id: str, name: str) -> SnapshotInfo:
     """CreateSnapshot, printing the progress of a copy-based capture while it runs.
 
     The driver reports a copy's progress in a file in its pool (the pool is named in
@@ -334,11 +275,10 @@ def _create_snapshot_with_progress(client: Client, volume_id: str, name: str) ->
 
     from csi_py.linux.progress import progress_file_name
 
-    manifest = client.identity.GetPluginInfo(pb.GetPluginInfoRequest(), timeout=10).manifest
+    manifest = client.plugin_info(timeout=10).manifest
     progress_path = os.path.join(manifest.get("pool", ""), "snapshots", progress_file_name(name))
-    request = pb.CreateSnapshotRequest(source_volume_id=volume_id, name=name)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(client.controller.CreateSnapshot, request, timeout=None)
+        future = pool.submit(client.create_snapshot, volume_id, name, timeout=None)
         shown = False
         while not future.done():
             time.sleep(0.5)
@@ -353,21 +293,21 @@ def _create_snapshot_with_progress(client: Client, volume_id: str, name: str) ->
             shown = True
         if shown:
             print(file=sys.stderr)
-        return future.result().snapshot
+        return future.result()
 
 
 # --- info ------------------------------------------------------------------------------
 
 
 def info(client: Client, args: argparse.Namespace) -> None:
-    plugin = client.identity.GetPluginInfo(pb.GetPluginInfoRequest(), timeout=10)
-    node = client.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=10)
-    ready = client.identity.Probe(pb.ProbeRequest(), timeout=10).ready.value
-    cap = client.controller.GetCapacity(pb.GetCapacityRequest(), timeout=10)
-    record = {
+    plugin = client.plugin_info(timeout=10)
+    node = client.node_info(timeout=10)
+    ready = client.probe(timeout=10)
+    available = client.available_capacity(timeout=10)
+    record: dict[str, Any] = {
         "driver": plugin.name, "version": plugin.vendor_version, "node": node.node_id,
-        "topology": dict(node.accessible_topology.segments), "ready": ready,
-        "availableBytes": cap.available_capacity, "pool": plugin.manifest.get("pool", ""),
+        "topology": node.topology, "ready": ready,
+        "availableBytes": available, "pool": plugin.manifest.get("pool", ""),
     }
     fmt = getattr(args, "output", None) or ""
     if fmt in ("json", "yaml"):
@@ -377,4 +317,4 @@ def info(client: Client, args: argparse.Namespace) -> None:
     print(f"driver:    {plugin.name} {plugin.vendor_version}")
     print(f"node:      {node.node_id} ({topology})")
     print(f"ready:     {'yes' if ready else 'no'}")
-    print(f"available: {format_size(cap.available_capacity)} for a new thin volume")
+    print(f"available: {format_size(available)} for a new thin volume")

@@ -1,15 +1,17 @@
 """The only place in csi-py that starts another program.
 
-Rules: an argument list, never a shell; a timeout; a fixed,
+Rules for a tool (:func:`run`): an argument list, never a shell; a timeout; a fixed,
 small environment with ``LC_ALL=C`` so tool messages are in English and parseable;
 stdin closed unless input is given; stdout and stderr captured so a failure can say
-what the tool said.
+what the tool said. A long-running child (:func:`spawn`, the demo's driver) gets an
+argument list too, and is stopped by its caller.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Collection, Sequence
 
@@ -89,3 +91,32 @@ def run(
     if proc.returncode not in ok_returncodes:
         raise CommandError(list(argv), proc.returncode, proc.stderr, stdout=proc.stdout)
     return proc
+
+
+class Child:
+    """A program started by :func:`spawn`, running until :meth:`stop`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+
+    def stop(self, grace: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited after ``grace`` seconds; waits for
+        it and returns its exit status. Idempotent: a child that has exited already is
+        only reaped. Never raises for a child that is gone."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        return self._proc.wait()
+
+
+def spawn(argv: Sequence[str]) -> Child:
+    """Start ``argv`` (an argument list, no shell) as a child that keeps this process's
+    environment, stdin, stdout and stderr, so what it prints reaches the user as its
+    own. Unlike :func:`run` there is no timeout: the caller ends it with
+    :meth:`Child.stop`. Raises OSError if it cannot be started."""
+    if not argv:
+        raise ValueError("spawn() needs a non-empty argument list")
+    return Child(subprocess.Popen(list(argv), close_fds=True))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -364,3 +365,23 @@ def move_aside(path: str, new_path: str) -> bool:
         return False
     fsync_dir(os.path.dirname(path) or ".")
     return True
+
+
+def remove_tree(path: str) -> None:
+    """Remove ``path`` and everything under it, ignoring what cannot be removed (a
+    mount point still busy is left for the caller to report). Idempotent; never raises."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_and_read_back(path: str, payload: bytes, *, create: bool) -> bytes:
+    """Write ``payload`` at offset 0 of ``path`` (a file, made if ``create``, or a block
+    device), fsync it, drop it from the page cache and read as many bytes back, so
+    what comes back is what reached the disk. Idempotent. Raises OSError."""
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    try:
+        os.pwrite(fd, payload, 0)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.pread(fd, len(payload), 0)
+    finally:
+        os.close(fd)

@@ -1,13 +1,17 @@
-"""The subprocess runner: no shell, fixed environment, typed errors."""
+"""The subprocess runner: no shell, fixed environment, typed errors; and the long-running
+child that spawn() starts and Child.stop() ends."""
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import time
 
 import pytest
 
 from csi_py.linux.errors import CommandError, ToolMissing
-from csi_py.linux.exec import find_tool, run
+from csi_py.linux.exec import find_tool, run, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +76,43 @@ def test_find_tool_sbin(monkeypatch):
 def test_run_empty_argv():
     with pytest.raises(ValueError):
         run([])
+
+
+def _spawn_ready(tmp_path, setup: str, report: str = "''"):
+    """spawn() a Python child that runs `setup`, writes `report` (an expression) to a
+    file and sleeps; returns it once the file is there, so the test's signal cannot
+    arrive before `setup` ran, and the file's path."""
+    ready = tmp_path / "ready"
+    child = spawn([sys.executable, "-c",
+                   f"import os, signal, sys, time\n{setup}\n"
+                   f"open({str(ready)!r}, 'w').write({report})\ntime.sleep(600)\n"])
+    # A guard against a hang, not a measurement.
+    for _ in range(6000):
+        if ready.exists():
+            return child, ready
+        time.sleep(0.01)
+    child.stop(grace=0)
+    raise AssertionError("the child never got ready")
+
+
+def test_spawn_keeps_the_environment_and_stop_ends_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSI_PY_SPAWN_TEST", "kept")
+    child, ready = _spawn_ready(tmp_path, "", "os.environ['CSI_PY_SPAWN_TEST']")
+    assert ready.read_text() == "kept"
+    assert child.stop() == -signal.SIGTERM
+    assert child.stop() == -signal.SIGTERM  # idempotent: only reaped again
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
+    child, _ = _spawn_ready(tmp_path, "signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    assert child.stop(grace=0) == -signal.SIGKILL
+
+
+def test_stop_gives_the_status_the_child_exits_with(tmp_path):
+    child, _ = _spawn_ready(tmp_path, "signal.signal(signal.SIGTERM, lambda *_: sys.exit(4))")
+    assert child.stop() == 4
+
+
+def test_spawn_empty_argv():
+    with pytest.raises(ValueError):
+        spawn([])

@@ -176,3 +176,23 @@ def test_space_and_fsync_dir(pool):
     (pool / "f").write_bytes(b"")
     with pytest.raises(NotADirectoryError):
         fsync_dir(str(pool / "f"))
+
+
+def test_write_and_read_back(pool):
+    path = str(pool / "data.bin")
+    payload = os.urandom(MiB)
+    assert files.write_and_read_back(path, payload, create=True) == payload
+    assert (pool / "data.bin").read_bytes() == payload
+    # Again over the same file: the same bytes, nothing appended.
+    assert files.write_and_read_back(path, payload, create=False) == payload
+    assert os.path.getsize(path) == MiB
+    with pytest.raises(FileNotFoundError):
+        files.write_and_read_back(str(pool / "absent"), payload, create=False)
+
+
+def test_remove_tree_is_idempotent(pool):
+    (pool / "tree" / "sub").mkdir(parents=True)
+    (pool / "tree" / "sub" / "f").write_bytes(b"x")
+    files.remove_tree(str(pool / "tree"))
+    assert not (pool / "tree").exists()
+    files.remove_tree(str(pool / "tree"))

@@ -21,9 +21,9 @@
    mmap or pty, calls os.* beyond path and name handling (os.path's string
    functions, os.environ, os.sep, ...; os.path.exists, realpath and the other
    os.path functions that stat the filesystem count as calls), or names a /proc or
-   /sys path. This does not hold yet in core/ and
-   a few other modules: KERNEL_EXCEPTIONS lists each one with what it calls and why,
-   so a new violation fails here, and so does an entry no longer needed.
+   /sys path. KERNEL_EXCEPTIONS would list a module allowed to with what it calls and
+   why; it is empty, so a new violation fails here (and so would an entry no longer
+   needed). GRPC_EXCEPTIONS does the same for point 2.
 """
 
 from __future__ import annotations
@@ -50,12 +50,9 @@ RANK = {
 }  # fmt: skip
 OLD_SHIMS = ("core/model.py", "core/errors.py", "core/snapshot_ids.py")
 GRPC_ALLOWED = {"rpc", "server"}
-# The CLI is a gRPC client of the driver and builds CSI requests itself; it belongs
-# behind rpc/client.py.
-GRPC_EXCEPTIONS = {
-    "csi_py.commands": "the CLI's volume and snapshot commands build CSI requests",
-    "csi_py.demo": "the demo drives a real driver through CSI requests",
-}
+# Modules outside rpc/ and server.py allowed to import grpc or csi_py._proto, with
+# why. None: the CLI and the demo make their calls through rpc/client.py's Calls.
+GRPC_EXCEPTIONS: dict[str, str] = {}
 KERNEL_MODULES = {"fcntl", "ctypes", "subprocess", "shutil", "select", "mmap", "pty"}
 # os names that only handle paths, names and the environment: no system call (or
 # none that touches a volume).
@@ -165,19 +162,10 @@ def test_only_rpc_and_server_import_grpc_or_the_generated_code():
 
 
 # Each module outside linux/ that calls the kernel itself: the exact calls, and why.
-# Only the demo is left, and it is not part of the driver; an entry no longer needed
+# None: the demo's process, file and sysfs work is in linux/ (exec.spawn, files,
+# process.is_root, the Host's loop and mount listings). An entry no longer needed
 # fails the test as much as a new call does.
-KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
-    "csi_py.demo": (
-        {"import shutil", "import subprocess", "os.O_CREAT", "os.O_RDWR",
-         "os.POSIX_FADV_DONTNEED", "os.close", "os.fsync", "os.geteuid", "os.listdir",
-         "os.makedirs", "os.open", "os.posix_fadvise", "os.pread", "os.pwrite",
-         "os.urandom", "reads proc", "reads sys"},
-        "the demo is not the driver but its user: it plays the CO and the workload"
-        " (starts a driver process, writes and reads data through the published"
-        " volume as a pod would, checks /sys that no loop device is left), so these"
-        " calls belong to it and not to the driver's kernel layer"),
-}
+KERNEL_EXCEPTIONS: dict[str, tuple[set[str], str]] = {}
 
 
 def _kernel_calls(module: Module) -> set[str]:
