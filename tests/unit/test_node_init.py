@@ -23,7 +23,7 @@ def _node_init():  # type: ignore[no-untyped-def]
 MOUNTINFO = "\n".join([
     "21 1 254:1 / / rw,relatime - ext4 /dev/loop9 rw",
     "30 21 7:0 / /work/tmp/t-1/staging rw,nosuid - ext4 /dev/loop0 rw",
-    "31 30 7:0 / /work/tmp/t-1/target rw,nosuid - ext4 /dev/loop0 rw",
+    "31 30 7:0 / /work/tmp/t-1/staging/target rw,nosuid - ext4 /dev/loop0 rw",
     "32 21 7:1 / /work/tmp/with\\040space rw - xfs /dev/loop1 rw",
     "33 21 7:2 / /var/lib/kubelet/plugins/x/globalmount rw shared:5 - ext4 /dev/loop2 rw",
     "34 21 7:3 / /mnt/slave rw master:7 - ext4 /dev/loop3 rw",
@@ -36,9 +36,9 @@ MOUNTINFO = "\n".join([
 def test_only_private_foreign_loop_mounts_are_dropped_deepest_first():
     found = _node_init().foreign_loop_mounts(MOUNTINFO, ["/var/lib/csi-py-cluster/etcd",
                                                          "/var/lib/kubelet"])
-    assert found[0] == "/work/tmp/t-1/target"  # below the staging mount: first
-    assert sorted(found) == ["/work/tmp/t-1/staging", "/work/tmp/t-1/target",
-                             "/work/tmp/with space"]
+    # The mount below another goes first.
+    assert found == ["/work/tmp/t-1/staging/target", "/work/tmp/t-1/staging",
+                     "/work/tmp/with space"]
 
 
 def test_nothing_is_dropped_from_a_table_without_loop_mounts():
