@@ -134,6 +134,11 @@ class Cluster:
             pvc := self.core.read_namespaced_persistent_volume_claim(name, self.namespace)
         ).status.phase == "Bound" and pvc)
 
+    def statefulset_ready(self, name: str, replicas: int) -> Any:
+        return self.wait(f"StatefulSet {name} with {replicas} ready replicas", lambda: (
+            self.apps.read_namespaced_stateful_set(name, self.namespace)
+            .status.ready_replicas or 0) == replicas)
+
     def pod_ready(self, name: str) -> Any:
         def ready():
             pod = self.core.read_namespaced_pod(name, self.namespace)

@@ -205,9 +205,7 @@ def test_driver_metrics(cluster: Cluster) -> None:
 @pytest.mark.once
 def test_statefulset_survives_a_node_plugin_restart(cluster: Cluster) -> None:
     cluster.apply_example("statefulset.yaml")
-    cluster.wait("StatefulSet csi-py-web with 3 ready replicas", lambda: (
-        cluster.apps.read_namespaced_stateful_set("csi-py-web", cluster.namespace)
-        .status.ready_replicas or 0) == 3)
+    cluster.statefulset_ready("csi-py-web", 3)
     old = _driver_pod(cluster)
     cluster.core.delete_namespaced_pod(old.metadata.name, DRIVER_NAMESPACE)
     _driver_ready(cluster, not_uid=old.metadata.uid)
@@ -219,7 +217,7 @@ def test_statefulset_survives_a_node_plugin_restart(cluster: Cluster) -> None:
         assert f"csi-py-web-{i}" in out and "SUM-OK" in out, out
     first = cluster.core.read_namespaced_pod("csi-py-web-0", cluster.namespace)
     cluster.core.delete_namespaced_pod("csi-py-web-0", cluster.namespace,
-                                           grace_period_seconds=1)
+                                       grace_period_seconds=1)
     cluster.wait("a new csi-py-web-0 pod", lambda: (
         pod := cluster.core.read_namespaced_pod("csi-py-web-0", cluster.namespace)
     ).metadata.uid != first.metadata.uid and pod)
@@ -241,9 +239,7 @@ def test_node_reboot_brings_every_volume_back(cluster: Cluster) -> None:
         "set -eu\necho block-data-$HOSTNAME | dd of=/dev/xvda conv=fsync 2>/dev/null\n"
         "touch /tmp/ready\nwhile true; do sleep 3600; done"]
     cluster.create(block_pod)
-    cluster.wait("StatefulSet csi-py-web with 3 ready replicas", lambda: (
-        cluster.apps.read_namespaced_stateful_set("csi-py-web", cluster.namespace)
-        .status.ready_replicas or 0) == 3)
+    cluster.statefulset_ready("csi-py-web", 3)
     cluster.pod_ready("block")
     rebooted_at = datetime.now(UTC)
     # hack/cluster fails unless the node's processes, mounts and loop devices all went.

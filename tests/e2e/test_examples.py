@@ -50,14 +50,12 @@ def test_pvc_and_pod(cluster: Cluster) -> None:
 @pytest.mark.once
 def test_statefulset_data_survives_pod_deletion(cluster: Cluster) -> None:
     cluster.apply_example("statefulset.yaml")
-    cluster.wait("StatefulSet csi-py-web with 3 ready replicas", lambda: (
-        cluster.apps.read_namespaced_stateful_set("csi-py-web", cluster.namespace)
-        .status.ready_replicas or 0) == 3)
+    cluster.statefulset_ready("csi-py-web", 3)
     for i in range(3):
         assert f"WROTE csi-py-web-{i} " in cluster.logs(f"csi-py-web-{i}")
     old = cluster.core.read_namespaced_pod("csi-py-web-1", cluster.namespace)
     cluster.core.delete_namespaced_pod("csi-py-web-1", cluster.namespace,
-                                           grace_period_seconds=1)
+                                       grace_period_seconds=1)
 
     def replaced():
         pod = cluster.core.read_namespaced_pod("csi-py-web-1", cluster.namespace)
