@@ -48,9 +48,16 @@ NOISE = ("grpc/_server.py", "concurrent/futures/thread.py", "threading.py",
          "grpc/_interceptor.py", "<module>", "csi_py/server.py", "csi_py/rpc/errors.py")
 
 
+def py_spy() -> str | None:
+    """The py-spy beside this interpreter (a virtual environment's bin/ is often not on
+    PATH), else the one on PATH, else None."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return beside if os.access(beside, os.X_OK) else shutil.which("py-spy")
+
+
 def spy_start(pid: int | None, path: str, argv: list[str] | None = None
               ) -> subprocess.Popen[bytes]:
-    cmd = ["py-spy", "record", "--idle", "--format", "raw", "--function",
+    cmd = [py_spy() or "py-spy", "record", "--idle", "--format", "raw", "--function",
            "--rate", str(RATE), "--nonblocking", "-o", path]
     cmd += ["-p", str(pid)] if pid else ["--", *(argv or [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -334,7 +341,7 @@ def main() -> int:
     ap.add_argument("--publish-n", type=int, default=300)
     ap.add_argument("--startup-volumes", type=int, default=10_000)
     args = ap.parse_args()
-    if shutil.which("py-spy") is None:
+    if py_spy() is None:
         print("profile: py-spy is missing (pip install py-spy)", file=sys.stderr)
         return 1
     os.makedirs(OUT, exist_ok=True)
@@ -379,7 +386,8 @@ def main() -> int:
             h.force_cleanup(workdir)
         if not h.leftovers(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
-    version = subprocess.run(["py-spy", "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([py_spy() or "py-spy", "--version"], capture_output=True,
+                             text=True).stdout
     data["markdown"] = (
         f"{version.strip()} sampled the driver at {RATE} Hz, wall clock (idle threads "
         f"included, so time spent waiting for a subprocess or a syscall counts). Each "

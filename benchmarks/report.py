@@ -158,8 +158,8 @@ def targets(v: View) -> list[str]:
     rows.append(
         "| 6 | no figure of the last round worse (10k creation and listing, 1 GiB "
         "snapshot; csi-sanity is not run here) | " + "; ".join(t for t, _ in six) +
-        " | | | " + (verdict(all(ok for _, ok in six)) if six else "n/a") + " (loaded "
-        "machine: compare in a quiet run) |")
+        " | | | " + (verdict(all(ok for _, ok in six)) if six else "n/a") + " (figures of "
+        "another run: see [Where the time goes](#where-the-time-goes)) |")
     return rows
 
 
@@ -256,10 +256,17 @@ def render(res: dict[str, Any], findings: str, png_rel: str) -> tuple[str, str]:
     if res.get("quick"):
         w("> **A --quick run**: small counts, for checking the harness only.")
         w("")
-    w(f"> **Loaded machine.** The run shared {m['cores']} cores with other work (load average "
-      f"{m['loadavg_at_start']} at the start, {m.get('loadavg_at_end')} at the end). "
-      "Absolute numbers are noisy; what counts are the ratios, measured in interleaved rounds "
-      "(the order rotates every round) and taken as the median of the per-round ratios.")
+    # The load at the end is mostly the benchmark's own (fio, 8 clients); the load at the
+    # start says whether anything else was running.
+    quiet = m["loadavg_at_start"][0] < 1.0
+    w((f"> **Quiet machine.** Nothing else ran on the {m['cores']} cores when the run "
+       f"started (load average {m['loadavg_at_start']}; {m.get('loadavg_at_end')} at the "
+       "end, from the benchmark's own work). " if quiet else
+       f"> **Loaded machine.** The run shared {m['cores']} cores with other work (load "
+       f"average {m['loadavg_at_start']} at the start, {m.get('loadavg_at_end')} at the "
+       "end). Absolute numbers are noisy. ") +
+      "What counts are the ratios, measured in interleaved rounds (the order rotates every "
+      "round) and taken as the median of the per-round ratios.")
     w("")
     if res.get("errors"):
         w("> **Sections that failed:** " + "; ".join(f"{k}: {e}" for k, e in

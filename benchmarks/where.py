@@ -347,6 +347,9 @@ def main() -> int:
     ap.add_argument("--startup-volumes", type=int, default=10_000)
     ap.add_argument("--parts", default="concurrency,startup")
     args = ap.parse_args()
+    # py-spy is installed into the interpreter's virtual environment, whose bin/ is often
+    # not on PATH.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     for tool in ("py-spy", "strace"):
         if shutil.which(tool) is None:
             print(f"where: {tool} is missing", file=sys.stderr)
