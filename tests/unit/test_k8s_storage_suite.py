@@ -142,6 +142,70 @@ def test_default_selection_is_unique_and_annotated():
             assert line.startswith("[Testpattern: ")
 
 
+def test_stress_options_are_ones_the_suite_runs_with(driver):
+    """The stress suites skip without their options and fail on a count below 1."""
+    info = driver["DriverInfo"]
+    options = {
+        "StressTestOptions": ("NumPods", "NumRestarts"),
+        "VolumeSnapshotStressTestOptions": ("NumPods", "NumSnapshots"),
+        "VolumeModifyStressTestOptions": ("NumPods",),
+    }
+    for name, fields in options.items():
+        assert set(info[name]) == set(fields), name
+        assert all(isinstance(info[name][f], int) and info[name][f] > 0 for f in fields), name
+
+
+# --- hack/k8s-storage-e2e's selection -------------------------------------------------------
+
+_SCRIPT = REPO / "hack" / "k8s-storage-e2e"
+_PFX = "External Storage [Driver: loop.csi-py.io] "
+# Test names as e2e.test v1.34.4 -list-tests prints them for this driver file, and the
+# part of --full that must run each.
+_PART_OF = {
+    "[Testpattern:  (delete policy)] volumegroupsnapshottable [Feature:volumegroupsnapshot] "
+    "VolumeGroupSnapshottable  should create snapshots for multiple volumes in a pod": "snapshots",
+    "[Testpattern: Dynamic Snapshot (retain policy)] snapshottable-stress "
+    "[Feature:VolumeSnapshotDataSource] should support snapshotting of many volumes repeatedly "
+    "[Slow] [Serial]": "snapshots",
+    "[Testpattern: Dynamic Snapshot (delete policy)] snapshottable [Feature:VolumeSnapshotDataSource] "
+    "volume snapshot controller  should check snapshot fields, check restore correctly works, "
+    "check deletion (ephemeral)": "snapshots",
+    "[Testpattern: Dynamic PV (block volmode)] volume-modify-stress "
+    "[FeatureGate:VolumeAttributesClass] [Feature:VolumeAttributesClass] multiple pods should "
+    "modify volumes with a different volumeAttributesClass [Slow]": "expand-ephemeral",
+    "[Testpattern: Dynamic PV (default fs)] volume-stress multiple pods should access different "
+    "volumes repeatedly [Slow] [Serial]": "stress",
+}
+
+
+def _skip_pattern() -> str:
+    match = re.search(r"^SKIP='(.*)'$", _SCRIPT.read_text(), re.M)
+    assert match, "hack/k8s-storage-e2e has no SKIP"
+    return match.group(1)
+
+
+def test_full_parts_select_the_group_snapshot_and_stress_tests():
+    import subprocess
+    listing = subprocess.run(["bash", str(_SCRIPT), "--list"], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+    parts = dict(line.split(None, 1) for line in listing.splitlines())
+    skip = re.compile(_skip_pattern())
+    for name, part in _PART_OF.items():
+        chosen = [p for p, focus in parts.items() if re.search(focus, _PFX + name)]
+        assert chosen == [part], (name, chosen)
+        assert not skip.search(_PFX + name), f"--skip drops {name!r}"
+
+
+def test_every_feature_left_out_is_in_the_docs():
+    """--skip leaves out only what docs/conformance.md's table lists, and that table only
+    what --skip leaves out."""
+    left_out = set(_skip_pattern().replace("\\", "").split("|"))
+    docs = (REPO / "docs" / "conformance.md").read_text()
+    table = docs.split("Left out by the selection", 1)[1].split("\n\n", 2)[1]
+    rows = set(re.findall(r"^\| `(\[[^`]+\])` \|", table, re.M))
+    assert rows == left_out
+
+
 # --- hack/k8s-storage-summary -------------------------------------------------------------
 
 def _summary_module():
