@@ -167,8 +167,9 @@ _PART_OF = {
     "[Testpattern: Dynamic Snapshot (retain policy)] snapshottable-stress "
     "[Feature:VolumeSnapshotDataSource] should support snapshotting of many volumes repeatedly "
     "[Slow] [Serial]": "snapshots",
-    "[Testpattern: Dynamic Snapshot (delete policy)] snapshottable [Feature:VolumeSnapshotDataSource] "
-    "volume snapshot controller  should check snapshot fields, check restore correctly works, "
+    "[Testpattern: Dynamic Snapshot (delete policy)] snapshottable "
+    "[Feature:VolumeSnapshotDataSource] volume snapshot controller  should check snapshot "
+    "fields, check restore correctly works, "
     "check deletion (ephemeral)": "snapshots",
     "[Testpattern: Dynamic PV (block volmode)] volume-modify-stress "
     "[FeatureGate:VolumeAttributesClass] [Feature:VolumeAttributesClass] multiple pods should "
