@@ -28,6 +28,7 @@ from csi_py.state.rows import (
     SNAPSHOT_COLUMNS,
     VOLUME_COLUMNS,
     attachment_of,
+    record_row,
     snapshot_of,
     staging_of,
     volume_of,
@@ -151,22 +152,21 @@ class Catalog(Database):
         rows = self._query("SELECT COALESCE(SUM(capacity_bytes),0) FROM volumes")
         return int(rows[0][0])  # type: ignore[call-overload]
 
+    def _put(self, table: str, record: Attachment | Staging) -> None:
+        """Write `record` as its row of `table`, replacing the row with its key; no
+        fdatasync (see _tx: the kernel or the CO tells us these again). Idempotent.
+        Raises what @writes turns into CatalogError."""
+        row = record_row(record)
+        with self._tx(durable=False) as db:
+            db.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(row)})"
+                       f" VALUES ({','.join('?' * len(row))})", tuple(row.values()))
+
     # --- attachments ---------------------------------------------------------------
 
     @writes
     def put_attachment(self, attachment: Attachment) -> None:
         """Record (or replace) an attachment. Idempotent."""
-        with self._tx(durable=False) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO attachments VALUES (?,?,?,?,?)",
-                (
-                    attachment.volume_id,
-                    attachment.node_id,
-                    int(attachment.readonly),
-                    attachment.access_mode.value,
-                    attachment.access_type.value,
-                ),
-            )
+        self._put("attachments", attachment)
 
     @writes
     def remove_attachment(self, volume_id: str, node_id: str) -> None:
@@ -205,20 +205,7 @@ class Catalog(Database):
     @writes
     def put_staging(self, staging: Staging) -> None:
         """Record (or replace) a volume's staging. Idempotent."""
-        with self._tx(durable=False) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO stagings VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    staging.volume_id,
-                    staging.staging_path,
-                    staging.access_type.value,
-                    staging.fs_type,
-                    json.dumps(list(staging.mount_flags)),
-                    int(staging.readonly),
-                    staging.device,
-                    staging.state.value,
-                ),
-            )
+        self._put("stagings", staging)
 
     def get_staging(self, volume_id: str) -> Staging | None:
         rows = self._query("SELECT * FROM stagings WHERE volume_id=?", (volume_id,))
