@@ -10,7 +10,7 @@ import errno
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from csi_py.config import Config
 from csi_py.core import validation as v
@@ -54,27 +54,21 @@ def no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+@dataclass(eq=False)
 class SnapshotCore:
     """Snapshots of single volumes, each a file in the pool's snapshots directory."""
 
-    def __init__(
-        self,
-        config: Config,
-        catalog: Catalog,
-        pool: Pool,
-        locks: KeyedTryLock,
-        space: Space,
-        volumes: Volumes,
-        capturer: Capturer,
-    ) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.pool = pool
-        self.locks = locks
-        self.space = space
-        self.volumes = volumes
-        self.capturer = capturer
-        self.records = Records(pool.records_dir)
+    config: Config
+    catalog: Catalog
+    pool: Pool
+    locks: KeyedTryLock
+    space: Space
+    volumes: Volumes
+    capturer: Capturer
+    records: Records = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = Records(self.pool.records_dir)
 
     def progress_path(self, name: str) -> str:
         """Where a copy-based capture of snapshot `name` reports its progress."""
