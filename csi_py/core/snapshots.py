@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from csi_py.config import Config
 from csi_py.core import validation as v
 from csi_py.core.capacity import Space
-from csi_py.core.capture import Capturer, Progress
+from csi_py.core.capture import Capturer
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.paging import after_token, cut, page_limit
@@ -35,6 +35,7 @@ from csi_py.domain.errors import snapshot as snapshot_subject
 from csi_py.domain.model import GroupSnapshot, Snapshot, SnapshotState, Volume
 from csi_py.domain.snapshot_ids import is_snapshot_id, new_snapshot_id
 from csi_py.linux import files
+from csi_py.linux.copies import Progress
 from csi_py.linux.progress import ProgressFile, progress_file_name
 from csi_py.state.catalog import Catalog
 from csi_py.state.errors import NameTaken
