@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import overload
 
 from csi_py.core.validation import is_volume_id
-from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.errors import InvalidArgument, snapshot, volume
 from csi_py.domain.snapshot_ids import file_key, is_snapshot_id
 from csi_py.linux import files
 
@@ -63,7 +63,7 @@ class Pool:
         node part of an id never becomes a path. Raises InvalidArgument for a malformed
         id."""
         if not is_snapshot_id(snapshot_id):
-            raise InvalidArgument(f"snapshot id {snapshot_id!r} is malformed")
+            raise InvalidArgument("the id is malformed", subject=snapshot(snapshot_id))
         return os.path.join(self.snapshots_dir, file_key(snapshot_id) + ".img")
 
     def contains(self, path: str) -> bool:
@@ -97,7 +97,7 @@ class Pool:
     def image_path(self, volume_id: str) -> str:
         """The backing file of a volume. Raises InvalidArgument for a malformed id."""
         if not is_volume_id(volume_id):
-            raise InvalidArgument(f"volume id {volume_id!r} is malformed")
+            raise InvalidArgument("the id is malformed", subject=volume(volume_id))
         return os.path.join(self.volumes_dir, volume_id + ".img")
 
     @staticmethod

@@ -55,6 +55,21 @@ def no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def ready_snapshot(catalog: Catalog, config: Config, snapshot_id: str,
+                   field: str = "snapshot_id") -> Snapshot:
+    """The ready snapshot that `snapshot_id` (the request's `field`) names. Read-only.
+    Raises InvalidArgument (empty), NotFound (saying where it lives when its id names
+    another node)."""
+    v.require(snapshot_id, field)
+    snap = catalog.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
+    if snap is not None and snap.ready:
+        return snap
+    which = "" if field == "snapshot_id" else f"(the {field}) "
+    elsewhere = snapshot_owner_elsewhere(snapshot_id, config)
+    raise NotFound(f"{which}{elsewhere}; ask that node's driver" if elsewhere else
+                   f"{which}does not exist", subject=snapshot_subject(snapshot_id))
+
+
 @dataclass(eq=False)
 class SnapshotCore:
     """Snapshots of single volumes, each a file in the pool's snapshots directory."""
@@ -95,7 +110,7 @@ class SnapshotCore:
         """
         v.check_name(name, "name")
         v.require(source_volume_id, "source_volume_id")
-        check_snapshot_parameters(parameters, f"snapshot {name!r}")
+        check_snapshot_parameters(parameters, snapshot_subject(name=name))
         require_here(snapshot_subject(name=name), requisite or [], self.config)
         with self.locks.hold("snapshot-name:" + name, "CreateSnapshot",
                              snapshot_subject(name=name)):
@@ -232,14 +247,7 @@ class SnapshotCore:
     def get(self, snapshot_id: str) -> Snapshot:
         """A ready snapshot. Raises InvalidArgument (empty), NotFound (saying where it
         lives when its id names another node)."""
-        v.require(snapshot_id, "snapshot_id")
-        snap = self.catalog.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
-        if snap is None or not snap.ready:
-            elsewhere = snapshot_owner_elsewhere(snapshot_id, self.config)
-            if elsewhere is not None:
-                raise NotFound(f"{elsewhere}; ask that node's driver")
-            raise NotFound("does not exist", subject=snapshot_subject(snapshot_id))
-        return snap
+        return ready_snapshot(self.catalog, self.config, snapshot_id)
 
     def refuse_elsewhere(self, snapshot_ids: list[str], action: str) -> None:
         """Deleting what this node does not hold, when an id says another node holds it.
@@ -256,4 +264,5 @@ class SnapshotCore:
             if elsewhere is not None:
                 raise FailedPrecondition(
                     f"{elsewhere}; {action} through that node's driver (in Kubernetes, the"
-                    " csi-snapshotter running on that node). Nothing was deleted")
+                    " csi-snapshotter running on that node). Nothing was deleted",
+                    subject=snapshot_subject(sid))
