@@ -41,6 +41,20 @@ def expect_error(
     raise AssertionError(f"expected {code.name}, the call succeeded: {response}")
 
 
+def expect_required(call: Callable[..., Any], request: Any, *fields: str) -> None:
+    """For each of `fields` in turn: `request` without it fails INVALID_ARGUMENT with a
+    message that names the field, says it is required and, while the request still
+    has its volume_id, names the volume."""
+    for name in fields:
+        partial = type(request)()
+        partial.CopyFrom(request)
+        partial.ClearField(name)
+        words = [name, "required"]
+        if name != "volume_id" and getattr(partial, "volume_id", ""):
+            words.append(partial.volume_id)
+        expect_error(call, partial, grpc.StatusCode.INVALID_ARGUMENT, *words)
+
+
 def create_request(
     name: str,
     size: int = SMALL,

@@ -24,6 +24,7 @@ from tests.conformance.helpers import (
     create,
     create_request,
     expect_error,
+    expect_required,
     loops_of,
     unknown_volume_id,
     volume_image,
@@ -213,11 +214,8 @@ def test_controller_expand_of_a_staged_volume_grows_its_loop_device(driver, vol,
 
 
 def test_node_expand_required_fields(driver, vol):
-    call = driver.client.node.NodeExpandVolume
-    expect_error(call, pb.NodeExpandVolumeRequest(volume_path=driver.path("st")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(call, pb.NodeExpandVolumeRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "volume_path", "required")
+    expect_required(driver.client.node.NodeExpandVolume, pb.NodeExpandVolumeRequest(
+        volume_id=vol.volume_id, volume_path=driver.path("st")), "volume_id", "volume_path")
 
 
 @pytest.mark.parametrize("volume_id", [unknown_volume_id(), "garbage"])

@@ -24,6 +24,7 @@ from tests.conformance.helpers import (
     NodeSession,
     create,
     expect_error,
+    expect_required,
     loops_of,
     unknown_volume_id,
 )
@@ -466,10 +467,8 @@ def test_block_publish_places_a_device_at_the_target(driver, vol, node):
 
 def test_unpublish_required_fields(driver, vol):
     unpublish = driver.client.node.NodeUnpublishVolume
-    expect_error(unpublish, pb.NodeUnpublishVolumeRequest(target_path=driver.path("t")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(unpublish, pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "target_path", "required")
+    expect_required(unpublish, pb.NodeUnpublishVolumeRequest(
+        volume_id=vol.volume_id, target_path=driver.path("t")), "volume_id", "target_path")
     expect_error(unpublish, pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id,
                                                           target_path="tgt/t"),
                  Code.INVALID_ARGUMENT, vol.volume_id, "tgt/t", "absolute")
@@ -503,11 +502,9 @@ def test_unpublish_is_idempotent_and_removes_the_target(driver, vol, node, acces
 
 
 def test_unstage_required_fields(driver, vol):
-    unstage = driver.client.node.NodeUnstageVolume
-    expect_error(unstage, pb.NodeUnstageVolumeRequest(staging_target_path=driver.path("st")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(unstage, pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "staging_target_path", "required")
+    expect_required(driver.client.node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(
+        volume_id=vol.volume_id, staging_target_path=driver.path("st")),
+        "volume_id", "staging_target_path")
 
 
 def test_unstage_unknown_volume_is_not_found(driver):
@@ -568,11 +565,8 @@ def _stats(driver, volume_id, path) -> pb.NodeGetVolumeStatsResponse:
 
 
 def test_stats_required_fields(driver, vol):
-    stats = driver.client.node.NodeGetVolumeStats
-    expect_error(stats, pb.NodeGetVolumeStatsRequest(volume_path=driver.path("t")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(stats, pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "volume_path", "required")
+    expect_required(driver.client.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(
+        volume_id=vol.volume_id, volume_path=driver.path("t")), "volume_id", "volume_path")
 
 
 def test_stats_not_found(driver, vol, node):
