@@ -12,9 +12,16 @@ from dataclasses import dataclass
 
 import pytest
 
+from csi_py.linux.filesystems.base import CAP_SYS_RESOURCE, has_capability
 from tests.kernel_leaks import clean_under, leaks_under
 
 NODE_ID = "test-node"
+
+
+def has_cap_sys_resource() -> bool:
+    """Whether this process may grow a mounted ext4 (CAP_SYS_RESOURCE in its effective
+    set), asked the way the driver asks it, so a test expects what the driver decides."""
+    return has_capability("CapEff", CAP_SYS_RESOURCE)
 
 
 def needs_root() -> pytest.MarkDecorator:

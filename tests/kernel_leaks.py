@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
@@ -31,19 +32,25 @@ def mounts_under(root: str) -> list[str]:
     return found
 
 
-def loops_under(root: str) -> list[str]:
-    """Loop devices whose backing file is below `root`."""
-    root = root.rstrip("/") + "/"
-    found = []
+def _backing_files() -> Iterator[tuple[str, str]]:
+    """(loopN, backing file) of each attached loop device, as sysfs shows them."""
     for name in sorted(os.listdir("/sys/block")):
         try:
             with open(f"/sys/block/{name}/loop/backing_file") as fh:
-                backing = fh.read().strip()
+                yield name, fh.read().strip()
         except OSError:
             continue
-        if backing.startswith(root):
-            found.append(f"/dev/{name}")
-    return found
+
+
+def loops_under(root: str) -> list[str]:
+    """Loop devices whose backing file is below `root`."""
+    root = root.rstrip("/") + "/"
+    return [f"/dev/{name}" for name, backing in _backing_files() if backing.startswith(root)]
+
+
+def loops_backed_by(image: str) -> list[str]:
+    """The sysfs names (loopN) of the loop devices whose backing file is `image`."""
+    return [name for name, backing in _backing_files() if backing == image]
 
 
 def leaks_under(root: str) -> list[str]:

@@ -102,6 +102,20 @@ class Volumes:
         self.c.node.NodeUnpublishVolume(
             pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target), timeout=self.t)
 
+    def bring_up(self, vid: str, kind: Kind, staging: str, target: str) -> None:
+        """ControllerPublish, NodeStage and NodePublish, as a CO brings a volume to a pod
+        on this node."""
+        self.attach(vid, kind)
+        self.stage(vid, kind, staging)
+        self.publish(vid, kind, staging, target)
+
+    def take_down(self, vid: str, staging: str, target: str) -> None:
+        """NodeUnpublish, NodeUnstage and ControllerUnpublish: bring_up undone, in the
+        order a CO undoes it."""
+        self.unpublish(vid, target)
+        self.unstage(vid, staging)
+        self.detach(vid)
+
     def expand(self, vid: str, kind: Kind, size: int) -> pb.ControllerExpandVolumeResponse:
         return self.c.controller.ControllerExpandVolume(
             pb.ControllerExpandVolumeRequest(volume_id=vid,

@@ -12,18 +12,17 @@ data moves; the freeze lasts as long as the copy).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.pool import Pool
 from csi_py.domain.model import AccessType
 from csi_py.linux import Host, copies, files
+from csi_py.linux.copies import Progress
 from csi_py.state.catalog import Catalog
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 class Capturer:

@@ -1,9 +1,9 @@
 """Kernel, pool and catalog failures as domain errors, so that no known condition
 reaches a caller as INTERNAL or as a traceback.
 
-ERRNO_ERRORS is the one table from errno to the CSI status (through the domain error
-classes that rpc/errors.py maps to codes); tests/unit/test_errmap.py checks that it
-covers every errno the linux layer can raise.
+ERRNO_ERRORS (made from _MEANINGS) is the one table from errno to the CSI status
+(through the domain error classes that rpc/errors.py maps to codes);
+tests/unit/test_errmap.py checks that it covers every errno the linux layer can raise.
 """
 
 from __future__ import annotations
@@ -23,55 +23,71 @@ from csi_py.linux.errors import (
 )
 from csi_py.state.errors import CatalogError, CatalogFull
 
-ERRNO_ERRORS: dict[int, tuple[type[e.DriverError], str]] = {
+# What each errno the linux layer can raise means, under the domain error (and so the
+# CSI status) it becomes.
+_MEANINGS: dict[type[e.DriverError], dict[int, str]] = {
     # The request names something unusable: fix the request.
-    E.ENAMETOOLONG: (e.InvalidArgument, "a path or one of its components is too long"),
-    E.EINVAL: (e.InvalidArgument, "the kernel refused the arguments (a mount option the"
-                                  " filesystem does not take, a bad path or size)"),
-    E.ELOOP: (e.InvalidArgument, "too many symbolic links in the path"),
-    E.ENOTDIR: (e.InvalidArgument, "a component of the path is not a directory"),
-    E.EISDIR: (e.InvalidArgument, "the path is a directory where a file is needed"),
-    E.EFAULT: (e.InvalidArgument, "a bad address was passed to the kernel"),
-    E.ESPIPE: (e.InvalidArgument, "the path is a pipe or socket, not a file"),
+    e.InvalidArgument: {
+        E.ENAMETOOLONG: "a path or one of its components is too long",
+        E.EINVAL: "the kernel refused the arguments (a mount option the filesystem does"
+                  " not take, a bad path or size)",
+        E.ELOOP: "too many symbolic links in the path",
+        E.ENOTDIR: "a component of the path is not a directory",
+        E.EISDIR: "the path is a directory where a file is needed",
+        E.EFAULT: "a bad address was passed to the kernel",
+        E.ESPIPE: "the path is a pipe or socket, not a file",
+    },
     # The node is not in a state that allows it: fix the node, then retry.
-    E.ENOENT: (e.FailedPrecondition, "the path does not exist"),
-    E.EACCES: (e.FailedPrecondition, "permission denied"),
-    E.EPERM: (e.FailedPrecondition, "not permitted (csi-py needs to run privileged)"),
-    E.EROFS: (e.FailedPrecondition, "the filesystem is read-only"),
-    E.EBUSY: (e.FailedPrecondition, "it is in use (mounted, or open by a process)"),
-    E.ETXTBSY: (e.FailedPrecondition, "the file is in use"),
-    E.ENXIO: (e.FailedPrecondition, "the device is gone (detached)"),
-    E.ENODEV: (e.FailedPrecondition, "no such device, or the kernel lacks the filesystem"),
-    E.ENOTBLK: (e.FailedPrecondition, "not a block device"),
-    E.ENOTTY: (e.FailedPrecondition, "the kernel does not support this operation here"),
-    E.ENOSYS: (e.FailedPrecondition, "the kernel does not support this operation"),
-    E.EOPNOTSUPP: (e.FailedPrecondition, "the filesystem does not support this operation"),
-    E.EXDEV: (e.FailedPrecondition, "the paths are on different filesystems"),
-    E.EUCLEAN: (e.FailedPrecondition, "the filesystem is corrupted; unmount it and run"
-                                      " its fsck"),
-    E.EBADMSG: (e.FailedPrecondition, "the filesystem is corrupted (a bad checksum); unmount"
-                                      " it and run its fsck"),
-    E.EBADF: (e.FailedPrecondition, "the file was closed under the operation"),
-    E.EMLINK: (e.FailedPrecondition, "too many links"),
+    e.FailedPrecondition: {
+        E.ENOENT: "the path does not exist",
+        E.EACCES: "permission denied",
+        E.EPERM: "not permitted (csi-py needs to run privileged)",
+        E.EROFS: "the filesystem is read-only",
+        E.EBUSY: "it is in use (mounted, or open by a process)",
+        E.ETXTBSY: "the file is in use",
+        E.ENXIO: "the device is gone (detached)",
+        E.ENODEV: "no such device, or the kernel lacks the filesystem",
+        E.ENOTBLK: "not a block device",
+        E.ENOTTY: "the kernel does not support this operation here",
+        E.ENOSYS: "the kernel does not support this operation",
+        E.EOPNOTSUPP: "the filesystem does not support this operation",
+        E.EXDEV: "the paths are on different filesystems",
+        E.EUCLEAN: "the filesystem is corrupted; unmount it and run its fsck",
+        E.EBADMSG: "the filesystem is corrupted (a bad checksum); unmount it and run its fsck",
+        E.EBADF: "the file was closed under the operation",
+        E.EMLINK: "too many links",
+    },
     # Names that are taken.
-    E.EEXIST: (e.AlreadyExists, "the path already exists"),
-    E.ENOTEMPTY: (e.AlreadyExists, "the directory is not empty"),
+    e.AlreadyExists: {
+        E.EEXIST: "the path already exists",
+        E.ENOTEMPTY: "the directory is not empty",
+    },
     # Out of something.
-    E.ENOSPC: (e.ResourceExhausted, "no space left in the pool"),
-    E.EDQUOT: (e.ResourceExhausted, "the pool's quota is exhausted"),
-    E.EMFILE: (e.ResourceExhausted, "the driver has too many open files"),
-    E.ENFILE: (e.ResourceExhausted, "the node has too many open files"),
-    E.ENOMEM: (e.ResourceExhausted, "the kernel is out of memory"),
-    E.EFBIG: (e.OutOfRange, "the file would grow past the filesystem's limit"),
-    E.EOVERFLOW: (e.OutOfRange, "a size or offset is out of range"),
+    e.ResourceExhausted: {
+        E.ENOSPC: "no space left in the pool",
+        E.EDQUOT: "the pool's quota is exhausted",
+        E.EMFILE: "the driver has too many open files",
+        E.ENFILE: "the node has too many open files",
+        E.ENOMEM: "the kernel is out of memory",
+    },
+    e.OutOfRange: {
+        E.EFBIG: "the file would grow past the filesystem's limit",
+        E.EOVERFLOW: "a size or offset is out of range",
+    },
     # Passing conditions: retrying later may work.
-    E.EAGAIN: (e.Unavailable, "the kernel asked to try again"),
-    E.EINTR: (e.Unavailable, "the call was interrupted"),
-    E.ETIMEDOUT: (e.Unavailable, "timed out"),
-    E.ESTALE: (e.Unavailable, "a stale file handle"),
-    # The storage under the pool or a volume fails: nothing the request can fix,
-    # retried once the pool is repaired (health and docs/reliability.md say how).
-    E.EIO: (e.Unavailable, "I/O error: the pool's filesystem or disk is failing"),
+    e.Unavailable: {
+        E.EAGAIN: "the kernel asked to try again",
+        E.EINTR: "the call was interrupted",
+        E.ETIMEDOUT: "timed out",
+        E.ESTALE: "a stale file handle",
+        # The storage under the pool or a volume fails: nothing the request can fix,
+        # retried once the pool is repaired (health and docs/reliability.md say how).
+        E.EIO: "I/O error: the pool's filesystem or disk is failing",
+    },
+}
+ERRNO_ERRORS: dict[int, tuple[type[e.DriverError], str]] = {
+    err: (kind, meaning) for kind, meanings in _MEANINGS.items()
+    for err, meaning in meanings.items()
 }
 
 

@@ -18,7 +18,7 @@ from csi_py.core.pool import Pool
 from csi_py.core.rules import check_snapshot_parameters
 from csi_py.core.snapshots import SnapshotCore, no_space
 from csi_py.core.topology import snapshot_owner_elsewhere
-from csi_py.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from csi_py.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, shown
 from csi_py.domain.errors import group_snapshot as group_subject
 from csi_py.domain.model import GroupSnapshot, Snapshot, SnapshotState
 from csi_py.linux import files
@@ -67,7 +67,7 @@ class GroupSnapshots:
             raise InvalidArgument(
                 f"source_volume_ids name volume(s) {repeated} more than once",
                 subject=group_subject(name=name))
-        check_snapshot_parameters(parameters, f"group snapshot {name!r}")
+        check_snapshot_parameters(parameters, group_subject(name=name))
         with self.locks.hold("group-name:" + name, "CreateVolumeGroupSnapshot",
                              group_subject(name=name)):
             existing = self.catalog.get_group_by_name(name)
@@ -160,7 +160,8 @@ class GroupSnapshots:
             for sid in snapshot_ids:
                 elsewhere = snapshot_owner_elsewhere(sid, self.config)
                 if elsewhere is not None:
-                    raise NotFound(f"its member {elsewhere}; ask that node's driver",
+                    raise NotFound(f"its member snapshot {shown(sid)} {elsewhere}; ask that"
+                                   " node's driver",
                                    subject=group_subject(group_id))
             raise NotFound("does not exist", subject=group_subject(group_id))
         _check_members(group, snapshot_ids)

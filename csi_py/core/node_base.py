@@ -4,6 +4,7 @@ and the teardown helpers (the staging record without the catalog, unmounting onl
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from csi_py.config import Config
 from csi_py.core import validation as v
@@ -24,26 +25,22 @@ from csi_py.state.records import Records
 log = logging.getLogger("csi_py.core.node")
 
 
+@dataclass(eq=False)
 class NodeBase:
     """The dependencies of the node operations and the helpers they share."""
 
-    def __init__(
-        self,
-        config: Config,
-        catalog: Catalog,
-        pool: Pool,
-        host: Host,
-        locks: KeyedTryLock,
-        controller: ControllerCore,
-    ) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.pool = pool
-        self.host = host
-        self.locks = locks
-        self.controller = controller
-        self.records = Records(pool.records_dir)
-        self.kernel = VolumeKernel(host.loops, host.mounts)
+    config: Config
+    catalog: Catalog
+    pool: Pool
+    host: Host
+    locks: KeyedTryLock
+    controller: ControllerCore
+    records: Records = field(init=False)
+    kernel: VolumeKernel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = Records(self.pool.records_dir)
+        self.kernel = VolumeKernel(self.host.loops, self.host.mounts)
 
     def view(self, volume_id: str, record: Staging | None, *, scan: bool = False,
              at: str = "") -> VolumeView:

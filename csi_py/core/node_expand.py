@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from csi_py.core import validation as v
 from csi_py.core.capacity import check_range
 from csi_py.core.crashpoints import crash_point
@@ -106,14 +108,8 @@ class ExpandWork(NodeBase):
             size = self.host.fs.block_device_size(paths[0])
             return VolumeStats(total_bytes=size, available_bytes=0, used_bytes=0, is_block=True)
         fs = self.host.fs.statfs(volume_path)
-        return VolumeStats(
-            total_bytes=fs.total_bytes,
-            available_bytes=fs.available_bytes,
-            used_bytes=fs.used_bytes,
-            total_inodes=fs.total_inodes,
-            free_inodes=fs.free_inodes,
-            used_inodes=fs.used_inodes,
-        )
+        # FsStats's counts are the first six fields of VolumeStats, by the same names.
+        return VolumeStats(**asdict(fs))
 
 
 def check_node_capacity(volume: Volume, rng: CapacityRange) -> None:

@@ -7,9 +7,10 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import overload
 
 from csi_py.core.validation import is_volume_id
-from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.errors import InvalidArgument, snapshot, volume
 from csi_py.domain.snapshot_ids import file_key, is_snapshot_id
 from csi_py.linux import files
 
@@ -24,35 +25,46 @@ class PoolError(Exception):
     """The pool directory is unsafe or unusable; the message says why."""
 
 
+class Entry:
+    """A fixed name in the pool root, read on a Pool as its full path (a table row of
+    the layout below). Pure."""
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name = name
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, pool: None, owner: type) -> Entry: ...
+    @overload
+    def __get__(self, pool: Pool, owner: type) -> str: ...
+    def __get__(self, pool: Pool | None, owner: type) -> Entry | str:
+        return self if pool is None else os.path.join(pool.root, self.name)
+
+
 @dataclass(frozen=True)
 class Pool:
+    """The pool at `root`: the paths of its entries and of each volume's and
+    snapshot's image, and the checks that keep it safe."""
+
     root: str
 
-    @property
-    def volumes_dir(self) -> str:
-        return os.path.join(self.root, "volumes")
-
-    @property
-    def snapshots_dir(self) -> str:
-        return os.path.join(self.root, "snapshots")
+    volumes_dir = Entry("volumes", "The volumes' images, <volume id>.img.")
+    snapshots_dir = Entry("snapshots", "The snapshots' images, snap-<hex>.img.")
+    records_dir = Entry("records", "Where each image's self-describing record lives"
+                                   " (state/records.py).")
+    ephemeral_dir = Entry("ephemeral", "Where the driver stages inline ephemeral volumes"
+                                       " (core/ephemeral.py).")
+    catalog_path = Entry("catalog.db", "The catalog (state/catalog.py).")
+    catalog_reserve_path = Entry("catalog.reserve", "The space held back for the catalog"
+                                                    " (CATALOG_RESERVE_BYTES).")
 
     def snapshot_path(self, snapshot_id: str) -> str:
         """The image file of a snapshot, named by its key alone (`snap-<hex>`): the
         node part of an id never becomes a path. Raises InvalidArgument for a malformed
         id."""
         if not is_snapshot_id(snapshot_id):
-            raise InvalidArgument(f"snapshot id {snapshot_id!r} is malformed")
+            raise InvalidArgument("the id is malformed", subject=snapshot(snapshot_id))
         return os.path.join(self.snapshots_dir, file_key(snapshot_id) + ".img")
-
-    @property
-    def records_dir(self) -> str:
-        """Where each image's self-describing record lives (state/records.py)."""
-        return os.path.join(self.root, "records")
-
-    @property
-    def ephemeral_dir(self) -> str:
-        """Where the driver stages inline ephemeral volumes (core/ephemeral.py)."""
-        return os.path.join(self.root, "ephemeral")
 
     def contains(self, path: str) -> bool:
         """Whether `path` (resolved) is the pool root or anything below it, other
@@ -62,16 +74,7 @@ class Pool:
         root = files.resolve(self.root).rstrip("/")
         if real != root and not real.startswith(root + "/"):
             return False
-        return not real.startswith(os.path.join(root, os.path.basename(self.ephemeral_dir))
-                                   + "/")
-
-    @property
-    def catalog_path(self) -> str:
-        return os.path.join(self.root, "catalog.db")
-
-    @property
-    def catalog_reserve_path(self) -> str:
-        return os.path.join(self.root, "catalog.reserve")
+        return not real.startswith(os.path.join(root, Pool.ephemeral_dir.name) + "/")
 
     def keep_catalog_reserve(self) -> bool:
         """Allocate the catalog's reserve file if it is missing. Best effort (False
@@ -94,7 +97,7 @@ class Pool:
     def image_path(self, volume_id: str) -> str:
         """The backing file of a volume. Raises InvalidArgument for a malformed id."""
         if not is_volume_id(volume_id):
-            raise InvalidArgument(f"volume id {volume_id!r} is malformed")
+            raise InvalidArgument("the id is malformed", subject=volume(volume_id))
         return os.path.join(self.volumes_dir, volume_id + ".img")
 
     @staticmethod

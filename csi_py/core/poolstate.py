@@ -13,6 +13,8 @@ from csi_py.linux.errors import errno_text
 
 
 class PoolCondition(enum.Enum):
+    """Which of the three states the pool is in (see the module's statement)."""
+
     OK = "ok"
     FULL = "full"
     FAILED = "failed"
@@ -20,6 +22,9 @@ class PoolCondition(enum.Enum):
 
 @dataclass(frozen=True)
 class PoolState:
+    """One probe's result: the condition, the free bytes it saw (0 when failed) and a
+    message for the operator that says what to do."""
+
     condition: PoolCondition
     free_bytes: int
     message: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from csi_py.config import Config
 from csi_py.core import validation as v
-from csi_py.domain.errors import InvalidArgument
+from csi_py.domain.errors import InvalidArgument, Subject
 from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import AccessType, Capability, Provisioning, Volume
 
@@ -94,13 +94,14 @@ def parse_parameters(
     return fs_type, provisioning
 
 
-def check_snapshot_parameters(parameters: dict[str, str], what: str) -> None:
+def check_snapshot_parameters(parameters: dict[str, str], subject: Subject) -> None:
     """Snapshots take no parameters beyond the CO's own metadata keys. Pure; raises
-    InvalidArgument."""
+    InvalidArgument about `subject` (the snapshot or group snapshot being cut)."""
     v.check_map(parameters, "parameters")
     unknown = sorted(k for k in parameters if not k.startswith(IGNORED_PARAMETER_PREFIXES))
     if unknown:
-        raise InvalidArgument(f"{what}: unknown parameter(s) {unknown}; snapshots take none")
+        raise InvalidArgument(f"unknown parameter(s) {unknown}; snapshots take none",
+                              subject=subject)
 
 
 def capabilities_fit(

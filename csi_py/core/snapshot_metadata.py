@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from csi_py.config import Config
-from csi_py.core import validation as v
 from csi_py.core.pool import Pool
-from csi_py.core.topology import snapshot_owner_elsewhere
-from csi_py.domain.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from csi_py.core.snapshots import ready_snapshot
+from csi_py.domain.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from csi_py.domain.errors import snapshot as snapshot_subject
 from csi_py.domain.model import Snapshot
-from csi_py.domain.snapshot_ids import is_snapshot_id
 from csi_py.linux import extents
 from csi_py.state.catalog import Catalog
 
@@ -46,22 +45,14 @@ class SnapshotMetadataCore:
         self.config = config
 
     def _snapshot(self, snapshot_id: str, field: str) -> Snapshot:
-        v.require(snapshot_id, field)
-        snap = self.catalog.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
-        if snap is None or not snap.ready:
-            elsewhere = snapshot_owner_elsewhere(snapshot_id, self.config)
-            if elsewhere is not None:
-                raise NotFound(f"{field}: {elsewhere}; ask that node's driver")
-            raise NotFound(f"{field}: snapshot {snapshot_id!r} does not exist")
-        return snap
+        return ready_snapshot(self.catalog, self.config, snapshot_id, field)
 
     @staticmethod
     def _check_offset(snap: Snapshot, starting_offset: int) -> None:
         if starting_offset < 0 or starting_offset > snap.size_bytes:
             raise OutOfRange(
-                f"starting_offset {starting_offset} is outside snapshot {snap.id}, whose"
-                f" volume has {snap.size_bytes} bytes"
-            )
+                f"starting_offset {starting_offset} is outside it: its volume has"
+                f" {snap.size_bytes} bytes", subject=snapshot_subject(snap.id))
 
     def _guarded(self, ranges: Iterator[tuple[int, int]], limit: int, what: str
                  ) -> Iterator[tuple[int, int]]:

@@ -10,12 +10,12 @@ import errno
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from csi_py.config import Config
 from csi_py.core import validation as v
 from csi_py.core.capacity import Space
-from csi_py.core.capture import Capturer, Progress
+from csi_py.core.capture import Capturer
 from csi_py.core.crashpoints import crash_point
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.paging import after_token, cut, page_limit
@@ -35,6 +35,7 @@ from csi_py.domain.errors import snapshot as snapshot_subject
 from csi_py.domain.model import GroupSnapshot, Snapshot, SnapshotState, Volume
 from csi_py.domain.snapshot_ids import is_snapshot_id, new_snapshot_id
 from csi_py.linux import files
+from csi_py.linux.copies import Progress
 from csi_py.linux.progress import ProgressFile, progress_file_name
 from csi_py.state.catalog import Catalog
 from csi_py.state.errors import NameTaken
@@ -54,27 +55,36 @@ def no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def ready_snapshot(catalog: Catalog, config: Config, snapshot_id: str,
+                   field: str = "snapshot_id") -> Snapshot:
+    """The ready snapshot that `snapshot_id` (the request's `field`) names. Read-only.
+    Raises InvalidArgument (empty), NotFound (saying where it lives when its id names
+    another node)."""
+    v.require(snapshot_id, field)
+    snap = catalog.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
+    if snap is not None and snap.ready:
+        return snap
+    which = "" if field == "snapshot_id" else f"(the {field}) "
+    elsewhere = snapshot_owner_elsewhere(snapshot_id, config)
+    raise NotFound(f"{which}{elsewhere}; ask that node's driver" if elsewhere else
+                   f"{which}does not exist", subject=snapshot_subject(snapshot_id))
+
+
+@dataclass(eq=False)
 class SnapshotCore:
     """Snapshots of single volumes, each a file in the pool's snapshots directory."""
 
-    def __init__(
-        self,
-        config: Config,
-        catalog: Catalog,
-        pool: Pool,
-        locks: KeyedTryLock,
-        space: Space,
-        volumes: Volumes,
-        capturer: Capturer,
-    ) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.pool = pool
-        self.locks = locks
-        self.space = space
-        self.volumes = volumes
-        self.capturer = capturer
-        self.records = Records(pool.records_dir)
+    config: Config
+    catalog: Catalog
+    pool: Pool
+    locks: KeyedTryLock
+    space: Space
+    volumes: Volumes
+    capturer: Capturer
+    records: Records = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = Records(self.pool.records_dir)
 
     def progress_path(self, name: str) -> str:
         """Where a copy-based capture of snapshot `name` reports its progress."""
@@ -100,7 +110,7 @@ class SnapshotCore:
         """
         v.check_name(name, "name")
         v.require(source_volume_id, "source_volume_id")
-        check_snapshot_parameters(parameters, f"snapshot {name!r}")
+        check_snapshot_parameters(parameters, snapshot_subject(name=name))
         require_here(snapshot_subject(name=name), requisite or [], self.config)
         with self.locks.hold("snapshot-name:" + name, "CreateSnapshot",
                              snapshot_subject(name=name)):
@@ -237,14 +247,7 @@ class SnapshotCore:
     def get(self, snapshot_id: str) -> Snapshot:
         """A ready snapshot. Raises InvalidArgument (empty), NotFound (saying where it
         lives when its id names another node)."""
-        v.require(snapshot_id, "snapshot_id")
-        snap = self.catalog.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
-        if snap is None or not snap.ready:
-            elsewhere = snapshot_owner_elsewhere(snapshot_id, self.config)
-            if elsewhere is not None:
-                raise NotFound(f"{elsewhere}; ask that node's driver")
-            raise NotFound("does not exist", subject=snapshot_subject(snapshot_id))
-        return snap
+        return ready_snapshot(self.catalog, self.config, snapshot_id)
 
     def refuse_elsewhere(self, snapshot_ids: list[str], action: str) -> None:
         """Deleting what this node does not hold, when an id says another node holds it.
@@ -261,4 +264,5 @@ class SnapshotCore:
             if elsewhere is not None:
                 raise FailedPrecondition(
                     f"{elsewhere}; {action} through that node's driver (in Kubernetes, the"
-                    " csi-snapshotter running on that node). Nothing was deleted")
+                    " csi-snapshotter running on that node). Nothing was deleted",
+                    subject=snapshot_subject(sid))

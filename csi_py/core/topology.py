@@ -5,7 +5,7 @@ segment, ``<topology key>: <node id>``). Pure functions."""
 from __future__ import annotations
 
 from csi_py.config import Config
-from csi_py.domain.errors import ResourceExhausted, Subject
+from csi_py.domain.errors import ResourceExhausted, Subject, shown
 from csi_py.domain.snapshot_ids import foreign_owner
 
 
@@ -39,20 +39,23 @@ def require_here(subject: Subject, requisite: list[dict[str, str]], where: Confi
 
 def snapshot_owner_elsewhere(snapshot_id: str, where: Config) -> str | None:
     """When `snapshot_id` names another node than this one, the words for where it
-    lives (``snapshot ... lives on node 'a', not on node 'b' that this driver serves``);
-    None when it may be ours (it names this node, or no node). Never raises."""
+    lives (``lives on node 'a', not on node 'b' that this driver serves``), to follow
+    the snapshot's subject; None when it may be ours (it names this node, or no node).
+    Never raises."""
     owner = foreign_owner(snapshot_id, where.node_id)
     if owner is None:
         return None
-    return (f"snapshot {snapshot_id} lives on {owner}, not on node {where.node_id!r} that"
+    return (f"lives on {owner}, not on node {where.node_id!r} that"
             " this driver serves (a snapshot is a file in the pool of the node that cut it)")
 
 
 def restore_there(owner_text: str, snapshot_id: str, where: Config) -> str:
-    """The advice that follows `snapshot_owner_elsewhere` for a restore."""
+    """The words for a restore from a snapshot that lives elsewhere: which snapshot,
+    `owner_text` (from `snapshot_owner_elsewhere`) and the advice. Pure."""
     owner = foreign_owner(snapshot_id, where.node_id) or ""
     if not owner.startswith("node "):
         owner = "the node that cut it"  # an id with a digest: the node cannot be named
-    return (f"{owner_text}; restore it on {owner}: with a WaitForFirstConsumer"
-            " StorageClass, place the pod that uses the new PVC there (a nodeSelector on"
-            " kubernetes.io/hostname), so that node's provisioner and driver restore it")
+    return (f"source snapshot {shown(snapshot_id)} {owner_text}; restore it on {owner}:"
+            " with a WaitForFirstConsumer StorageClass, place the pod that uses the new PVC"
+            " there (a nodeSelector on kubernetes.io/hostname), so that node's provisioner"
+            " and driver restore it")

@@ -102,6 +102,9 @@ class Volume:
 
 
 class SnapshotState(enum.Enum):
+    """Where a snapshot is in its life, as VolumeState for volumes: CREATING and
+    DELETING record an intent whose image may be incomplete or may still exist."""
+
     CREATING = "creating"
     READY = "ready"
     DELETING = "deleting"

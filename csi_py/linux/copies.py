@@ -35,6 +35,8 @@ _COPY_CHUNK = 16 << 20
 _BUFFER = 1 << 20
 # sparse_copy() reports progress at most this often (plus once at the end).
 PROGRESS_EVERY = 64 << 20
+# A copy's progress callback: called with (bytes done, bytes total).
+Progress = Callable[[int, int], None]
 
 
 def _open_source(src: str) -> int:
@@ -132,7 +134,7 @@ def _copy_fd(
     dst_fd: int,
     src: str,
     dst: str,
-    progress: Callable[[int, int], None] | None,
+    progress: Progress | None,
     share_extents: bool,
 ) -> int:
     size = os.fstat(src_fd).st_size
@@ -213,7 +215,7 @@ def sparse_copy(
     src: str,
     dst: str,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     share_extents: bool = True,
 ) -> int:
     """Copy ``src`` into a new file ``dst`` (mode 0600) moving only its allocated
@@ -243,7 +245,7 @@ def clone_file(
     src: str,
     dst: str,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     allow_reflink: bool = True,
 ) -> str:
     """Make ``dst`` a crash-safe copy of ``src`` and say how: "reflink" (shared

@@ -38,6 +38,10 @@ _READ_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Extent:
+    """One extent of a file as FIEMAP reports it: bytes at file offset `logical` stored
+    at byte `physical` on the filesystem's device, with the kernel's FIEMAP_EXTENT_*
+    flags."""
+
     logical: int
     physical: int
     length: int

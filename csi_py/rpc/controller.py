@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.driver import Driver
 from csi_py.core.sources import ContentSource
 from csi_py.domain.errors import InvalidArgument, Unimplemented
 from csi_py.rpc import convert, health
 from csi_py.rpc.errors import rpc_method
+from csi_py.rpc.servicer import Servicer, ready_rpc
 
 RPC = pb.ControllerServiceCapability.RPC
 CONTROLLER_CAPABILITIES = (
@@ -33,20 +33,15 @@ CONTROLLER_CAPABILITIES = (
 NODE_SIDE = (RPC.EXPAND_VOLUME, RPC.MODIFY_VOLUME)
 
 
-class ControllerService(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
-        self.core = driver.controller
-
+class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
     def _here(self) -> dict[str, str]:
         return {self.driver.config.topology_key: self.driver.config.node_id}
 
     def _volume(self, vol):
         return convert.volume(vol, self.driver.config.topology_key, self.driver.config.node_id)
 
-    @rpc_method
+    @ready_rpc
     def CreateVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         source = None
         if request.HasField("volume_content_source"):
             src = request.volume_content_source
@@ -60,7 +55,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                                       " nor a volume")
             if not source.id:
                 raise InvalidArgument(f"volume_content_source: the {kind} id is empty")
-        vol = self.core.create_volume(
+        vol = self.driver.controller.create_volume(
             name=request.name,
             capacity=convert.capacity_range(request.capacity_range),
             caps=convert.capabilities(request.volume_capabilities),
@@ -74,16 +69,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             response.volume.content_source.CopyFrom(request.volume_content_source)
         return response
 
-    @rpc_method
+    @ready_rpc
     def DeleteVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        self.core.delete_volume(request.volume_id)
+        self.driver.controller.delete_volume(request.volume_id)
         return pb.DeleteVolumeResponse()
 
-    @rpc_method
+    @ready_rpc
     def ControllerPublishVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        publish_context = self.core.publish(
+        publish_context = self.driver.controller.publish(
             request.volume_id,
             request.node_id,
             convert.optional_capability(request),
@@ -91,18 +84,16 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         )
         return pb.ControllerPublishVolumeResponse(publish_context=publish_context)
 
-    @rpc_method
+    @ready_rpc
     def ControllerUnpublishVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        self.core.unpublish(request.volume_id, request.node_id)
+        self.driver.controller.unpublish(request.volume_id, request.node_id)
         return pb.ControllerUnpublishVolumeResponse()
 
-    @rpc_method
+    @ready_rpc
     def ValidateVolumeCapabilities(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         caps = convert.capabilities(request.volume_capabilities) if \
             request.volume_capabilities else []
-        ok, reason = self.core.validate_capabilities(
+        ok, reason = self.driver.controller.validate_capabilities(
             request.volume_id, caps, dict(request.parameters), dict(request.mutable_parameters)
         )
         if not ok:
@@ -116,10 +107,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             )
         )
 
-    @rpc_method
+    @ready_rpc
     def ListVolumes(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        listing = self.core.list_volumes(request.max_entries, request.starting_token)
+        listing = self.driver.controller.list_volumes(request.max_entries, request.starting_token)
         return pb.ListVolumesResponse(
             entries=[
                 pb.ListVolumesResponse.Entry(
@@ -131,27 +121,24 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             next_token=listing.next_token,
         )
 
-    @rpc_method
+    @ready_rpc
     def ControllerListVolumeHealth(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         page = self.driver.health_report.list_page(request.max_entries, request.starting_token)
         return pb.ControllerListVolumeHealthResponse(
             entries=health.volume_health_list(page.entries), next_token=page.next_token)
 
-    @rpc_method
+    @ready_rpc
     def ControllerGetVolumeHealth(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        vol = self.core.get_ready_volume(request.volume_id)
+        vol = self.driver.controller.get_ready_volume(request.volume_id)
         conditions = self.driver.health_report.volume_conditions(vol)
         return pb.ControllerGetVolumeHealthResponse(
             volume_health=health.volume_health(vol.id, conditions))
 
-    @rpc_method
+    @ready_rpc
     def GetCapacity(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         topology = dict(request.accessible_topology.segments) if \
             request.HasField("accessible_topology") else None
-        report = self.core.get_capacity(
+        report = self.driver.controller.get_capacity(
             convert.capabilities(request.volume_capabilities), dict(request.parameters), topology
         )
         response = pb.GetCapacityResponse(available_capacity=report.available_bytes)
@@ -182,11 +169,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         )
 
 
-    @rpc_method
+    @ready_rpc
     def ControllerExpandVolume(self, request, context):  # noqa: N802
         self._require(RPC.EXPAND_VOLUME, "ControllerExpandVolume")
-        self.driver.require_ready()
-        size, needs_node = self.core.expand(
+        size, needs_node = self.driver.controller.expand(
             request.volume_id,
             convert.capacity_range(request.capacity_range),
             convert.optional_capability(request),
@@ -195,29 +181,26 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             capacity_bytes=size, node_expansion_required=needs_node
         )
 
-    @rpc_method
+    @ready_rpc
     def ControllerGetVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        vol = self.core.get_ready_volume(request.volume_id)
-        nodes = self.core.published_nodes(vol.id)
+        vol = self.driver.controller.get_ready_volume(request.volume_id)
+        nodes = self.driver.controller.published_nodes(vol.id)
         # CSI v1.13 dropped VolumeCondition: health is ControllerGetVolumeHealth's now.
         return pb.ControllerGetVolumeResponse(
             volume=self._volume(vol),
             status=pb.ControllerGetVolumeResponse.VolumeStatus(published_node_ids=nodes),
         )
 
-    @rpc_method
+    @ready_rpc
     def ControllerModifyVolume(self, request, context):  # noqa: N802
         self._require(RPC.MODIFY_VOLUME, "ControllerModifyVolume")
-        self.driver.require_ready()
-        self.core.modify(request.volume_id, dict(request.mutable_parameters))
+        self.driver.controller.modify(request.volume_id, dict(request.mutable_parameters))
         return pb.ControllerModifyVolumeResponse()
 
     # --- snapshots -------------------------------------------------------------------
 
-    @rpc_method
+    @ready_rpc
     def CreateSnapshot(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         snap = self.driver.snapshots.create(
             request.source_volume_id, request.name, dict(request.parameters),
             requisite=[dict(t.segments)
@@ -225,15 +208,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         )
         return pb.CreateSnapshotResponse(snapshot=convert.snapshot(snap, self._here()))
 
-    @rpc_method
+    @ready_rpc
     def DeleteSnapshot(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         self.driver.snapshots.delete(request.snapshot_id)
         return pb.DeleteSnapshotResponse()
 
-    @rpc_method
+    @ready_rpc
     def ListSnapshots(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         listing = self.driver.snapshots.list_page(
             request.max_entries, request.starting_token, request.source_volume_id,
             request.snapshot_id,
@@ -244,8 +225,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             next_token=listing.next_token,
         )
 
-    @rpc_method
+    @ready_rpc
     def GetSnapshot(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         snap = self.driver.snapshots.get(request.snapshot_id)
         return pb.GetSnapshotResponse(snapshot=convert.snapshot(snap, self._here()))

@@ -79,19 +79,14 @@ def message_for(exc: e.DriverError, request: Any) -> str:
 
 def with_subject(request: Any, message: str) -> str:
     """`message` about the request's object, for errors that carry no subject. Every
-    error about an object carries one (controller and node side alike); what is left
-    here: the checks of one request field (core/validation.py, core/rules.py,
-    rpc/convert.py, core/paging.py), whose message names the field and sometimes
-    quotes its value, the id; kernel, tool, pool and catalog failures translated by
-    core/errmap.py, whose message names the path or device; and unexpected failures.
-    Such a message that already names the object is left alone."""
+    error that names an object carries it as its subject (controller and node side
+    alike), so this never guesses from the text: what is left here are the checks of
+    one request field (core/validation.py, core/rules.py, rpc/convert.py,
+    core/paging.py), whose message names the field; kernel, tool, pool and catalog
+    failures translated by core/errmap.py, whose message names the path or device;
+    Unavailable before start-up has finished; and unexpected failures. Pure."""
     subject = request_subject(request)
-    if subject is None:
-        return message
-    value = subject.id or subject.name
-    if value in message:
-        return message
-    return f"{subject}: {message}"
+    return message if subject is None else f"{subject}: {message}"
 
 
 # Status messages travel in an HTTP/2 trailer, which gRPC caps (8 KiB by default): a

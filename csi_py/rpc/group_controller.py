@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.driver import Driver
 from csi_py.rpc import convert
 from csi_py.rpc.errors import rpc_method
+from csi_py.rpc.servicer import Servicer, ready_rpc
 
 GroupRPC = pb.GroupControllerServiceCapability.RPC
 
 
-class GroupControllerService(csi_pb2_grpc.GroupControllerServicer):
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
-        self.core = driver.groups
-
+class GroupControllerService(Servicer, csi_pb2_grpc.GroupControllerServicer):
     def _response(self, group):  # type: ignore[no-untyped-def]
         config = self.driver.config
-        return convert.group_snapshot(group, self.core.members(group),
+        return convert.group_snapshot(group, self.driver.groups.members(group),
                                       {config.topology_key: config.node_id})
 
     @rpc_method
@@ -31,22 +27,19 @@ class GroupControllerService(csi_pb2_grpc.GroupControllerServicer):
             ]
         )
 
-    @rpc_method
+    @ready_rpc
     def CreateVolumeGroupSnapshot(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        group = self.core.create_group(
+        group = self.driver.groups.create_group(
             request.name, list(request.source_volume_ids), dict(request.parameters)
         )
         return pb.CreateVolumeGroupSnapshotResponse(group_snapshot=self._response(group))
 
-    @rpc_method
+    @ready_rpc
     def DeleteVolumeGroupSnapshot(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        self.core.delete_group(request.group_snapshot_id, list(request.snapshot_ids))
+        self.driver.groups.delete_group(request.group_snapshot_id, list(request.snapshot_ids))
         return pb.DeleteVolumeGroupSnapshotResponse()
 
-    @rpc_method
+    @ready_rpc
     def GetVolumeGroupSnapshot(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        group = self.core.get_group(request.group_snapshot_id, list(request.snapshot_ids))
+        group = self.driver.groups.get_group(request.group_snapshot_id, list(request.snapshot_ids))
         return pb.GetVolumeGroupSnapshotResponse(group_snapshot=self._response(group))

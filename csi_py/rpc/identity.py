@@ -7,17 +7,14 @@ from google.protobuf.wrappers_pb2 import BoolValue
 from csi_py import __version__
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.driver import Driver
 from csi_py.domain.errors import FailedPrecondition
 from csi_py.rpc.errors import rpc_method
+from csi_py.rpc.servicer import Servicer
 
 Cap = pb.PluginCapability
 
 
-class IdentityService(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
-
+class IdentityService(Servicer, csi_pb2_grpc.IdentityServicer):
     @rpc_method
     def GetPluginInfo(self, request, context):  # noqa: N802
         return pb.GetPluginInfoResponse(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.driver import Driver
 from csi_py.rpc import convert, health
 from csi_py.rpc.errors import rpc_method
+from csi_py.rpc.servicer import Servicer, ready_rpc
 
 NodeRPC = pb.NodeServiceCapability.RPC
 NODE_CAPABILITIES = (
@@ -19,15 +19,10 @@ NODE_CAPABILITIES = (
 )
 
 
-class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
-        self.core = driver.node
-
-    @rpc_method
+class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
+    @ready_rpc
     def NodeStageVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        self.core.stage(
+        self.driver.node.stage(
             request.volume_id,
             request.staging_target_path,
             convert.optional_capability(request),
@@ -35,15 +30,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         )
         return pb.NodeStageVolumeResponse()
 
-    @rpc_method
+    @ready_rpc
     def NodeUnstageVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        self.core.unstage(request.volume_id, request.staging_target_path)
+        self.driver.node.unstage(request.volume_id, request.staging_target_path)
         return pb.NodeUnstageVolumeResponse()
 
-    @rpc_method
+    @ready_rpc
     def NodePublishVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         self.driver.node_calls.publish(
             request.volume_id,
             request.target_path,
@@ -54,16 +47,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         )
         return pb.NodePublishVolumeResponse()
 
-    @rpc_method
+    @ready_rpc
     def NodeUnpublishVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         self.driver.node_calls.unpublish(request.volume_id, request.target_path)
         return pb.NodeUnpublishVolumeResponse()
 
-    @rpc_method
+    @ready_rpc
     def NodeGetVolumeStats(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        stats = self.core.stats(request.volume_id, request.volume_path)
+        stats = self.driver.node.stats(request.volume_id, request.volume_path)
         Usage = pb.VolumeUsage
         usage = [Usage(unit=Usage.BYTES, total=stats.total_bytes,
                        available=stats.available_bytes, used=stats.used_bytes)]
@@ -73,23 +64,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         # CSI v1.13 dropped VolumeCondition: health is NodeGetVolumeHealth's now.
         return pb.NodeGetVolumeStatsResponse(usage=usage)
 
-    @rpc_method
+    @ready_rpc
     def NodeGetVolumeHealth(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         volume_id, conditions = self.driver.node_calls.volume_health(
             request.volume_id, request.volume_publish_path, request.staging_target_path)
         return pb.NodeGetVolumeHealthResponse(
             volume_health=health.volume_health(volume_id, conditions))
 
-    @rpc_method
+    @ready_rpc
     def NodeGetStorageHealth(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         return health.storage_health(self.driver.health_report.storage_conditions())
 
-    @rpc_method
+    @ready_rpc
     def NodeExpandVolume(self, request, context):  # noqa: N802
-        self.driver.require_ready()
-        size = self.core.expand(
+        size = self.driver.node.expand(
             request.volume_id,
             request.volume_path,
             request.staging_target_path,

@@ -10,10 +10,10 @@ import grpc
 
 from csi_py._proto import csi_pb2 as pb
 from csi_py._proto import csi_pb2_grpc
-from csi_py.core.driver import Driver
 from csi_py.core.snapshot_metadata import RangeStream
 from csi_py.domain.errors import DriverError, InvalidArgument
-from csi_py.rpc.errors import rpc_method, status_for
+from csi_py.rpc.errors import status_for
+from csi_py.rpc.servicer import Servicer, ready_rpc
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +47,19 @@ def _batches(stream: RangeStream, max_results: int, response_type: type,
         yield message(pending)
 
 
-class SnapshotMetadataService(csi_pb2_grpc.SnapshotMetadataServicer):
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
-        self.core = driver.snapshot_metadata
-
-    @rpc_method
+class SnapshotMetadataService(Servicer, csi_pb2_grpc.SnapshotMetadataServicer):
+    @ready_rpc
     def GetMetadataAllocated(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         if request.max_results < 0:
             raise InvalidArgument("max_results must not be negative")
-        stream = self.core.allocated(request.snapshot_id, request.starting_offset)
+        stream = self.driver.snapshot_metadata.allocated(request.snapshot_id,
+                                                         request.starting_offset)
         return _batches(stream, request.max_results, pb.GetMetadataAllocatedResponse, context)
 
-    @rpc_method
+    @ready_rpc
     def GetMetadataDelta(self, request, context):  # noqa: N802
-        self.driver.require_ready()
         if request.max_results < 0:
             raise InvalidArgument("max_results must not be negative")
-        stream = self.core.delta(request.base_snapshot_id, request.target_snapshot_id,
-                                 request.starting_offset)
+        stream = self.driver.snapshot_metadata.delta(
+            request.base_snapshot_id, request.target_snapshot_id, request.starting_offset)
         return _batches(stream, request.max_results, pb.GetMetadataDeltaResponse, context)

@@ -28,6 +28,7 @@ from csi_py.state.rows import (
     SNAPSHOT_COLUMNS,
     VOLUME_COLUMNS,
     attachment_of,
+    record_row,
     snapshot_of,
     staging_of,
     volume_of,
@@ -71,15 +72,28 @@ class Catalog(Database):
             raise NameTaken(volume.name) from exc
         return replace(volume, seq=int(seq or 0))
 
+    def _volumes(self, where: str, args: tuple[object, ...], limit: int = -1) -> list[Volume]:
+        """The volumes whose rows match the SQL condition `where` (our own constant
+        text; values only through `args`), in seq order, at most `limit` (-1: all).
+        Read-only."""
+        rows = self._query(f"SELECT {VOLUME_COLUMNS} FROM volumes WHERE {where}"
+                           " ORDER BY seq LIMIT ?", (*args, limit))
+        return [volume_of(r) for r in rows]
+
+    def _snapshots(self, where: str, args: tuple[object, ...], limit: int = -1
+                   ) -> list[Snapshot]:
+        """The snapshots whose rows match `where`, as :meth:`_volumes`. Read-only."""
+        rows = self._query(f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where}"
+                           " ORDER BY seq LIMIT ?", (*args, limit))
+        return [snapshot_of(r) for r in rows]
+
     def get_volume(self, volume_id: str) -> Volume | None:
         """The volume with this id, or None. Read-only."""
-        rows = self._query(f"SELECT {VOLUME_COLUMNS} FROM volumes WHERE id=?", (volume_id,))
-        return volume_of(rows[0]) if rows else None
+        return next(iter(self._volumes("id=?", (volume_id,))), None)
 
     def get_volume_by_name(self, name: str) -> Volume | None:
         """The volume with this name, or None. Read-only."""
-        rows = self._query(f"SELECT {VOLUME_COLUMNS} FROM volumes WHERE name=?", (name,))
-        return volume_of(rows[0]) if rows else None
+        return next(iter(self._volumes("name=?", (name,))), None)
 
     @writes
     def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
@@ -115,11 +129,7 @@ class Catalog(Database):
     def list_volumes(self, after_seq: int, limit: int) -> list[Volume]:
         """Up to `limit` volumes with seq > after_seq, in seq order (keyset pagination,
         so deletions between pages never shift or repeat entries). Read-only."""
-        rows = self._query(
-            f"SELECT {VOLUME_COLUMNS} FROM volumes WHERE seq>? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        )
-        return [volume_of(r) for r in rows]
+        return self._volumes("seq>?", (after_seq,), limit)
 
     def volume_states(self) -> dict[str, VolumeState]:
         """Every volume's id and state, in one query and without decoding rows: what
@@ -129,11 +139,7 @@ class Catalog(Database):
 
     def volumes_in_state(self, state: VolumeState) -> list[Volume]:
         """All volumes in `state` (indexed). Read-only."""
-        rows = self._query(
-            f"SELECT {VOLUME_COLUMNS} FROM volumes WHERE state=? ORDER BY seq",
-            (state.value,),
-        )
-        return [volume_of(r) for r in rows]
+        return self._volumes("state=?", (state.value,))
 
     def highest_seq_issued(self) -> int:
         """The largest seq ever handed out (survives deletions). Read-only."""
@@ -151,22 +157,21 @@ class Catalog(Database):
         rows = self._query("SELECT COALESCE(SUM(capacity_bytes),0) FROM volumes")
         return int(rows[0][0])  # type: ignore[call-overload]
 
+    def _put(self, table: str, record: Attachment | Staging) -> None:
+        """Write `record` as its row of `table`, replacing the row with its key; no
+        fdatasync (see _tx: the kernel or the CO tells us these again). Idempotent.
+        Raises what @writes turns into CatalogError."""
+        row = record_row(record)
+        with self._tx(durable=False) as db:
+            db.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(row)})"
+                       f" VALUES ({','.join('?' * len(row))})", tuple(row.values()))
+
     # --- attachments ---------------------------------------------------------------
 
     @writes
     def put_attachment(self, attachment: Attachment) -> None:
         """Record (or replace) an attachment. Idempotent."""
-        with self._tx(durable=False) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO attachments VALUES (?,?,?,?,?)",
-                (
-                    attachment.volume_id,
-                    attachment.node_id,
-                    int(attachment.readonly),
-                    attachment.access_mode.value,
-                    attachment.access_type.value,
-                ),
-            )
+        self._put("attachments", attachment)
 
     @writes
     def remove_attachment(self, volume_id: str, node_id: str) -> None:
@@ -205,20 +210,7 @@ class Catalog(Database):
     @writes
     def put_staging(self, staging: Staging) -> None:
         """Record (or replace) a volume's staging. Idempotent."""
-        with self._tx(durable=False) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO stagings VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    staging.volume_id,
-                    staging.staging_path,
-                    staging.access_type.value,
-                    staging.fs_type,
-                    json.dumps(list(staging.mount_flags)),
-                    int(staging.readonly),
-                    staging.device,
-                    staging.state.value,
-                ),
-            )
+        self._put("stagings", staging)
 
     def get_staging(self, volume_id: str) -> Staging | None:
         rows = self._query("SELECT * FROM stagings WHERE volume_id=?", (volume_id,))
@@ -256,16 +248,12 @@ class Catalog(Database):
         return replace(snap, seq=int(seq or 0))
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
-        rows = self._query(
-            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id=?", (snapshot_id,)
-        )
-        return snapshot_of(rows[0]) if rows else None
+        """The snapshot with this id, or None. Read-only."""
+        return next(iter(self._snapshots("id=?", (snapshot_id,))), None)
 
     def get_snapshot_by_name(self, name: str) -> Snapshot | None:
-        rows = self._query(
-            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE name=?", (name,)
-        )
-        return snapshot_of(rows[0]) if rows else None
+        """The snapshot with this name, or None. Read-only."""
+        return next(iter(self._snapshots("name=?", (name,))), None)
 
     @writes
     def update_snapshot(self, snapshot_id: str, state: SnapshotState, method: str = "") -> None:
@@ -287,19 +275,15 @@ class Catalog(Database):
         self, after_seq: int, limit: int, *, source_volume_id: str = "", snapshot_id: str = ""
     ) -> list[Snapshot]:
         """Snapshots with seq > after_seq in seq order, optionally filtered (indexed)."""
-        where, args = ["seq>?"], [after_seq]
+        where = ["seq>?"]
+        args: list[object] = [after_seq]
         if source_volume_id:
             where.append("source_volume_id=?")
-            args.append(source_volume_id)  # type: ignore[arg-type]
+            args.append(source_volume_id)
         if snapshot_id:
             where.append("id=?")
-            args.append(snapshot_id)  # type: ignore[arg-type]
-        rows = self._query(
-            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {' AND '.join(where)}"
-            " ORDER BY seq LIMIT ?",
-            (*args, limit),
-        )
-        return [snapshot_of(r) for r in rows]
+            args.append(snapshot_id)
+        return self._snapshots(" AND ".join(where), tuple(args), limit)
 
     def snapshot_states(self) -> dict[str, SnapshotState]:
         """Every snapshot's id and state, in one query. Read-only."""
@@ -307,18 +291,12 @@ class Catalog(Database):
                 for sid, state in self._query("SELECT id, state FROM snapshots ORDER BY seq")}
 
     def snapshots_in_state(self, state: SnapshotState) -> list[Snapshot]:
-        rows = self._query(
-            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE state=? ORDER BY seq",
-            (state.value,),
-        )
-        return [snapshot_of(r) for r in rows]
+        """All snapshots in `state` (indexed), in seq order. Read-only."""
+        return self._snapshots("state=?", (state.value,))
 
     def snapshots_of_group(self, group_id: str) -> list[Snapshot]:
-        rows = self._query(
-            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE group_id=? ORDER BY seq",
-            (group_id,),
-        )
-        return [snapshot_of(r) for r in rows]
+        """The members of a group snapshot, in seq order. Read-only."""
+        return self._snapshots("group_id=?", (group_id,))
 
     def highest_snapshot_seq_issued(self) -> int:
         rows = self._query("SELECT seq FROM sqlite_sequence WHERE name='snapshots'")

@@ -1,8 +1,10 @@
-"""Rows of the catalog's tables, decoded into the domain's records. Pure."""
+"""Rows of the catalog's tables and the domain's records they hold, both ways. Pure."""
 
 from __future__ import annotations
 
+import enum
 import json
+from dataclasses import fields
 
 from csi_py.domain.model import (
     AccessMode,
@@ -87,3 +89,20 @@ def snapshot_of(row: tuple[object, ...]) -> Snapshot:
         group_id=str(group),
         seq=int(seq),  # type: ignore[call-overload]
     )
+
+
+def record_row(record: Attachment | Staging) -> dict[str, object]:
+    """The row that holds `record` in its table (attachments, stagings), whose columns
+    are named as its fields: enums by their value, flags as 0 or 1, tuples as JSON
+    lists. Pure; attachment_of and staging_of read it back."""
+    return {f.name: _column(getattr(record, f.name)) for f in fields(record)}
+
+
+def _column(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    return value

@@ -15,6 +15,7 @@ from csi_py._proto import csi_pb2_grpc
 from csi_py.linux.filesystems import FILESYSTEMS
 from csi_py.rpc.client import mount_capability
 from tests import lifecycle
+from tests.kernel_leaks import loops_backed_by
 from tests.lifecycle import MiB
 
 SMALL = 32 * MiB  # ext4 and block volumes: cheap to format, sparse on disk
@@ -40,6 +41,20 @@ def expect_error(
     raise AssertionError(f"expected {code.name}, the call succeeded: {response}")
 
 
+def expect_required(call: Callable[..., Any], request: Any, *fields: str) -> None:
+    """For each of `fields` in turn: `request` without it fails INVALID_ARGUMENT with a
+    message that names the field, says it is required and, while the request still
+    has its volume_id, names the volume."""
+    for name in fields:
+        partial = type(request)()
+        partial.CopyFrom(request)
+        partial.ClearField(name)
+        words = [name, "required"]
+        if name != "volume_id" and getattr(partial, "volume_id", ""):
+            words.append(partial.volume_id)
+        expect_error(call, partial, grpc.StatusCode.INVALID_ARGUMENT, *words)
+
+
 def create_request(
     name: str,
     size: int = SMALL,
@@ -60,6 +75,24 @@ def create(driver: Any, name: str, size: int = SMALL, **kwargs: Any) -> pb.Volum
     return driver.client.controller.CreateVolume(
         create_request(name, size, **kwargs), timeout=60
     ).volume
+
+
+def topology_key(driver: Any) -> str:
+    """The one topology key the driver reports for its node (NodeGetInfo)."""
+    info = driver.client.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=10)
+    (key,) = info.accessible_topology.segments.keys()
+    return key
+
+
+def volume_image(driver: Any, volume_id: str) -> str:
+    """The path of a volume's image in the driver's pool."""
+    return os.path.join(driver.pool, "volumes", volume_id + ".img")
+
+
+def loops_of(driver: Any, volume_id: str) -> list[str]:
+    """The sysfs names (loopN) of the loop devices on a volume's image, read from sysfs
+    (not through the driver)."""
+    return loops_backed_by(volume_image(driver, volume_id))
 
 
 def volume_files(driver: Any) -> set[str]:

@@ -21,6 +21,7 @@ from tests.conformance.helpers import (
     create,
     create_request,
     expect_error,
+    topology_key,
     unknown_volume_id,
     volume_files,
 )
@@ -49,12 +50,6 @@ def _publish_request(volume_id, node_id=NODE_ID, cap=None, readonly=False):
         volume_capability=cap if cap is not None else mount_capability("ext4"),
         readonly=readonly,
     )
-
-
-def _topology_key(driver) -> str:
-    info = driver.client.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=10)
-    (key,) = info.accessible_topology.segments.keys()
-    return key
 
 
 # --- ControllerGetCapabilities and what is not implemented --------------------------------
@@ -324,7 +319,7 @@ def test_create_volume_larger_than_the_pool_is_resource_exhausted(driver, provis
 
 def test_create_volume_in_another_topology_is_resource_exhausted(driver):
     request = create_request("pvc-elsewhere")
-    key = _topology_key(driver)
+    key = topology_key(driver)
     request.accessibility_requirements.requisite.add().segments[key] = "other-node"
     expect_error(driver.client.controller.CreateVolume, request,
                  Code.RESOURCE_EXHAUSTED, "pvc-elsewhere", "other-node", NODE_ID)
@@ -333,7 +328,7 @@ def test_create_volume_in_another_topology_is_resource_exhausted(driver):
 
 def test_create_volume_reports_its_topology(driver):
     request = create_request("pvc-here")
-    key = _topology_key(driver)
+    key = topology_key(driver)
     request.accessibility_requirements.requisite.add().segments[key] = "other-node"
     request.accessibility_requirements.requisite.add().segments[key] = NODE_ID
     request.accessibility_requirements.preferred.add().segments[key] = NODE_ID
@@ -783,7 +778,7 @@ def test_get_capacity_thin_and_thick(driver):
 
 
 def test_get_capacity_for_our_topology_and_another(driver):
-    key = _topology_key(driver)
+    key = topology_key(driver)
     ours = _capacity(driver, topology={key: NODE_ID})
     assert ours.available_capacity > 0
     other = _capacity(driver, topology={key: "other-node"})

@@ -24,10 +24,12 @@ from tests.conformance.helpers import (
     create,
     create_request,
     expect_error,
-    node_session,
+    expect_required,
+    loops_of,
     unknown_volume_id,
+    volume_image,
 )
-from tests.conftest import NODE_ID
+from tests.conftest import NODE_ID, has_cap_sys_resource
 from tests.lifecycle import BLOCK, EXT4
 
 pytestmark = pytest.mark.conformance
@@ -35,15 +37,6 @@ pytestmark = pytest.mark.conformance
 Code = grpc.StatusCode
 XFS = mount_capability("xfs")
 TiB = 1 << 40
-CAP_SYS_RESOURCE = 24
-
-
-def _has_cap_sys_resource() -> bool:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
-    return False
 
 
 def _expand_req(volume_id: str, required: int = 0, limit: int = 0,
@@ -78,22 +71,10 @@ def _modify(driver, volume_id: str, **params: str) -> None:
         timeout=30)
 
 
-def _image(driver, volume_id: str) -> str:
-    return os.path.join(driver.pool, "volumes", volume_id + ".img")
-
-
 def _loop(driver, volume_id: str) -> str:
-    """The sysfs name (loopN) of the volume's loop device."""
-    image = _image(driver, volume_id)
-    found = []
-    for name in os.listdir("/sys/block"):
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file") as fh:
-                if fh.read().strip() == image:
-                    found.append(name)
-        except OSError:
-            continue
-    assert len(found) == 1, f"expected one loop device for {image}, found {found}"
+    """The sysfs name (loopN) of the volume's one loop device."""
+    found = loops_of(driver, volume_id)
+    assert len(found) == 1, f"expected one loop device for {volume_id}, found {found}"
     return found[0]
 
 
@@ -105,18 +86,6 @@ def _sysfs(loop: str, attribute: str) -> str:
 def _fs_bytes(path: str) -> int:
     st = os.statvfs(path)
     return st.f_blocks * st.f_frsize
-
-
-@pytest.fixture
-def vol(driver) -> pb.Volume:
-    """A 32 MiB ext4 volume that may also be used as a block volume."""
-    return create(driver, "pvc-x", caps=[EXT4, BLOCK])
-
-
-@pytest.fixture
-def node(driver):
-    with node_session(driver) as session:
-        yield session
 
 
 # --- ControllerExpandVolume ---------------------------------------------------------------
@@ -141,7 +110,7 @@ def test_controller_expand_invalid_ranges(driver, vol, required, limit, words):
     expect_error(driver.client.controller.ControllerExpandVolume,
                  _expand_req(vol.volume_id, required, limit),
                  Code.INVALID_ARGUMENT, vol.volume_id, *words)
-    assert os.path.getsize(_image(driver, vol.volume_id)) == SMALL
+    assert os.path.getsize(volume_image(driver, vol.volume_id)) == SMALL
 
 
 @pytest.mark.parametrize("volume_id", [unknown_volume_id(), "garbage"])
@@ -155,7 +124,7 @@ def test_controller_expand_shrink_is_out_of_range(driver, vol):
     expect_error(driver.client.controller.ControllerExpandVolume,
                  _expand_req(vol.volume_id, 16 * MiB, 16 * MiB),
                  Code.OUT_OF_RANGE, vol.volume_id, str(SMALL), str(16 * MiB), "shrink")
-    assert os.path.getsize(_image(driver, vol.volume_id)) == SMALL
+    assert os.path.getsize(volume_image(driver, vol.volume_id)) == SMALL
     assert _get_volume(driver, vol.volume_id).volume.capacity_bytes == SMALL
 
 
@@ -164,7 +133,7 @@ def test_controller_expand_to_a_smaller_requirement_is_ok(driver, vol):
     expansion request, the plugin SHOULD reply 0 OK"."""
     rsp = _expand(driver, vol.volume_id, 16 * MiB)
     assert rsp.capacity_bytes == SMALL
-    assert os.path.getsize(_image(driver, vol.volume_id)) == SMALL
+    assert os.path.getsize(volume_image(driver, vol.volume_id)) == SMALL
 
 
 @pytest.mark.parametrize("required, limit", [
@@ -175,14 +144,14 @@ def test_controller_expand_impossible_size_is_out_of_range(driver, vol, required
     expect_error(driver.client.controller.ControllerExpandVolume,
                  _expand_req(vol.volume_id, required, limit),
                  Code.OUT_OF_RANGE, vol.volume_id, str(required))
-    assert os.path.getsize(_image(driver, vol.volume_id)) == SMALL
+    assert os.path.getsize(volume_image(driver, vol.volume_id)) == SMALL
 
 
 def test_controller_expand_grows_and_is_idempotent(driver, vol):
     rsp = _expand(driver, vol.volume_id, 40 * MiB + 1)
     assert rsp.capacity_bytes == 41 * MiB  # rounded up to the granularity
     assert rsp.node_expansion_required  # no capability: assume a filesystem
-    image = _image(driver, vol.volume_id)
+    image = volume_image(driver, vol.volume_id)
     assert os.path.getsize(image) == 41 * MiB
     assert os.stat(image).st_blocks == 0, "growing a thin volume must not allocate"
     assert _get_volume(driver, vol.volume_id).volume.capacity_bytes == 41 * MiB
@@ -197,7 +166,7 @@ def test_controller_expand_grows_and_is_idempotent(driver, vol):
 def test_controller_expand_thick_volume_allocates(driver):
     vol = create(driver, "pvc-thick", params={"provisioning": "thick"})
     _expand(driver, vol.volume_id, 48 * MiB)
-    image = _image(driver, vol.volume_id)
+    image = volume_image(driver, vol.volume_id)
     assert os.path.getsize(image) == 48 * MiB
     assert os.stat(image).st_blocks * 512 >= 48 * MiB
 
@@ -216,7 +185,7 @@ def test_controller_expand_exceeding_capabilities_is_invalid(driver, vol, cap, w
     expect_error(driver.client.controller.ControllerExpandVolume,
                  _expand_req(vol.volume_id, 64 * MiB, cap=cap),
                  Code.INVALID_ARGUMENT, vol.volume_id, *words)
-    assert os.path.getsize(_image(driver, vol.volume_id)) == SMALL
+    assert os.path.getsize(volume_image(driver, vol.volume_id)) == SMALL
 
 
 def test_controller_expand_of_btrfs_grows_to_at_least_256_mib(driver):
@@ -227,7 +196,7 @@ def test_controller_expand_of_btrfs_grows_to_at_least_256_mib(driver):
     expect_error(driver.client.controller.ControllerExpandVolume,
                  _expand_req(vol.volume_id, 192 * MiB, 200 * MiB, cap=btrfs),
                  Code.OUT_OF_RANGE, vol.volume_id, "btrfs", str(256 * MiB), str(200 * MiB))
-    assert os.path.getsize(_image(driver, vol.volume_id)) == 128 * MiB
+    assert os.path.getsize(volume_image(driver, vol.volume_id)) == 128 * MiB
     assert _expand(driver, vol.volume_id, 192 * MiB, cap=btrfs).capacity_bytes == 256 * MiB
     raw = create(driver, "pvc-btrfs-raw", size=128 * MiB, caps=[btrfs, BLOCK])
     assert _expand(driver, raw.volume_id, 192 * MiB, cap=BLOCK).capacity_bytes == 192 * MiB
@@ -245,11 +214,8 @@ def test_controller_expand_of_a_staged_volume_grows_its_loop_device(driver, vol,
 
 
 def test_node_expand_required_fields(driver, vol):
-    call = driver.client.node.NodeExpandVolume
-    expect_error(call, pb.NodeExpandVolumeRequest(volume_path=driver.path("st")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(call, pb.NodeExpandVolumeRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "volume_path", "required")
+    expect_required(driver.client.node.NodeExpandVolume, pb.NodeExpandVolumeRequest(
+        volume_id=vol.volume_id, volume_path=driver.path("st")), "volume_id", "volume_path")
 
 
 @pytest.mark.parametrize("volume_id", [unknown_volume_id(), "garbage"])
@@ -308,7 +274,7 @@ def test_node_expand_of_a_block_volume_refreshes_the_device(driver, vol, node):
         os.close(fd)
 
 
-@pytest.mark.skipif(_has_cap_sys_resource(), reason="this process can grow ext4 online")
+@pytest.mark.skipif(has_cap_sys_resource(), reason="this process can grow ext4 online")
 def test_node_expand_of_a_mounted_ext4_without_cap_sys_resource_is_failed_precondition(
         driver, vol, node):
     """The spec's "Volume in use" (FAILED_PRECONDITION, caller must not retry): ext4

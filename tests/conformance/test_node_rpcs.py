@@ -24,7 +24,8 @@ from tests.conformance.helpers import (
     NodeSession,
     create,
     expect_error,
-    node_session,
+    expect_required,
+    loops_of,
     unknown_volume_id,
 )
 from tests.conftest import NODE_ID
@@ -45,30 +46,12 @@ def _is_mounted(path: str) -> bool:
     return bool(_mounts_at(path))
 
 
-def _loops_of(driver, volume_id: str) -> list[str]:
-    image = os.path.join(driver.pool, "volumes", volume_id + ".img")
-    found = []
-    for name in os.listdir("/sys/block"):
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file") as fh:
-                if fh.read().strip() == image:
-                    found.append(name)
-        except OSError:
-            pass
-    return found
-
-
 @pytest.fixture
-def vol(driver) -> pb.Volume:
-    """A 32 MiB ext4 volume that may also be used as a block volume."""
-    return create(driver, "pvc-node", caps=[EXT4, BLOCK])
-
-
-@pytest.fixture
-def node(driver):
-    with node_session(driver) as session:
-        os.makedirs(driver.path("tgt"), exist_ok=True)
-        yield session
+def node(node, driver):
+    """The shared node session (conftest.py), with the directory "tgt" made for the
+    mount volumes' targets."""
+    os.makedirs(driver.path("tgt"), exist_ok=True)
+    return node
 
 
 def _stage_req(volume_id, path, cap=EXT4, **kwargs) -> pb.NodeStageVolumeRequest:
@@ -122,7 +105,7 @@ def test_stage_required_fields(driver, vol, node):
     no_mode = pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume())
     expect_error(stage, _stage_req(vol.volume_id, path, cap=no_mode),
                  Code.INVALID_ARGUMENT, vol.volume_id, "access_mode")
-    assert not _loops_of(driver, vol.volume_id) and not os.path.exists(path)
+    assert not loops_of(driver, vol.volume_id) and not os.path.exists(path)
 
 
 def test_stage_unknown_volume_is_not_found(driver, node):
@@ -153,7 +136,7 @@ def test_stage_refuses_unsafe_staging_paths(driver, vol, node, kind):
     }[kind]
     expect_error(driver.client.node.NodeStageVolume, _stage_req(vol.volume_id, path),
                  Code.INVALID_ARGUMENT, vol.volume_id, "staging_target_path", path, *words)
-    assert not _loops_of(driver, vol.volume_id)
+    assert not loops_of(driver, vol.volume_id)
     assert not _is_mounted(driver.path("elsewhere"))
     assert os.listdir(driver.path("elsewhere")) == []
 
@@ -165,7 +148,7 @@ def test_stage_refuses_disallowed_mount_flags(driver, vol, node, flag):
     expect_error(driver.client.node.NodeStageVolume,
                  _stage_req(vol.volume_id, path, cap=mount_capability("ext4", flags=(flag,))),
                  Code.INVALID_ARGUMENT, vol.volume_id, f"mount flag {flag!r}")
-    assert not _loops_of(driver, vol.volume_id) and not _is_mounted(path)
+    assert not loops_of(driver, vol.volume_id) and not _is_mounted(path)
 
 
 @pytest.mark.parametrize("mode", ["MULTI_NODE_READER_ONLY", "MULTI_NODE_MULTI_WRITER"])
@@ -174,7 +157,7 @@ def test_stage_refuses_multi_node_modes(driver, vol, node, mode):
     expect_error(driver.client.node.NodeStageVolume,
                  _stage_req(vol.volume_id, path, cap=mount_capability(mode=Mode.Value(mode))),
                  Code.INVALID_ARGUMENT, vol.volume_id, mode)
-    assert not _loops_of(driver, vol.volume_id)
+    assert not loops_of(driver, vol.volume_id)
 
 
 def test_stage_with_another_filesystem_is_failed_precondition(driver, vol, node):
@@ -183,7 +166,7 @@ def test_stage_with_another_filesystem_is_failed_precondition(driver, vol, node)
     expect_error(driver.client.node.NodeStageVolume,
                  _stage_req(vol.volume_id, path, cap=mount_capability("xfs")),
                  Code.FAILED_PRECONDITION, vol.volume_id, "ext4", "xfs")
-    assert not _loops_of(driver, vol.volume_id) and not _is_mounted(path)
+    assert not loops_of(driver, vol.volume_id) and not _is_mounted(path)
     # Nothing was lost: it stages as ext4 afterwards.
     node.stage(vol.volume_id, path, EXT4)
     assert _mounts_at(path)[0][-3] == "ext4"
@@ -194,7 +177,7 @@ def test_stage_published_for_another_node_is_failed_precondition(driver, vol, no
     expect_error(driver.client.node.NodeStageVolume,
                  _stage_req(vol.volume_id, path, publish_context={"node": "other-node"}),
                  Code.FAILED_PRECONDITION, vol.volume_id, "other-node", NODE_ID)
-    assert not _loops_of(driver, vol.volume_id)
+    assert not loops_of(driver, vol.volume_id)
 
 
 @pytest.mark.parametrize("fs", ["ext4", "xfs"])
@@ -207,7 +190,7 @@ def test_stage_is_idempotent(driver, node, fs):
         node.stage(vol.volume_id, path, cap)
     assert len(_mounts_at(path)) == 1
     assert _mounts_at(path)[0][-3] == fs
-    assert len(_loops_of(driver, vol.volume_id)) == 1
+    assert len(loops_of(driver, vol.volume_id)) == 1
     # And after a restart: the kernel, not memory, says it is staged.
     driver.restart()
     node.stage(vol.volume_id, path, cap)
@@ -218,7 +201,7 @@ def test_stage_block_is_idempotent(driver, vol, node):
     path = driver.path("st")
     node.stage(vol.volume_id, path, BLOCK)
     node.stage(vol.volume_id, path, BLOCK)
-    assert len(_loops_of(driver, vol.volume_id)) == 1
+    assert len(loops_of(driver, vol.volume_id)) == 1
     assert not _is_mounted(path)  # a block volume's staging is only the attach
 
 
@@ -263,7 +246,7 @@ def test_stage_onto_a_path_occupied_by_another_volume_is_already_exists(driver, 
     expect_error(driver.client.node.NodeStageVolume, _stage_req(vol.volume_id, path),
                  Code.ALREADY_EXISTS, vol.volume_id, path, "already has")
     # Nothing of the refused volume is left, and the other volume is untouched...
-    assert not _loops_of(driver, vol.volume_id)
+    assert not loops_of(driver, vol.volume_id)
     assert len(_mounts_at(path)) == 1
     # ...also when the CO cleans up after the failed stage, as the spec allows.
     driver.client.node.NodeUnstageVolume(
@@ -484,10 +467,8 @@ def test_block_publish_places_a_device_at_the_target(driver, vol, node):
 
 def test_unpublish_required_fields(driver, vol):
     unpublish = driver.client.node.NodeUnpublishVolume
-    expect_error(unpublish, pb.NodeUnpublishVolumeRequest(target_path=driver.path("t")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(unpublish, pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "target_path", "required")
+    expect_required(unpublish, pb.NodeUnpublishVolumeRequest(
+        volume_id=vol.volume_id, target_path=driver.path("t")), "volume_id", "target_path")
     expect_error(unpublish, pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id,
                                                           target_path="tgt/t"),
                  Code.INVALID_ARGUMENT, vol.volume_id, "tgt/t", "absolute")
@@ -514,18 +495,16 @@ def test_unpublish_is_idempotent_and_removes_the_target(driver, vol, node, acces
         driver.client.node.NodeUnpublishVolume(request, timeout=60)
         assert not _is_mounted(target)
         assert not os.path.lexists(target)  # "The SP MUST delete the file or directory"
-    assert _loops_of(driver, vol.volume_id)  # still staged
+    assert loops_of(driver, vol.volume_id)  # still staged
 
 
 # --- NodeUnstageVolume ------------------------------------------------------------------
 
 
 def test_unstage_required_fields(driver, vol):
-    unstage = driver.client.node.NodeUnstageVolume
-    expect_error(unstage, pb.NodeUnstageVolumeRequest(staging_target_path=driver.path("st")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(unstage, pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "staging_target_path", "required")
+    expect_required(driver.client.node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(
+        volume_id=vol.volume_id, staging_target_path=driver.path("st")),
+        "volume_id", "staging_target_path")
 
 
 def test_unstage_unknown_volume_is_not_found(driver):
@@ -546,7 +525,7 @@ def test_unstage_is_idempotent(driver, vol, node, access):
     for _ in range(2):
         driver.client.node.NodeUnstageVolume(request, timeout=60)
         assert not _is_mounted(path)
-        assert not _loops_of(driver, vol.volume_id)
+        assert not loops_of(driver, vol.volume_id)
     # Deletable now.
     driver.client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id),
                                           timeout=60)
@@ -586,11 +565,8 @@ def _stats(driver, volume_id, path) -> pb.NodeGetVolumeStatsResponse:
 
 
 def test_stats_required_fields(driver, vol):
-    stats = driver.client.node.NodeGetVolumeStats
-    expect_error(stats, pb.NodeGetVolumeStatsRequest(volume_path=driver.path("t")),
-                 Code.INVALID_ARGUMENT, "volume_id", "required")
-    expect_error(stats, pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id),
-                 Code.INVALID_ARGUMENT, vol.volume_id, "volume_path", "required")
+    expect_required(driver.client.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(
+        volume_id=vol.volume_id, volume_path=driver.path("t")), "volume_id", "volume_path")
 
 
 def test_stats_not_found(driver, vol, node):

@@ -18,6 +18,7 @@ from tests.conformance.helpers import (
     restore_request,
     snapshot,
     snapshot_files,
+    topology_key,
 )
 from tests.conftest import NODE_ID
 from tests.lifecycle import BLOCK
@@ -25,12 +26,6 @@ from tests.lifecycle import BLOCK
 pytestmark = pytest.mark.conformance
 
 Code = grpc.StatusCode
-
-
-def _key(driver) -> str:
-    info = driver.client.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=10)
-    (key,) = info.accessible_topology.segments.keys()
-    return key
 
 
 def _requirement(*segments: dict[str, str]) -> pb.TopologyRequirement:
@@ -46,7 +41,7 @@ def test_the_capability_is_advertised(driver):
 
 
 def test_snapshots_report_this_nodes_topology(driver):
-    key = _key(driver)
+    key = topology_key(driver)
     vol = create(driver, "pvc-topo")
     request = pb.CreateSnapshotRequest(source_volume_id=vol.volume_id, name="snap-topo")
     request.accessibility_requirements.CopyFrom(_requirement({key: NODE_ID}))
@@ -64,7 +59,7 @@ def test_snapshots_report_this_nodes_topology(driver):
 
 
 def test_snapshot_required_elsewhere_is_resource_exhausted(driver):
-    key = _key(driver)
+    key = topology_key(driver)
     vol = create(driver, "pvc-topo-far")
     before = snapshot_files(driver)
     request = pb.CreateSnapshotRequest(source_volume_id=vol.volume_id, name="snap-far")
@@ -77,7 +72,7 @@ def test_snapshot_required_elsewhere_is_resource_exhausted(driver):
 
 
 def test_restore_on_another_node_is_refused_naming_the_snapshots_node(driver):
-    key = _key(driver)
+    key = topology_key(driver)
     vol = create(driver, "pvc-topo-src")
     snap = snapshot(driver, vol.volume_id, "snap-topo-src")
     request = restore_request("pvc-restore-far", snapshot_id=snap.snapshot_id)
@@ -88,7 +83,7 @@ def test_restore_on_another_node_is_refused_naming_the_snapshots_node(driver):
 
 
 def test_restore_on_the_snapshots_node_works_and_holds_its_data(driver):
-    key = _key(driver)
+    key = topology_key(driver)
     vol = create(driver, "pvc-topo-data", caps=[BLOCK])
     payload = b"node-bound snapshot " * 1000
     with node_session(driver) as node:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.lifecycle import MiB
+from tests.scratch import Scratch
 
 HERE = Path(__file__).parent
 HAVE_KERNEL = os.geteuid() == 0 and os.path.exists("/dev/loop-control")
@@ -109,7 +110,7 @@ def no_leaks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
         pytest.fail("test leaked kernel state (now cleaned up): " + "; ".join(leaked))
 
 
-class Kit:
+class Kit(Scratch):
     """The real Linux services plus helpers that create images, devices and
     directories inside one test's tmp dir, and undo everything at the end (also
     when the test fails). Its cleanup uses csi_py.linux itself; the autouse leak
@@ -124,32 +125,10 @@ class Kit:
         self.mounts = host.mounts
         self.fs = host.fs
 
-    def path(self, name: str) -> str:
-        return str(self.root / name)
-
-    def image(self, name: str = "vol.img", size: int = 64 * MiB) -> str:
-        """A sparse image file of ``size`` bytes."""
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.truncate(size)
-        return str(path)
-
     def device(self, size: int = 64 * MiB, name: str | None = None, **attach_kw: object):
         """A fresh image attached to a loop device (returns the LoopDevice)."""
         image = self.image(name or f"img{len(os.listdir(self.root))}.img", size)
         return self.loops.attach(image, **attach_kw)  # type: ignore[arg-type]
-
-    def dir(self, name: str) -> str:
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path)
-
-    def file(self, name: str) -> str:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-        return str(path)
 
     def cleanup(self) -> None:
         root = os.path.realpath(self.root)

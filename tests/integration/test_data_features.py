@@ -29,6 +29,7 @@ from tests.conformance.helpers import (
     restore_request,
     snapshot,
 )
+from tests.conftest import has_cap_sys_resource
 from tests.lifecycle import MiB
 
 pytestmark = pytest.mark.integration
@@ -37,20 +38,11 @@ SIZES = {"ext4": 32 * MiB, "xfs": 300 * MiB, "btrfs": 128 * MiB, "block": 32 * M
 # btrfs grows to 256 MiB at least: the kernel refuses smaller resizes.
 GROWTH = {"ext4": 32 * MiB, "xfs": 100 * MiB, "btrfs": 128 * MiB, "block": 16 * MiB}
 RECORD = 4096
-CAP_SYS_RESOURCE = 24
 Code = grpc.StatusCode
 
 
 def _cap(kind: str) -> pb.VolumeCapability:
     return block_capability() if kind == "block" else mount_capability(kind)
-
-
-def _has_cap_sys_resource() -> bool:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
-    return False
 
 
 NO_CAP_SYS_RESOURCE = (
@@ -459,7 +451,7 @@ def test_online_expansion_while_a_file_is_open(driver, kind):
                            new_size).capacity_bytes == new_size
 
 
-@pytest.mark.skipif(_has_cap_sys_resource(), reason="this process can grow ext4 online")
+@pytest.mark.skipif(has_cap_sys_resource(), reason="this process can grow ext4 online")
 def test_online_ext4_expansion_without_cap_sys_resource_is_refused(driver):
     """Without CAP_SYS_RESOURCE the kernel refuses EXT4_IOC_RESIZE_FS: NodeExpandVolume
     says so (FAILED_PRECONDITION naming the capability), nothing breaks, and the
@@ -491,7 +483,7 @@ def test_online_ext4_expansion_without_cap_sys_resource_is_refused(driver):
         assert digests(target, sums) == sums
 
 
-@pytest.mark.skipif(not _has_cap_sys_resource(), reason=NO_CAP_SYS_RESOURCE)
+@pytest.mark.skipif(not has_cap_sys_resource(), reason=NO_CAP_SYS_RESOURCE)
 def test_online_ext4_expansion_while_a_file_is_open(driver):
     with node_session(driver) as node:
         vol = create(driver, "grow-ext4", "ext4")

@@ -27,32 +27,18 @@ from csi_py.linux.errors import (
     LoopError,
     MountError,
 )
+from tests.conftest import has_cap_sys_resource
 from tests.fakes import FakeHost, fake_host
 from tests.lifecycle import MiB
+from tests.scratch import Scratch
 
 
 @dataclass
-class Env:
+class Env(Scratch):
     host: Host
     root: Path
     real: bool
     writers: list[threading.Event] = field(default_factory=list)
-
-    def image(self, name: str = "vol.img", size: int = 64 * MiB) -> str:
-        path = self.root / name
-        with open(path, "wb") as f:
-            f.truncate(size)
-        return str(path)
-
-    def dir(self, name: str) -> str:
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path)
-
-    def file(self, name: str) -> str:
-        path = self.root / name
-        path.touch()
-        return str(path)
 
     def staged(self, fs_type: str = "ext4", size: int = 64 * MiB, name: str = "mnt"):
         """A fresh device with a ``fs_type`` filesystem mounted at root/<name>."""
@@ -106,14 +92,6 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
             done.wait(10)
     else:
         yield Env(host=fake_host(), root=tmp_path, real=False)
-
-
-def has_cap_sys_resource() -> bool:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> 24 & 1)
-    return False
 
 
 def test_attach_list_find_get_detach(env):

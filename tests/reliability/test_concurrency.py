@@ -163,9 +163,7 @@ def test_parallel_calls_on_one_volume_are_serialized_or_aborted(driver):
     vid = v.create("contended", kind, 32 * MiB).volume_id
     staging = driver.path("stage")
     targets = [driver.path(f"t{i}") for i in range(3)]
-    v.attach(vid, kind)
-    v.stage(vid, kind, staging)
-    v.publish(vid, kind, staging, targets[0])
+    v.bring_up(vid, kind, staging, targets[0])
     digest = write_data(targets[0], kind, payload("contended"))
     v.unpublish(vid, targets[0])
 

@@ -205,9 +205,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
     image = os.path.join(driver.pool, "volumes", vid + ".img")
     staging, target = driver.path("stage"), driver.path("t")
     os.mkdir(staging)
-    v.attach(vid, "block")
-    v.stage(vid, "block", staging)
-    v.publish(vid, "block", staging, target)
+    v.bring_up(vid, "block", staging, target)
     digest = write_data(target, "block", payload("source", size))
     # Leave 32 MiB free (plus the reserve): less than the source's 64 MiB of data.
     filler_size = (free_bytes(driver) - RESERVE - 32 * MiB) // MiB * MiB
@@ -256,9 +254,7 @@ def test_expansion_snapshots_restores_and_clones_that_do_not_fit(driver, monkeyp
         v.delete_snapshot(snap.snapshot_id)
     finally:
         monkeypatch.undo()
-        v.unpublish(vid, target)
-        v.unstage(vid, staging)
-        v.detach(vid)
+        v.take_down(vid, staging, target)
         for other in volumes:
             v.delete(other)
     assert_nothing_left(driver, set())
@@ -309,9 +305,7 @@ def bring_up(driver, kinds: list[str]) -> list[tuple[str, str, str, str]]:
         vid = v.create(f"full-{kind}", kind, 32 * MiB).volume_id
         staging, target = driver.path(f"s-{kind}"), driver.path(f"t-{kind}")
         os.mkdir(staging)
-        v.attach(vid, kind)
-        v.stage(vid, kind, staging)
-        v.publish(vid, kind, staging, target)
+        v.bring_up(vid, kind, staging, target)
         write_data(target, kind, payload(kind))
         up.append((vid, kind, staging, target))
     return up
@@ -329,9 +323,7 @@ def test_teardown_and_restart_on_a_pool_filled_to_the_last_block(driver, caplog)
     assert os.statvfs(driver.pool).f_bavail == 0
     v = Volumes(driver.client)
     for vid, _, staging, target in up:
-        v.unpublish(vid, target)
-        v.unstage(vid, staging)
-        v.detach(vid)
+        v.take_down(vid, staging, target)
     assert loops_under(driver.pool) == []
     for vid, *_ in up:
         v.delete(vid)

@@ -55,9 +55,7 @@ def publish_with_data(driver, name: str) -> tuple[str, str, str, bytes, str]:
     vid = v.create(name, "block", SIZE).volume_id
     staging, target = driver.path(f"s-{name}"), driver.path(f"t-{name}")
     os.mkdir(staging)
-    v.attach(vid, "block")
-    v.stage(vid, "block", staging)
-    v.publish(vid, "block", staging, target)
+    v.bring_up(vid, "block", staging, target)
     pattern = payload(f"volume-{name}")
     write_data(target, "block", pattern)
     return vid, staging, target, pattern, driver.server.driver.catalog.get_staging(vid).device
@@ -107,9 +105,7 @@ def test_external_detaches_and_new_stages_never_cross_volumes(driver):
             assert not v.condition(vid).abnormal
     finally:
         for vid, stage, target, _ in live:
-            v.unpublish(vid, target)
-            v.unstage(vid, stage)
-            v.detach(vid)
+            v.take_down(vid, stage, target)
             v.delete(vid)
         for dev in foreign:
             losetup("-d", dev)
@@ -122,16 +118,12 @@ def test_a_mounted_volume_whose_device_was_detached_is_reported_abnormal(driver)
     vid = v.create("mounted", "ext4", 32 * MiB).volume_id
     stage, target = driver.path("s"), driver.path("t")
     os.mkdir(stage)
-    v.attach(vid, "ext4")
-    v.stage(vid, "ext4", stage)
-    v.publish(vid, "ext4", stage, target)
+    v.bring_up(vid, "ext4", stage, target)
     assert not v.condition(vid).abnormal
     losetup("-d", driver.server.driver.catalog.get_staging(vid).device)
     condition = v.condition(vid)
     assert condition.abnormal and "detached while in use" in condition.message, \
         condition.message
-    v.unpublish(vid, target)
-    v.unstage(vid, stage)
-    v.detach(vid)
+    v.take_down(vid, stage, target)
     v.delete(vid)
     assert loops_under(driver.workdir) == []

@@ -102,9 +102,7 @@ def test_format_killed_with_its_process_group_is_redone(workdir, fs):
         assert read_digest(target, fs, MiB) == digest
         with open(os.path.join(d.pool, "records", vid + ".json")) as fh:
             assert '"format": "formatted"' in fh.read()
-        v.unpublish(vid, target)
-        v.unstage(vid, staging)
-        v.detach(vid)
+        v.take_down(vid, staging, target)
         v.delete(vid)
         assert disagreements(workdir, d.pool, expect_empty=True) == []
     finally:

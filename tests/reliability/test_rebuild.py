@@ -76,9 +76,7 @@ def test_lost_catalog_is_rebuilt_and_pods_keep_their_mounts_and_data(driver, how
         vid = v.create(f"rebuild-{kind}", kind, size).volume_id
         staging, target = driver.path(f"stage-{kind}"), driver.path(f"t-{kind}")
         os.mkdir(staging)
-        v.attach(vid, kind)
-        v.stage(vid, kind, staging)
-        v.publish(vid, kind, staging, target)
+        v.bring_up(vid, kind, staging, target)
         digests[kind] = write_data(target, kind, payload(f"before-{kind}"))
         made[kind] = (vid, staging, target)
     snap = v.snapshot(made["ext4"][0], "rebuild-snap")
@@ -135,9 +133,7 @@ def test_lost_catalog_is_rebuilt_and_pods_keep_their_mounts_and_data(driver, how
     v.delete(restored.volume_id)
     assert disagreements(driver.workdir, driver.pool) == []
     for vid, staging, target in made.values():
-        v.unpublish(vid, target)
-        v.unstage(vid, staging)
-        v.detach(vid)
+        v.take_down(vid, staging, target)
     v.delete_group(group.group_snapshot_id, [s.snapshot_id for s in group.snapshots])
     v.delete_snapshot(snap.snapshot_id)
     for vid, _, _ in made.values():
@@ -207,9 +203,7 @@ def test_wal_lost_after_a_kill_is_rebuilt(workdir):
             staging, target = os.path.join(workdir, f"s-{kind}"), os.path.join(workdir,
                                                                                  f"t-{kind}")
             os.mkdir(staging)
-            v.attach(vid, kind)
-            v.stage(vid, kind, staging)
-            v.publish(vid, kind, staging, target)
+            v.bring_up(vid, kind, staging, target)
             made.append((vid, kind, staging, target, write_data(target, kind,
                                                                 payload(kind))))
         assert d.proc is not None
@@ -231,9 +225,7 @@ def test_wal_lost_after_a_kill_is_rebuilt(workdir):
         assert {e.volume.volume_id for e in listed.entries} == {m[0] for m in made}
         for vid, kind, staging, target, digest in made:
             assert read_digest(target, kind, MiB) == digest
-            v.unpublish(vid, target)
-            v.unstage(vid, staging)
-            v.detach(vid)
+            v.take_down(vid, staging, target)
             v.delete(vid)
         assert disagreements(workdir, d.pool, expect_empty=True) == []
     finally:

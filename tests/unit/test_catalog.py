@@ -90,6 +90,23 @@ def test_attachments(catalog):
     assert catalog.attachments_of(a.id) == []
 
 
+def test_a_put_replaces_the_row_with_its_key_column_by_column(catalog):
+    a = catalog.insert_volume(vol(1))
+    first = Staging(a.id, "/stage", AccessType.MOUNT, "xfs", ("noatime", "nodev"), False,
+                    "/dev/loop3", StagingState.STAGING)
+    then = Staging(a.id, "/stage2", AccessType.BLOCK, "", (), True, "/dev/loop4",
+                   StagingState.UNSTAGING)
+    catalog.put_staging(first)
+    assert catalog.get_staging(a.id) == first
+    catalog.put_staging(then)
+    assert catalog.list_stagings() == [then]
+    rw = Attachment(a.id, "node-1", False, AccessMode.SINGLE_NODE_WRITER, AccessType.MOUNT)
+    ro = Attachment(a.id, "node-1", True, AccessMode.MULTI_NODE_READER_ONLY, AccessType.BLOCK)
+    catalog.put_attachment(rw)
+    catalog.put_attachment(ro)
+    assert catalog.attachments_of(a.id) == [ro]
+
+
 def test_stagings_and_delete_volume_cascades(catalog):
     a = catalog.insert_volume(vol(1))
     st = Staging(a.id, "/stage", AccessType.MOUNT, "ext4", ("noatime",), False, "/dev/loop3",

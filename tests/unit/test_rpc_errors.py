@@ -98,8 +98,30 @@ def test_an_error_without_a_subject_gets_the_requests_object():
     assert call(e.NotFound("no such thing")).details == "volume vol-1: no such thing"
     create = pb.CreateVolumeRequest(name="pvc 1")
     assert message_for(e.InvalidArgument("bad"), create) == "volume 'pvc 1': bad"
-    # ...unless its text already names it.
-    assert with_subject(create, "name 'pvc 1' is taken") == "name 'pvc 1' is taken"
+    # Always, whatever the text holds: the message is never searched for the object (a
+    # name "e" is in "parameters", and a guess would have left the object out).
+    short = pb.CreateVolumeRequest(name="e")
+    assert with_subject(short, "parameters is 6090 bytes in total") == \
+        "volume 'e': parameters is 6090 bytes in total"
+
+
+def test_errors_that_name_a_snapshot_carry_it_as_their_subject():
+    from csi_py.config import Config
+    from csi_py.core.rules import check_snapshot_parameters
+    from csi_py.core.topology import snapshot_owner_elsewhere
+    from csi_py.domain.snapshot_ids import new_snapshot_id
+
+    with pytest.raises(e.InvalidArgument) as unknown:
+        check_snapshot_parameters({"compress": "yes"}, e.snapshot(name="snap-1"))
+    assert unknown.value.subject == e.snapshot(name="snap-1")
+    assert message_for(unknown.value, pb.CreateSnapshotRequest(name="snap-1")) == \
+        "snapshot 'snap-1': unknown parameter(s) ['compress']; snapshots take none"
+    with pytest.raises(e.InvalidArgument) as group:
+        check_snapshot_parameters({"x": "1"}, e.group_snapshot(name="g"))
+    assert str(group.value).startswith("group snapshot 'g': unknown parameter(s) ['x']")
+    here = Config(endpoint="unix:///nonexistent.sock", node_id="node-b", pool="/nonexistent")
+    words = snapshot_owner_elsewhere(new_snapshot_id("node-a"), here)
+    assert words is not None and words.startswith("lives on node 'node-a', not on node 'node-b'")
 
 
 def test_a_lock_key_never_reaches_a_message():

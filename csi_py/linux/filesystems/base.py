@@ -74,13 +74,12 @@ class Filesystem(Protocol):
         ...
 
 
-class GrowsMounted:
+class GrowsMounted(Filesystem):
     """The shared half of a filesystem that grows, measures and reports its errors only
     while mounted (xfs, btrfs): each of those calls needs a mount point. A subclass
     supplies the three steps on a mount point. Stateless (thread-safe)."""
 
-    grows_unmounted: ClassVar[bool] = False
-    name: ClassVar[str]
+    grows_unmounted = False
 
     def can_grow_online(self) -> bool:
         return True

@@ -8,7 +8,6 @@ import errno as _errno
 import os
 import re
 import struct
-from typing import ClassVar
 
 from csi_py.linux.errors import LinuxError, errno_text
 from csi_py.linux.exec import run
@@ -36,18 +35,18 @@ BTRFS_MIN_RESIZE_BYTES = 256 * MiB
 
 
 class Btrfs(GrowsMounted):
-    """btrfs. See :class:`csi_py.linux.filesystems.base.Filesystem`."""
+    """btrfs. The types of its facts and the contract of its calls: :class:`Filesystem`."""
 
-    name: ClassVar[str] = "btrfs"
-    handles: ClassVar[tuple[str, ...]] = ("btrfs",)
+    name = "btrfs"
+    handles = ("btrfs",)
     # mkfs.btrfs (btrfs-progs 6.2) refuses a device under 114294784 bytes (109 MiB)
     # with its default single-device profiles ("minimum size for each btrfs device").
-    min_bytes: ClassVar[int] = 109 * MiB
-    label_max: ClassVar[int] = 255
-    mkfs: ClassVar[tuple[str, ...]] = ("mkfs.btrfs", "-q", "-f", "-K")
-    tools: ClassVar[tuple[str, ...]] = ("mkfs.btrfs", "btrfs")
-    mount_options: ClassVar[tuple[str, ...]] = ()
-    min_grow_bytes: ClassVar[int] = BTRFS_MIN_RESIZE_BYTES
+    min_bytes = 109 * MiB
+    label_max = 255
+    mkfs = ("mkfs.btrfs", "-q", "-f", "-K")
+    tools = ("mkfs.btrfs", "btrfs")
+    mount_options = ()
+    min_grow_bytes = BTRFS_MIN_RESIZE_BYTES
 
     def probe(self, head: bytes) -> str | None:
         return "btrfs" if head[_BTRFS_MAGIC_OFF:PROBE_BYTES] == _BTRFS_MAGIC else None

@@ -8,13 +8,13 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import ClassVar
 
 from csi_py.linux.errors import CommandError, GrowNotPermitted, LinuxError
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems.base import (
     CAP_SYS_RESOURCE,
     GROW_TIMEOUT,
+    Filesystem,
     MiB,
     block_device_size,
     has_capability,
@@ -43,25 +43,25 @@ EXT4_ERRCODES = {
 }  # fmt: skip
 
 
-class Ext4:
-    """ext4. See :class:`csi_py.linux.filesystems.base.Filesystem`."""
+class Ext4(Filesystem):
+    """ext4. The types of its facts and the contract of its calls: :class:`Filesystem`."""
 
-    name: ClassVar[str] = "ext4"
-    handles: ClassVar[tuple[str, ...]] = EXT_TYPES
+    name = "ext4"
+    handles = EXT_TYPES
     # mkfs.ext4 (e2fsprogs 1.47) accepts 1 MiB, but under 2 MiB it writes no journal,
     # and the journal alone takes 1 MiB of a small filesystem: 16 MiB is our floor
     # (what CreateVolume and the CLI have always promised).
-    min_bytes: ClassVar[int] = 16 * MiB
-    label_max: ClassVar[int] = 16
+    min_bytes = 16 * MiB
+    label_max = 16
     # The device is a sparse file: discarding it at mkfs time only costs time.
     # Lazy init keeps mkfs of a big ext4 from writing every inode table now.
-    mkfs: ClassVar[tuple[str, ...]] = (
+    mkfs = (
         "mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
     )  # fmt: skip
-    tools: ClassVar[tuple[str, ...]] = ("mkfs.ext4", "resize2fs", "e2fsck")
-    grows_unmounted: ClassVar[bool] = True
-    mount_options: ClassVar[tuple[str, ...]] = ()
-    min_grow_bytes: ClassVar[int] = 0
+    tools = ("mkfs.ext4", "resize2fs", "e2fsck")
+    grows_unmounted = True
+    mount_options = ()
+    min_grow_bytes = 0
 
     def probe(self, head: bytes) -> str | None:
         if len(head) < EXT_MAGIC_OFF + 2 or head[EXT_MAGIC_OFF : EXT_MAGIC_OFF + 2] != b"\x53\xef":

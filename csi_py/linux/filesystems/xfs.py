@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
-from typing import ClassVar
 
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems.base import (
@@ -42,19 +41,19 @@ XFS_AG_SICK = {
 
 
 class Xfs(GrowsMounted):
-    """xfs. See :class:`csi_py.linux.filesystems.base.Filesystem`."""
+    """xfs. The types of its facts and the contract of its calls: :class:`Filesystem`."""
 
-    name: ClassVar[str] = "xfs"
-    handles: ClassVar[tuple[str, ...]] = ("xfs",)
+    name = "xfs"
+    handles = ("xfs",)
     # xfsprogs >= 5.19 refuses filesystems under 300 MiB ("must be larger than 300MB").
-    min_bytes: ClassVar[int] = 300 * MiB
-    label_max: ClassVar[int] = 12
-    mkfs: ClassVar[tuple[str, ...]] = ("mkfs.xfs", "-q", "-f", "-K")
-    tools: ClassVar[tuple[str, ...]] = ("mkfs.xfs", "xfs_growfs")
+    min_bytes = 300 * MiB
+    label_max = 12
+    mkfs = ("mkfs.xfs", "-q", "-f", "-K")
+    tools = ("mkfs.xfs", "xfs_growfs")
     # Clones and snapshots share the filesystem UUID of their source; xfs refuses to
     # mount two filesystems with one UUID unless told otherwise.
-    mount_options: ClassVar[tuple[str, ...]] = ("nouuid",)
-    min_grow_bytes: ClassVar[int] = 0
+    mount_options = ("nouuid",)
+    min_grow_bytes = 0
 
     def probe(self, head: bytes) -> str | None:
         return "xfs" if head[:4] == _XFS_MAGIC else None
