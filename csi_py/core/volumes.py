@@ -248,13 +248,7 @@ class Volumes:
                 f"still published to node(s) {nodes}; call ControllerUnpublishVolume first",
                 subject=volume_subject(volume_id),
             )
-        devices = self.host.loops.find_by_backing_file(path)
-        if devices or self.catalog.get_staging(volume_id):
-            where = ", ".join(d.path for d in devices) or "a staging record"
-            raise FailedPrecondition(
-                f"in use on this node ({where}); unstage it before deleting",
-                subject=volume_subject(volume_id),
-            )
+        self._require_unused(volume_id, path)
         self.catalog.set_volume_state(volume_id, VolumeState.DELETING)
         crash_point("delete.marked")
         files.remove_file(path)
@@ -263,6 +257,32 @@ class Volumes:
         self.catalog.delete_volume(volume_id)
         self.pool.keep_catalog_reserve()
         log.info("deleted volume %s name=%s", volume_id, volume.name)
+
+    def _require_unused(self, volume_id: str, path: str) -> None:
+        """Raise FailedPrecondition when the image `path` is staged here or held open.
+
+        A stage records its intent before it attaches and an unstage forgets it only
+        after the detach, so the staging record catches every device of ours, also one
+        whose attach was not committed when the process died. The kernel answers for
+        everyone else's (attached by hand, through another path or a hard link, or
+        left by a lost catalog): held_open asks the image file itself (a lease), so
+        the node's loop devices are read only when something does hold it (to name
+        it) or the pool's filesystem cannot tell (then the scan alone decides, as
+        it always did)."""
+        if self.catalog.get_staging(volume_id) is not None:
+            where = "a staging record"
+        else:
+            held = self.host.loops.held_open(path)
+            devices = [] if held is False else self.host.loops.find_by_backing_file(path)
+            if devices:
+                where = ", ".join(d.path for d in devices)
+            elif held:
+                where = "its image is held open by a loop device attached through" \
+                        " another path, or by a process"
+            else:
+                return
+        raise FailedPrecondition(f"in use on this node ({where}); unstage it before deleting",
+                                 subject=volume_subject(volume_id))
 
     # --- ControllerModifyVolume ----------------------------------------------------------
 
@@ -274,7 +294,7 @@ class Volumes:
             volume = self.get_ready_volume(volume_id)
             values = check_mutable(mutable_parameters, volume_subject(volume_id))
             merged = {**volume.mutable_parameter_map, **values}
-            for device in self.host.loops.find_by_backing_file(self.pool.image_path(volume_id)):
+            for device in self.host.loops.attached_to(self.pool.image_path(volume_id)):
                 apply_mutable(self.host, device.path, values)
             self.catalog.set_mutable_parameters(volume_id, merged)
             self.records.put_volume(replace(volume, mutable_parameters=tuple(sorted(
