@@ -1,7 +1,9 @@
 """Volumes' lifecycle on the controller side: create, delete, modify, look up and list.
 
 Every mutation records its intent in the catalog (state CREATING or DELETING), acts on
-the pool, then commits, so start-up reconciliation can finish or undo it. A public
+the pool, then commits, so start-up reconciliation can finish or undo it. A create or
+delete syncs the catalog once: its intent (see _create_locked and _delete_locked for
+why the outcome needs no sync of its own). A public
 method checks its request, takes the lock and calls a `_locked` method that does the
 work (the caller of a `_locked` method holds the lock).
 """
@@ -173,6 +175,8 @@ class Volumes:
             block_size=origin.block_size if origin else NEW_VOLUME_BLOCK_SIZE,
         )
         try:
+            # Durable: the intent is on disk before the image exists, so no crash or
+            # power loss leaves an image that start-up cannot account for.
             volume = self.catalog.insert_volume(volume)
         except NameTaken:  # only if someone wrote the catalog behind our back
             raise AlreadyExists("already recorded",
@@ -194,7 +198,8 @@ class Volumes:
         except BaseException as exc:
             files.remove_file(path)
             self.records.remove(volume.id)
-            self.catalog.delete_volume(volume.id)
+            # Unsynced: lost, it leaves CREATING without a record, rolled back again.
+            self.catalog.delete_volume(volume.id, durable=False)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ResourceExhausted(
                     f"the pool {self.pool.root} has no room for"
@@ -202,7 +207,11 @@ class Volumes:
                     subject=volume_subject(name=req.name),
                 ) from exc
             raise
-        self.catalog.set_volume_state(volume.id, VolumeState.READY)
+        # The record, synced after the complete image, is the create's commit point:
+        # start-up finishes a CREATING volume whose record and image are there and
+        # rolls back one without (core/driver.py). So READY needs no sync of its own
+        # (one durable commit per create): lost in a power loss, it is set again.
+        self.catalog.set_volume_state(volume.id, VolumeState.READY, durable=False)
         crash_point(f"{step}.committed")
         log.info("created volume %s name=%s size=%d fs=%s %s", volume.id, req.name, req.size,
                  req.fs_type, req.provisioning.value)
@@ -249,12 +258,17 @@ class Volumes:
                 subject=volume_subject(volume_id),
             )
         self._require_unused(volume_id, path)
+        # One durable commit: DELETING, synced, is the intent start-up finishes after
+        # any crash or power loss. The removals are synced (their directories) before
+        # the rows go, so no image or record can come back after a power loss once the
+        # rows are gone (a record without a row would be rebuilt into a volume); the
+        # rows' removal itself needs no sync: lost, it leaves DELETING, finished again.
         self.catalog.set_volume_state(volume_id, VolumeState.DELETING)
         crash_point("delete.marked")
         files.remove_file(path)
         crash_point("delete.file_removed")
         self.records.remove(volume_id)
-        self.catalog.delete_volume(volume_id)
+        self.catalog.delete_volume(volume_id, durable=False)
         self.pool.keep_catalog_reserve()
         log.info("deleted volume %s name=%s", volume_id, volume.name)
 
