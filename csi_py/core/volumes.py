@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from csi_py.config import Config
@@ -37,6 +39,7 @@ from csi_py.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Subject,
     Unavailable,
 )
 from csi_py.domain.errors import volume as volume_subject
@@ -150,11 +153,12 @@ class Volumes:
         request = CreateRequest(name, size, fs_type, provisioning, parameters, mutable,
                                 source, origin)
         with self.locks.hold("name:" + name, "CreateVolume", volume_subject(name=name)):
-            existing = self._volume_named(name)
-            if existing is not None:
-                return _existing_for_create(existing, capacity, fs_type, provisioning,
-                                            parameters, source)
-            return self._create_locked(request)
+            with self._failed_pool_named(volume_subject(name=name)):
+                existing = self.catalog.get_volume_by_name(name)
+                if existing is not None:
+                    return _existing_for_create(existing, capacity, fs_type, provisioning,
+                                                parameters, source)
+                return self._create_locked(request)
 
     def _create_locked(self, req: CreateRequest) -> Volume:
         """Record, build and commit a new volume; the caller holds its name's lock and
@@ -217,17 +221,19 @@ class Volumes:
                  req.fs_type, req.provisioning.value)
         return replace(volume, state=VolumeState.READY)
 
-    def _volume_named(self, name: str) -> Volume | None:
-        """The catalog's volume of this name. Raises Unavailable naming the pool's
-        failure when the catalog cannot be read because the pool's filesystem failed
-        (a thread's fresh catalog connection cannot read a shut-down filesystem), else
-        CatalogError."""
+    @contextmanager
+    def _failed_pool_named(self, subject: Subject) -> Iterator[None]:
+        """Run the block; a CatalogError or OSError from it becomes Unavailable naming
+        the pool's failure when the pool's filesystem has failed (a shut-down
+        filesystem answers EIO to the catalog's and the image's writes, and a
+        thread's fresh catalog connection cannot even read it). The pool is probed
+        (a sync) only then: a create on a working pool pays no probe."""
         try:
-            return self.catalog.get_volume_by_name(name)
-        except CatalogError as exc:
+            yield
+        except (CatalogError, OSError) as exc:
             state = self.space.state()
             if state.failed:
-                raise Unavailable(state.message, subject=volume_subject(name=name)) from exc
+                raise Unavailable(state.message, subject=subject) from exc
             raise
 
     # --- DeleteVolume ------------------------------------------------------------------
