@@ -15,6 +15,7 @@ import errno as _errno
 import fcntl
 import os
 import re
+import signal
 import stat
 import time
 from dataclasses import dataclass, field
@@ -319,6 +320,11 @@ def held_open(path: str) -> bool | None:
     except OSError:
         return None
     try:
+        # Someone opening the file while the lease is held makes the kernel signal the
+        # lease holder (SIGIO by default, which kills a process that does not handle
+        # it) and wait until the lease is dropped: the signal is made SIGURG, which is
+        # ignored by default, and the lease is dropped within microseconds anyway.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
     except OSError as exc:
         return True if exc.errno in (_errno.EAGAIN, _errno.EBUSY) else None

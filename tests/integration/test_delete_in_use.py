@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -95,3 +96,40 @@ def test_delete_refuses_an_image_held_by_a_loop_device_outside_the_records(drive
     v.delete(vid)  # detached: now it goes
     assert not os.path.exists(image)
     v.delete(vid)  # idempotent
+
+
+CHILD = r"""
+import fcntl, subprocess, sys, time
+from csi_py.linux import loop_sysfs
+
+path = sys.argv[1]
+real = fcntl.fcntl
+openers = []
+
+def fcntl_then_an_opener(fd, cmd, arg=0):
+    done = real(fd, cmd, arg)
+    if cmd == fcntl.F_SETLEASE and arg == fcntl.F_WRLCK:
+        # Someone opens the image while the lease is held: the kernel signals the
+        # lease holder and makes the opener wait until the lease is dropped.
+        openers.append(subprocess.Popen([sys.executable, "-c",
+                                         f"open({path!r}, 'rb').close()"]))
+        time.sleep(0.5)
+    return done
+
+loop_sysfs.fcntl.fcntl = fcntl_then_an_opener
+assert loop_sysfs.held_open(path) is False
+assert openers and openers[0].wait(30) == 0
+print("alive")
+"""
+
+
+def test_an_opener_during_the_lease_neither_kills_the_driver_nor_is_refused(tmp_path):
+    """The lease is a question, never a lock: a process opening the image at that moment
+    waits microseconds (here the half second the test holds it), and the driver, which
+    the kernel signals about it, lives on (SIGIO, the default signal, would kill it)."""
+    image = tmp_path / "vol.img"
+    image.write_bytes(b"")
+    done = subprocess.run([sys.executable, "-c", CHILD, str(image)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.strip() == "alive"
