@@ -283,12 +283,13 @@ class Volumes:
 
         A stage records its intent before it attaches and an unstage forgets it only
         after the detach, so the staging record catches every device of ours, also one
-        whose attach was not committed when the process died. The kernel answers for
-        everyone else's (attached by hand, through another path or a hard link, or
-        left by a lost catalog): held_open asks the image file itself (a lease), so
-        the node's loop devices are read only when something does hold it (to name
-        it) or the pool's filesystem cannot tell (then the scan alone decides, as
-        it always did)."""
+        whose attach was not committed when the process died (staging rows are not
+        synced, but no loop device outlives a power loss, and start-up adopts a device
+        on a known image that has no row). The kernel answers for everyone else's
+        (attached by hand, through another path or a hard link, or left by a lost
+        catalog): held_open asks the image file itself (a lease), so the node's loop
+        devices are read only when something does hold it (to name it) or the pool's
+        filesystem cannot tell (then the scan alone decides, as it always did)."""
         if self.catalog.get_staging(volume_id) is not None:
             where = "a staging record"
         else:
