@@ -66,7 +66,8 @@ def main() -> int:
     ap.add_argument("--kind", default="block", choices=["block", "ext4"],
                     help="the volumes' kind (ext4: 64 MiB, formatted at NodeStageVolume)")
     ap.add_argument("--rpc", default="NodeStageVolume",
-                    help="an RPC whose p50 (sequential lifecycles) is also compared")
+                    help="RPCs (comma-separated) whose p50 (sequential lifecycles) is "
+                         "also compared")
     ap.add_argument("--base", default="", help="csi-py source tree for the variant 'base'")
     args = ap.parse_args()
     names = args.variants.split(",")
@@ -88,7 +89,9 @@ def main() -> int:
     drivers: dict[str, tuple[h.DriverProc, dict[int, Any]]] = {}
     seq: dict[str, list[float]] = {n: [] for n in names}
     conc: dict[str, list[float]] = {n: [] for n in names}
-    rpc_p50: dict[str, list[float]] = {n: [] for n in names}  # per round
+    rpcs = [r.strip() for r in args.rpc.split(",") if r.strip()]
+    # per RPC and variant, one p50 per round
+    rpc_p50: dict[str, dict[str, list[float]]] = {r: {n: [] for n in names} for r in rpcs}
     try:
         for n in names:
             d = h.DriverProc(spec_of(n), os.path.join(work, n))
@@ -105,24 +108,29 @@ def main() -> int:
                     if b.errors:
                         raise h.BenchError(f"{n}: {b.errors[0]}")
                     out[n].append(b.done / b.seconds)
-                    if clients == 1 and b.samples.get(args.rpc):
-                        rpc_p50[n].append(statistics.median(b.samples[args.rpc]))
+                    for rpc in rpcs if clients == 1 else ():
+                        if b.samples.get(rpc):
+                            rpc_p50[rpc][n].append(statistics.median(b.samples[rpc]))
         first = names[0]
-        print(f"| variant | sequential /s | ratio to {first} | {args.clients} clients /s | "
-              f"ratio to {first} |")
+        print(f"| variant | sequential /s | ratio to {first} (min-max) | {args.clients} "
+              f"clients /s | ratio to {first} (min-max) |")
         print("|---|---:|---:|---:|---:|")
         for n in names:
-            rs = statistics.median(a / b for a, b in zip(seq[n], seq[first], strict=True))
-            rc = statistics.median(a / b for a, b in zip(conc[n], conc[first], strict=True))
-            print(f"| {n} | {statistics.median(seq[n]):.1f} | {rs:.2f}x | "
-                  f"{statistics.median(conc[n]):.1f} | {rc:.2f}x |")
-        if all(len(rpc_p50[n]) == args.rounds for n in names):
-            print(f"\n| variant | {args.rpc} p50 ms (sequential) | ratio to {first} |")
-            print("|---|---:|---:|")
+            rs = [a / b for a, b in zip(seq[n], seq[first], strict=True)]
+            rc = [a / b for a, b in zip(conc[n], conc[first], strict=True)]
+            print(f"| {n} | {statistics.median(seq[n]):.1f} | {statistics.median(rs):.2f}x "
+                  f"({min(rs):.2f}-{max(rs):.2f}) | {statistics.median(conc[n]):.1f} | "
+                  f"{statistics.median(rc):.2f}x ({min(rc):.2f}-{max(rc):.2f}) |")
+        for rpc, p50s in rpc_p50.items():
+            if not all(len(p50s[n]) == args.rounds for n in names):
+                continue
+            print(f"\n| variant | {rpc} p50 ms (sequential) | ratio to {first} "
+                  "| per-round ratios, min-max |")
+            print("|---|---:|---:|---:|")
             for n in names:
-                rr = statistics.median(a / b for a, b in zip(rpc_p50[n], rpc_p50[first],
-                                                               strict=True))
-                print(f"| {n} | {statistics.median(rpc_p50[n]):.2f} | {rr:.2f}x |")
+                rr = [a / b for a, b in zip(p50s[n], p50s[first], strict=True)]
+                print(f"| {n} | {statistics.median(p50s[n]):.2f} | "
+                      f"{statistics.median(rr):.2f}x | {min(rr):.2f}-{max(rr):.2f} |")
         print(f"\n{args.kind} volumes; {args.rounds} interleaved rounds, medians; load average "
               f"{[round(x, 2) for x in os.getloadavg()]}")
     finally:

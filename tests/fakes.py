@@ -271,6 +271,15 @@ class FakeLoopManager(_FakeBase):
         want = os.path.realpath(backing_file)
         return [d for d in self.list_attached() if os.path.realpath(d.backing_file) == want]
 
+    def attached_to(self, backing_file: str) -> list[LoopDevice]:
+        # The fake's devices hold no file open, so it cannot ask the kernel (a lease)
+        # whether any does: its own table answers, as the real scan would.
+        return self.find_by_backing_file(backing_file)
+
+    def held_open(self, backing_file: str) -> bool | None:
+        # Only the fake's own devices can hold a file here (no processes, no links).
+        return bool(self.find_by_backing_file(backing_file))
+
     def get(self, device_path: str) -> LoopDevice | None:
         with self.kernel.lock:
             loop = self.kernel.loop_at(device_path)

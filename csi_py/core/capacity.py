@@ -112,12 +112,13 @@ class Space:
     catalog: Catalog
     pool: Pool
 
-    def state(self) -> PoolState:
-        """The pool's state now. Never raises."""
+    def state(self, *, probe: bool = True) -> PoolState:
+        """The pool's state now (`probe=False`: without the sync that finds a failed
+        filesystem, see poolstate.py). Never raises."""
         # The catalog's reserve comes back as soon as there is room for it, before
         # the free space is measured for a new volume.
         self.pool.keep_catalog_reserve()
-        return pool_state(self.pool, self.config.reserve_bytes)
+        return pool_state(self.pool, self.config.reserve_bytes, probe=probe)
 
     def require_working(self, subject: Subject) -> PoolState:
         """The pool's state; raises Unavailable (the CO retries) while its filesystem
@@ -172,9 +173,14 @@ class Space:
         return self.report(provisioning)
 
     def check_fits(self, name: str, size: int, provisioning: Provisioning) -> None:
-        """Raise ResourceExhausted when a new volume of `size` bytes does not fit (and
-        Unavailable when the pool has failed)."""
-        report = self.report(provisioning, self.require_working(volume_subject(name=name)))
+        """Raise ResourceExhausted when a new volume of `size` bytes does not fit, and
+        Unavailable when the pool is known to have failed (read-only). Does not sync to
+        find out: a create syncs its own writes, and Volumes names the pool's failure
+        when one of them fails (the probe then)."""
+        state = self.state(probe=False)
+        if state.failed:
+            raise Unavailable(state.message, subject=volume_subject(name=name))
+        report = self.report(provisioning, state)
         if size > report.available_bytes:
             raise ResourceExhausted(
                 f"{size} bytes ({provisioning.value}) do not fit; the pool"

@@ -24,7 +24,7 @@ from csi_py.core.rebuild import Findings, PoolListing, RebuildReport, open_catal
 from csi_py.core.snapshot_metadata import SnapshotMetadataCore
 from csi_py.core.snapshots import SnapshotCore
 from csi_py.domain.errors import Unavailable
-from csi_py.domain.model import AccessType, SnapshotState, VolumeState
+from csi_py.domain.model import AccessType, SnapshotState, Volume, VolumeState
 from csi_py.domain.snapshot_ids import file_key
 from csi_py.linux import Host, files, filesystems
 from csi_py.linux.errors import LinuxError
@@ -38,6 +38,7 @@ class ReconcileReport(Findings):
     """What start-up reconciliation found and did; logged and kept for diagnostics."""
 
     rolled_back_creates: list[str] = field(default_factory=list)
+    finished_creates: list[str] = field(default_factory=list)
     finished_deletes: list[str] = field(default_factory=list)
     rolled_back_snapshots: list[str] = field(default_factory=list)
     # Loop devices on pool files that no volume claims (a deleted image, a volume
@@ -124,7 +125,9 @@ def reconcile(driver: Driver) -> ReconcileReport:
     """Bring the catalog and the kernel into agreement after a start or a crash.
 
     - volumes left CREATING are rolled back (file, record and row removed): the
-      caller never got an answer and will retry CreateVolume;
+      caller never got an answer and will retry CreateVolume; unless their record is
+      written (a create's commit point, after its image is complete): those are
+      finished (READY), for the caller may have had its answer;
     - volumes left DELETING are finished;
     - snapshots and group snapshots left CREATING or DELETING are removed (a caller
       that never got an answer retries; one that asked for a delete wanted it gone);
@@ -140,6 +143,10 @@ def reconcile(driver: Driver) -> ReconcileReport:
     if driver.catalog_moved_to:
         report.rebuild.catalog_moved_to.append(driver.catalog_moved_to)
     for vol in catalog.volumes_in_state(VolumeState.CREATING):
+        if _create_committed(records, pool, vol):
+            catalog.set_volume_state(vol.id, VolumeState.READY)
+            report.finished_creates.append(vol.id)
+            continue
         _quietly(report, files.remove_file, pool.image_path(vol.id))
         _quietly(report, records.remove, vol.id)
         catalog.delete_volume(vol.id)
@@ -221,6 +228,15 @@ def reconcile(driver: Driver) -> ReconcileReport:
     for path in report.unknown_images:
         log.warning("pool file %s belongs to no volume in the catalog; left in place", path)
     return report
+
+
+def _create_committed(records: Records, pool: Pool, vol: Volume) -> bool:
+    """Whether a CREATING volume's create reached its commit point: its record (written
+    after the image was complete and synced) describes it and the image is there.
+    Read-only; never raises."""
+    rec = records.get_volume(vol.id)
+    return rec is not None and rec.volume.name == vol.name and \
+        files.exists(pool.image_path(vol.id))
 
 
 def _sweep(report: ReconcileReport, directory: str, names: list[str],

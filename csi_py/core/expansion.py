@@ -89,7 +89,7 @@ class Expansion:
                     subject=volume_subject(volume_id),
                 ) from exc
             raise
-        for device in self.volumes.host.loops.find_by_backing_file(path):
+        for device in self.volumes.host.loops.attached_to(path):
             self.volumes.host.loops.refresh_capacity(device.path)
         crash_point("expand.device_refreshed")
         self.volumes.catalog.set_volume_capacity(volume_id, size)

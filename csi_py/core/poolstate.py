@@ -34,10 +34,11 @@ class PoolState:
         return self.condition is PoolCondition.FAILED
 
 
-def pool_state(pool: Pool, reserve_bytes: int) -> PoolState:
-    """Probe the pool now: one fsync of an unchanged directory and one statvfs.
-    Read-only (writes nothing); never raises."""
-    err = files.probe_filesystem(pool.volumes_dir)
+def pool_state(pool: Pool, reserve_bytes: int, *, probe: bool = True) -> PoolState:
+    """Probe the pool now: one fsync of an unchanged directory (not when `probe` is
+    False: that fsync costs a disk cache flush) and one statvfs. Read-only (writes
+    nothing); never raises."""
+    err = files.probe_filesystem(pool.volumes_dir, sync=probe)
     if not err:
         try:
             _, free = files.space(pool.volumes_dir)

@@ -1,7 +1,9 @@
 """Volumes' lifecycle on the controller side: create, delete, modify, look up and list.
 
 Every mutation records its intent in the catalog (state CREATING or DELETING), acts on
-the pool, then commits, so start-up reconciliation can finish or undo it. A public
+the pool, then commits, so start-up reconciliation can finish or undo it. A create or
+delete syncs the catalog once: its intent (see _create_locked and _delete_locked for
+why the outcome needs no sync of its own). A public
 method checks its request, takes the lock and calls a `_locked` method that does the
 work (the caller of a `_locked` method holds the lock).
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from csi_py.config import Config
@@ -35,6 +39,7 @@ from csi_py.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Subject,
     Unavailable,
 )
 from csi_py.domain.errors import volume as volume_subject
@@ -148,11 +153,12 @@ class Volumes:
         request = CreateRequest(name, size, fs_type, provisioning, parameters, mutable,
                                 source, origin)
         with self.locks.hold("name:" + name, "CreateVolume", volume_subject(name=name)):
-            existing = self._volume_named(name)
-            if existing is not None:
-                return _existing_for_create(existing, capacity, fs_type, provisioning,
-                                            parameters, source)
-            return self._create_locked(request)
+            with self._failed_pool_named(volume_subject(name=name)):
+                existing = self.catalog.get_volume_by_name(name)
+                if existing is not None:
+                    return _existing_for_create(existing, capacity, fs_type, provisioning,
+                                                parameters, source)
+                return self._create_locked(request)
 
     def _create_locked(self, req: CreateRequest) -> Volume:
         """Record, build and commit a new volume; the caller holds its name's lock and
@@ -173,6 +179,8 @@ class Volumes:
             block_size=origin.block_size if origin else NEW_VOLUME_BLOCK_SIZE,
         )
         try:
+            # Durable: the intent is on disk before the image exists, so no crash or
+            # power loss leaves an image that start-up cannot account for.
             volume = self.catalog.insert_volume(volume)
         except NameTaken:  # only if someone wrote the catalog behind our back
             raise AlreadyExists("already recorded",
@@ -194,7 +202,8 @@ class Volumes:
         except BaseException as exc:
             files.remove_file(path)
             self.records.remove(volume.id)
-            self.catalog.delete_volume(volume.id)
+            # Unsynced: lost, it leaves CREATING without a record, rolled back again.
+            self.catalog.delete_volume(volume.id, durable=False)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ResourceExhausted(
                     f"the pool {self.pool.root} has no room for"
@@ -202,23 +211,29 @@ class Volumes:
                     subject=volume_subject(name=req.name),
                 ) from exc
             raise
-        self.catalog.set_volume_state(volume.id, VolumeState.READY)
+        # The record, synced after the complete image, is the create's commit point:
+        # start-up finishes a CREATING volume whose record and image are there and
+        # rolls back one without (core/driver.py). So READY needs no sync of its own
+        # (one durable commit per create): lost in a power loss, it is set again.
+        self.catalog.set_volume_state(volume.id, VolumeState.READY, durable=False)
         crash_point(f"{step}.committed")
         log.info("created volume %s name=%s size=%d fs=%s %s", volume.id, req.name, req.size,
                  req.fs_type, req.provisioning.value)
         return replace(volume, state=VolumeState.READY)
 
-    def _volume_named(self, name: str) -> Volume | None:
-        """The catalog's volume of this name. Raises Unavailable naming the pool's
-        failure when the catalog cannot be read because the pool's filesystem failed
-        (a thread's fresh catalog connection cannot read a shut-down filesystem), else
-        CatalogError."""
+    @contextmanager
+    def _failed_pool_named(self, subject: Subject) -> Iterator[None]:
+        """Run the block; a CatalogError or OSError from it becomes Unavailable naming
+        the pool's failure when the pool's filesystem has failed (a shut-down
+        filesystem answers EIO to the catalog's and the image's writes, and a
+        thread's fresh catalog connection cannot even read it). The pool is probed
+        (a sync) only then: a create on a working pool pays no probe."""
         try:
-            return self.catalog.get_volume_by_name(name)
-        except CatalogError as exc:
+            yield
+        except (CatalogError, OSError) as exc:
             state = self.space.state()
             if state.failed:
-                raise Unavailable(state.message, subject=volume_subject(name=name)) from exc
+                raise Unavailable(state.message, subject=subject) from exc
             raise
 
     # --- DeleteVolume ------------------------------------------------------------------
@@ -248,21 +263,47 @@ class Volumes:
                 f"still published to node(s) {nodes}; call ControllerUnpublishVolume first",
                 subject=volume_subject(volume_id),
             )
-        devices = self.host.loops.find_by_backing_file(path)
-        if devices or self.catalog.get_staging(volume_id):
-            where = ", ".join(d.path for d in devices) or "a staging record"
-            raise FailedPrecondition(
-                f"in use on this node ({where}); unstage it before deleting",
-                subject=volume_subject(volume_id),
-            )
+        self._require_unused(volume_id, path)
+        # One durable commit: DELETING, synced, is the intent start-up finishes after
+        # any crash or power loss. The removals are synced (their directories) before
+        # the rows go, so no image or record can come back after a power loss once the
+        # rows are gone (a record without a row would be rebuilt into a volume); the
+        # rows' removal itself needs no sync: lost, it leaves DELETING, finished again.
         self.catalog.set_volume_state(volume_id, VolumeState.DELETING)
         crash_point("delete.marked")
         files.remove_file(path)
         crash_point("delete.file_removed")
         self.records.remove(volume_id)
-        self.catalog.delete_volume(volume_id)
+        self.catalog.delete_volume(volume_id, durable=False)
         self.pool.keep_catalog_reserve()
         log.info("deleted volume %s name=%s", volume_id, volume.name)
+
+    def _require_unused(self, volume_id: str, path: str) -> None:
+        """Raise FailedPrecondition when the image `path` is staged here or held open.
+
+        A stage records its intent before it attaches and an unstage forgets it only
+        after the detach, so the staging record catches every device of ours, also one
+        whose attach was not committed when the process died (staging rows are not
+        synced, but no loop device outlives a power loss, and start-up adopts a device
+        on a known image that has no row). The kernel answers for everyone else's
+        (attached by hand, through another path or a hard link, or left by a lost
+        catalog): held_open asks the image file itself (a lease), so the node's loop
+        devices are read only when something does hold it (to name it) or the pool's
+        filesystem cannot tell (then the scan alone decides, as it always did)."""
+        if self.catalog.get_staging(volume_id) is not None:
+            where = "a staging record"
+        else:
+            held = self.host.loops.held_open(path)
+            devices = [] if held is False else self.host.loops.find_by_backing_file(path)
+            if devices:
+                where = ", ".join(d.path for d in devices)
+            elif held:
+                where = "its image is held open by a loop device attached through" \
+                        " another path, or by a process"
+            else:
+                return
+        raise FailedPrecondition(f"in use on this node ({where}); unstage it before deleting",
+                                 subject=volume_subject(volume_id))
 
     # --- ControllerModifyVolume ----------------------------------------------------------
 
@@ -274,7 +315,7 @@ class Volumes:
             volume = self.get_ready_volume(volume_id)
             values = check_mutable(mutable_parameters, volume_subject(volume_id))
             merged = {**volume.mutable_parameter_map, **values}
-            for device in self.host.loops.find_by_backing_file(self.pool.image_path(volume_id)):
+            for device in self.host.loops.attached_to(self.pool.image_path(volume_id)):
                 apply_mutable(self.host, device.path, values)
             self.catalog.set_mutable_parameters(volume_id, merged)
             self.records.put_volume(replace(volume, mutable_parameters=tuple(sorted(

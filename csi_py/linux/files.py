@@ -322,21 +322,22 @@ def list_names(directory: str) -> list[str]:
         return []
 
 
-def probe_filesystem(directory: str) -> int:
+def probe_filesystem(directory: str, *, sync: bool = True) -> int:
     """0 when the filesystem holding ``directory`` still accepts a sync, else the
     errno it answers (EIO on a filesystem that shut down after an error or an
     EXT4_IOC_SHUTDOWN, EROFS when it was remounted read-only). Writes nothing: an
     fsync of the directory is cheap when nothing in it is dirty. Never raises."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        return exc.errno or _errno.EIO
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        return exc.errno or _errno.EIO
-    finally:
-        os.close(fd)
+    if sync:  # `sync=False`: only the read-only check below, no sync (no cache flush)
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            return exc.errno or _errno.EIO
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            return exc.errno or _errno.EIO
+        finally:
+            os.close(fd)
     try:
         if os.statvfs(directory).f_flag & os.ST_RDONLY:
             return _errno.EROFS

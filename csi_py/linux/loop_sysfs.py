@@ -1,8 +1,10 @@
 """Loop devices as sysfs shows them: the LoopDevice record, discovery (list, find by
-backing file, get), the device nodes, and the backing identity from LOOP_GET_STATUS64.
+backing file, the holders of a file, get), the device nodes, and the backing identity
+from LOOP_GET_STATUS64.
 
 The kernel is the truth for attachments: what is attached is read from
-/sys/block/loopN/loop/* every time, /dev is never scanned and nothing is remembered
+/sys/block/loopN/loop/* every time (or, for "is this file attached at all", asked of
+the file itself through a lease), /dev is never scanned and nothing is remembered
 between calls.
 """
 
@@ -13,6 +15,7 @@ import errno as _errno
 import fcntl
 import os
 import re
+import signal
 import stat
 import time
 from dataclasses import dataclass, field
@@ -106,6 +109,26 @@ class LoopSysfs:
                 if dev is not None:
                     found.append(dev)
         return sorted(found, key=lambda d: d.number)
+
+    def attached_to(self, backing_file: str) -> list[LoopDevice]:
+        """The devices attached to ``backing_file`` (as find_by_backing_file finds
+        them), without reading every device's sysfs when none is: a loop device keeps
+        an open reference to its backing file, and the kernel grants a write lease
+        only on a file nobody else holds open (by its inode, whatever path or hard
+        link it was opened by, attached by us or by anyone else). So a lease granted
+        (and dropped at once) proves no loop device holds the file: no scan. Only
+        when the lease is refused (someone holds the file: a loop device, or a
+        process reading it) or cannot be asked for (a filesystem without leases,
+        leases turned off, the file missing) are the devices scanned, to name them.
+        Read-only; never raises for races."""
+        if held_open(backing_file) is False:
+            return []
+        return self.find_by_backing_file(backing_file)
+
+    def held_open(self, backing_file: str) -> bool | None:
+        """Whether anything holds the file open (held_open below): a loop device,
+        whatever path or link it was attached by, or a process. Never raises."""
+        return held_open(backing_file)
 
     def get(self, device_path: str) -> LoopDevice | None:
         """The attached loop device at ``device_path``, or None if it is not a loop
@@ -282,6 +305,38 @@ def mentions_loop(number: int, mountinfo: str = "/proc/self/mountinfo") -> bool:
     except OSError:
         return False
     return b"/loop%d " % number in raw
+
+
+def held_open(path: str) -> bool | None:
+    """Whether any open file description refers to the file ``path`` (a loop device's
+    backing file, a process's descriptor): False when the kernel grants a write lease
+    on it (F_SETLEASE F_WRLCK, given only while the lease taker's own descriptor is
+    the file's only opener, read-only or writable), which is dropped again at once;
+    True when it refuses (EAGAIN); None when it cannot tell (no such file, a
+    filesystem without leases such as NFS, leases turned off, EPERM without
+    CAP_LEASE). Holds nothing afterwards; never raises."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        # Someone opening the file while the lease is held makes the kernel signal the
+        # lease holder (SIGIO by default, which kills a process that does not handle
+        # it) and wait until the lease is dropped: the signal is made SIGURG, which is
+        # ignored by default, and the lease is dropped within microseconds anyway.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError as exc:
+        return True if exc.errno in (_errno.EAGAIN, _errno.EBUSY) else None
+    else:
+        # Closing the descriptor drops the lease too; this only says so first.
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        except OSError:
+            pass
+        return False
+    finally:
+        os.close(fd)
 
 
 def is_path_tail(shown: str, path: str) -> bool:

@@ -96,9 +96,12 @@ class Catalog(Database):
         return next(iter(self._volumes("name=?", (name,))), None)
 
     @writes
-    def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
-        """Move a volume to `state`. Idempotent; a missing volume is ignored."""
-        with self._tx() as db:
+    def set_volume_state(self, volume_id: str, state: VolumeState, *,
+                         durable: bool = True) -> None:
+        """Move a volume to `state`. Idempotent; a missing volume is ignored.
+        `durable=False`: not synced (state/database.py) where the caller can tell the
+        outcome again after a power loss (core/volumes.py says when)."""
+        with self._tx(durable) as db:
             db.execute("UPDATE volumes SET state=? WHERE id=?", (state.value, volume_id))
 
     @writes
@@ -119,9 +122,10 @@ class Catalog(Database):
             )
 
     @writes
-    def delete_volume(self, volume_id: str) -> None:
-        """Forget a volume and its attachment and staging records. Idempotent."""
-        with self._tx() as db:
+    def delete_volume(self, volume_id: str, *, durable: bool = True) -> None:
+        """Forget a volume and its attachment and staging records. Idempotent.
+        `durable=False` as for set_volume_state."""
+        with self._tx(durable) as db:
             db.execute("DELETE FROM attachments WHERE volume_id=?", (volume_id,))
             db.execute("DELETE FROM stagings WHERE volume_id=?", (volume_id,))
             db.execute("DELETE FROM volumes WHERE id=?", (volume_id,))

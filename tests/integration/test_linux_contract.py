@@ -112,6 +112,23 @@ def test_attach_list_find_get_detach(env):
     assert dev not in h.loops.list_attached()
 
 
+def test_attached_to_and_held_open(env):
+    """What DeleteVolume asks: nothing attached is a plain "no" (the real one answers
+    from a lease on the file, without reading sysfs); an attached device, read-write
+    or read-only, is named, and the file is held until the detach."""
+    h = env.host
+    image = env.image(size=MiB)
+    assert h.loops.held_open(image) is False
+    assert h.loops.attached_to(image) == []
+    for read_only in (False, True):
+        dev = h.loops.attach(image, read_only=read_only)
+        assert h.loops.held_open(image) is True
+        assert h.loops.attached_to(image) == [dev] == h.loops.find_by_backing_file(image)
+        h.loops.detach(dev.path)
+        assert h.loops.held_open(image) is False
+        assert h.loops.attached_to(image) == []
+
+
 def test_attach_missing_file(env):
     with pytest.raises(LoopError) as exc:
         env.host.loops.attach(str(env.root / "missing.img"))

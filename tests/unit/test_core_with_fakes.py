@@ -136,13 +136,17 @@ def test_read_only_block_publish_gets_and_returns_its_own_device(env):
     driver.node.unstage(vol.id, stage)
 
 
-def test_reconcile_rolls_back_creates_finishes_deletes_and_adopts_devices(env):
+def test_reconcile_settles_creates_finishes_deletes_and_adopts_devices(env):
     driver, host, tmp = env
     kept = new_volume(driver, "kept")
     leaked = new_volume(driver, "leaked", cap=BLOCK)
     half_created = new_volume(driver, "half-created")
+    committed = new_volume(driver, "committed")
     half_deleted = new_volume(driver, "half-deleted")
     driver.catalog.set_volume_state(half_created.id, VolumeState.CREATING)
+    driver.records.remove(half_created.id)  # killed before its commit point, the record
+    # Killed after its record was written (its commit point), before READY was set.
+    driver.catalog.set_volume_state(committed.id, VolumeState.CREATING)
     driver.catalog.set_volume_state(half_deleted.id, VolumeState.DELETING)
     dev = host.loops.attach(driver.pool.image_path(leaked.id))  # attached, never recorded
     stray = os.path.join(driver.pool.volumes_dir, "vol-" + "f" * 32 + ".img")
@@ -153,6 +157,9 @@ def test_reconcile_rolls_back_creates_finishes_deletes_and_adopts_devices(env):
     report = driver.start()
 
     assert report.rolled_back_creates == [half_created.id]
+    assert report.finished_creates == [committed.id]
+    assert driver.catalog.get_volume(committed.id).state is VolumeState.READY
+    assert os.path.exists(driver.pool.image_path(committed.id))
     assert report.finished_deletes == [half_deleted.id]
     # A device on a known volume's image with no staging record (a lost catalog, a
     # person with losetup) is adopted, never detached: a pod may be using it.
