@@ -1564,4 +1564,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: everything was undone on the way out; no results were written.
+        print("harness: stopped; nothing written", file=sys.stderr)
+        sys.exit(130)
