@@ -12,14 +12,7 @@ from csi_py.core.crashpoints import crash_point
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.rules import check_capability
 from csi_py.core.volumes import Volumes
-from csi_py.domain.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Subject,
-)
+from csi_py.domain import errors as e
 from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Attachment, Capability
 from csi_py.state.catalog import Catalog
@@ -51,7 +44,7 @@ class Attachments:
         v.require(volume_id, "volume_id")
         v.require(node_id, "node_id")
         if cap is None:
-            raise InvalidArgument("volume_capability is required",
+            raise e.InvalidArgument("volume_capability is required",
                                   subject=volume_subject(volume_id))
         check_capability(cap, self.config.filesystems)
         with self.locks.hold(volume_id, "ControllerPublishVolume"):
@@ -62,10 +55,10 @@ class Attachments:
     ) -> dict[str, str]:
         volume = self.volumes.get_ready_volume(volume_id)
         if node_id != self.config.node_id:
-            raise NotFound(
+            raise e.NotFound(
                 f"unknown: volume {volume_id} lives on node"
                 f" {self.config.node_id!r} and cannot be reached from elsewhere",
-                subject=Subject("node", id=node_id),
+                subject=e.Subject("node", id=node_id),
             )
         wanted = Attachment(volume.id, node_id, readonly, cap.access_mode, cap.access_type)
         context = {
@@ -76,22 +69,22 @@ class Attachments:
             if att.node_id == node_id:
                 if att == wanted:
                     return context
-                raise AlreadyExists(
+                raise e.AlreadyExists(
                     f"already published to node {node_id} with"
                     f" readonly={att.readonly}, mode {att.access_mode.value},"
                     f" {att.access_type.value} access",
                     subject=volume_subject(volume_id),
                 )
-            raise FailedPrecondition(
+            raise e.FailedPrecondition(
                 f"published to node {att.node_id} in mode"
                 f" {att.access_mode.value}; unpublish it there first",
                 subject=volume_subject(volume_id),
             )
         limit = self.config.max_volumes_per_node
         if limit and self.catalog.attachment_count(node_id) >= limit:
-            raise ResourceExhausted(
+            raise e.ResourceExhausted(
                 f"already has {limit} volumes published, its maximum",
-                subject=Subject("node", id=node_id),
+                subject=e.Subject("node", id=node_id),
             )
         self.catalog.put_attachment(wanted)
         crash_point("attach.recorded")
@@ -107,11 +100,11 @@ class Attachments:
         with self.locks.hold(volume_id, "ControllerUnpublishVolume"):
             # The node side (NodeUnpublish, NodeUnstage) works on a failed pool, so
             # pods are released; only this record waits for the repair.
-            self.space.require_working(volume_subject(volume_id))
-            for att in self.catalog.attachments_of(volume_id):
-                if not node_id or att.node_id == node_id:
-                    self.catalog.remove_attachment(volume_id, att.node_id)
-                    crash_point("detach.removed")
+            with self.space.failure_explained(volume_subject(volume_id)):
+                for att in self.catalog.attachments_of(volume_id):
+                    if not node_id or att.node_id == node_id:
+                        self.catalog.remove_attachment(volume_id, att.node_id)
+                        crash_point("detach.removed")
 
     def published_nodes(self, volume_id: str) -> list[str]:
         """The nodes a volume is published to. Read-only; never raises for an unknown

@@ -6,6 +6,8 @@ catalog's promised bytes each time it is asked, never a cached figure.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from csi_py.config import MIN_FS_BYTES, Config
@@ -23,8 +25,10 @@ from csi_py.domain.errors import (
 from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Capability, CapacityRange, Provisioning, Volume
 from csi_py.linux import copies, files
+from csi_py.linux.errors import LinuxError
 from csi_py.linux.filesystems import for_type
 from csi_py.state.catalog import Catalog
+from csi_py.state.errors import CatalogError
 
 
 @dataclass(frozen=True)
@@ -120,14 +124,23 @@ class Space:
         self.pool.keep_catalog_reserve()
         return pool_state(self.pool, self.config.reserve_bytes, probe=probe)
 
-    def require_working(self, subject: Subject) -> PoolState:
-        """The pool's state; raises Unavailable (the CO retries) while its filesystem
-        has failed: nothing can be created in it, deleted from it or recorded in its
-        catalog."""
-        state = self.state()
-        if state.failed:
-            raise Unavailable(state.message, subject=subject)
-        return state
+    @contextmanager
+    def failure_explained(self, subject: Subject) -> Iterator[None]:
+        """Run the block; when it fails (the catalog, a file or a loop device) on a pool
+        whose filesystem has failed, raise Unavailable with the pool's message instead
+        (the CO retries): nothing can be deleted from such a pool or recorded in its
+        catalog. Any other failure goes on as it was raised.
+
+        The probe runs only after a failure: a working pool pays nothing for the check
+        (its sync is a disk cache flush), and a failed one cannot take the block's first
+        write, whose error brings the probe in."""
+        try:
+            yield
+        except (CatalogError, LinuxError, OSError) as exc:
+            state = self.state()
+            if state.failed:
+                raise Unavailable(state.message, subject=subject) from exc
+            raise
 
     def report(self, provisioning: Provisioning, state: PoolState | None = None
                ) -> CapacityReport:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from csi_py.config import Config
@@ -39,8 +37,6 @@ from csi_py.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    Subject,
-    Unavailable,
 )
 from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import (
@@ -53,7 +49,7 @@ from csi_py.domain.model import (
 )
 from csi_py.linux import Host, files
 from csi_py.state.catalog import Catalog
-from csi_py.state.errors import CatalogError, NameTaken
+from csi_py.state.errors import NameTaken
 from csi_py.state.records import Records
 
 log = logging.getLogger(__name__)
@@ -153,7 +149,7 @@ class Volumes:
         request = CreateRequest(name, size, fs_type, provisioning, parameters, mutable,
                                 source, origin)
         with self.locks.hold("name:" + name, "CreateVolume", volume_subject(name=name)):
-            with self._failed_pool_named(volume_subject(name=name)):
+            with self.space.failure_explained(volume_subject(name=name)):
                 existing = self.catalog.get_volume_by_name(name)
                 if existing is not None:
                     return _existing_for_create(existing, capacity, fs_type, provisioning,
@@ -221,21 +217,6 @@ class Volumes:
                  req.fs_type, req.provisioning.value)
         return replace(volume, state=VolumeState.READY)
 
-    @contextmanager
-    def _failed_pool_named(self, subject: Subject) -> Iterator[None]:
-        """Run the block; a CatalogError or OSError from it becomes Unavailable naming
-        the pool's failure when the pool's filesystem has failed (a shut-down
-        filesystem answers EIO to the catalog's and the image's writes, and a
-        thread's fresh catalog connection cannot even read it). The pool is probed
-        (a sync) only then: a create on a working pool pays no probe."""
-        try:
-            yield
-        except (CatalogError, OSError) as exc:
-            state = self.space.state()
-            if state.failed:
-                raise Unavailable(state.message, subject=subject) from exc
-            raise
-
     # --- DeleteVolume ------------------------------------------------------------------
 
     def delete_volume(self, volume_id: str) -> None:
@@ -247,11 +228,13 @@ class Volumes:
         v.require(volume_id, "volume_id")
         if not v.is_volume_id(volume_id):
             return
-        with self.locks.hold(volume_id, "DeleteVolume"):
+        with self.locks.hold(volume_id, "DeleteVolume"), \
+                self.space.failure_explained(volume_subject(volume_id)):
             self._delete_locked(volume_id)
 
     def _delete_locked(self, volume_id: str) -> None:
-        self.space.require_working(volume_subject(volume_id))
+        # On a failed pool the first catalog read or the DELETING commit (synced) fails
+        # before anything is removed; failure_explained then says why.
         volume = self.catalog.get_volume(volume_id)
         if volume is None:
             return

@@ -117,3 +117,32 @@ def test_filesystem_type_comes_from_mountinfo(tmp_path: Path) -> None:
                                   capture_output=True, text=True, check=True).stdout.split()
         assert harness.fs_type_of(path) == expected[-1]
     assert harness.fs_type_of("/proc") == "proc"
+
+
+def test_profile_reads_handler_times_from_the_servers_own_log_lines(tmp_path: Path) -> None:
+    """The line the server logs at DEBUG, formatted by the real text formatter with and
+    without a request id, is what the profiler parses (it once missed every line that had
+    a request id and reported "p50 None ms")."""
+    import importlib.util
+    import logging
+
+    from csi_py import logs
+
+    # benchmarks/profile.py shares its name with the standard library's profile module.
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_profile", Path(__file__).parents[2] / "benchmarks" / "profile.py")
+    assert spec is not None and spec.loader is not None
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as stream:
+        handler = logs.make_handler("text", stream)
+        for rid, took in (("abc-1", 0.91), ("", 1.25)):
+            record = logging.LogRecord("csi_py.server", logging.DEBUG, __file__, 1,
+                                       "%s -> %s in %.2f ms",
+                                       ("NodePublishVolume", "OK", took), None)
+            if rid:
+                record.request_id = rid
+            stream.write(handler.format(record) + "\n")
+    assert profile.handler_times(str(log_path)) == {"NodePublishVolume": [0.91, 1.25]}
