@@ -8,6 +8,7 @@ from csi_py.core.ephemeral import EphemeralVolumes, is_ephemeral
 from csi_py.core.health_conditions import HealthCondition, HealthReporter
 from csi_py.core.node import NodeCore
 from csi_py.core.validation import is_volume_id
+from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Capability
 
 
@@ -46,7 +47,10 @@ class NodeCalls:
     def volume_health(self, volume_id: str, publish_path: str,
                       staging_path: str) -> tuple[str, tuple[HealthCondition, ...]]:
         """NodeGetVolumeHealth: the volume's id and its conditions as this node sees
-        them. Read-only. Raises NotFound (unknown volume), InvalidArgument."""
-        volume = self.controller.get_ready_volume(volume_id)
+        them. Read-only. Raises NotFound (unknown volume), InvalidArgument, Unavailable
+        naming the failed pool when the catalog cannot be read (a shut-down pool refuses
+        a new catalog connection, and a gRPC thread may need one)."""
+        with self.controller.space.failure_explained(volume_subject(volume_id)):
+            volume = self.controller.get_ready_volume(volume_id)
         return volume.id, self.health.node_volume_conditions(volume, publish_path,
                                                              staging_path)
