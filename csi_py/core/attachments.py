@@ -45,7 +45,7 @@ class Attachments:
         v.require(node_id, "node_id")
         if cap is None:
             raise e.InvalidArgument("volume_capability is required",
-                                  subject=volume_subject(volume_id))
+                                    subject=volume_subject(volume_id))
         check_capability(cap, self.config.filesystems)
         with self.locks.hold(volume_id, "ControllerPublishVolume"):
             return self._publish_locked(volume_id, node_id, cap, readonly)

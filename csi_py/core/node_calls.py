@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from csi_py.core.controller import ControllerCore
 from csi_py.core.ephemeral import EphemeralVolumes, is_ephemeral
-from csi_py.core.health_conditions import HealthCondition, HealthReporter
+from csi_py.core.health_conditions import (
+    POOL_FAILED,
+    HealthCondition,
+    HealthReporter,
+    VolumeHealthType,
+)
 from csi_py.core.node import NodeCore
 from csi_py.core.validation import is_volume_id
-from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Capability
+from csi_py.state.errors import CatalogError
 
 
 class NodeCalls:
@@ -47,10 +52,17 @@ class NodeCalls:
     def volume_health(self, volume_id: str, publish_path: str,
                       staging_path: str) -> tuple[str, tuple[HealthCondition, ...]]:
         """NodeGetVolumeHealth: the volume's id and its conditions as this node sees
-        them. Read-only. Raises NotFound (unknown volume), InvalidArgument, Unavailable
-        naming the failed pool when the catalog cannot be read (a shut-down pool refuses
-        a new catalog connection, and a gRPC thread may need one)."""
-        with self.controller.space.failure_explained(volume_subject(volume_id)):
+        them. Read-only. Raises NotFound (unknown volume), InvalidArgument."""
+        try:
             volume = self.controller.get_ready_volume(volume_id)
+        except CatalogError:
+            # A shut-down pool refuses a new catalog connection, which a gRPC thread may
+            # need; the pool's failure is the volume's condition all the same, as
+            # volume_conditions reports it when the catalog can still be read.
+            state = self.controller.space.state()
+            if not state.failed:
+                raise
+            return volume_id, (HealthCondition(VolumeHealthType.INACCESSIBLE, POOL_FAILED,
+                                               state.message),)
         return volume.id, self.health.node_volume_conditions(volume, publish_path,
                                                              staging_path)
