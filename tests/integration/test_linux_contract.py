@@ -49,21 +49,41 @@ class Env(Scratch):
         return dev, mnt
 
     def is_frozen(self, mnt: str) -> bool:
-        """Real: a write under ``mnt`` blocks (it completes at the thaw). Fake: the
-        fake kernel says so."""
+        """Real: a write under ``mnt`` stays blocked for half a second (it completes
+        at the thaw). Fake: the fake kernel says so."""
         if isinstance(self.host, FakeHost):
-            top = self.host.kernel.top_mount(mnt)
-            return top is not None and top.source in self.host.kernel.frozen
+            return self._fake_frozen(mnt)
+        return not self._probe_write(mnt).wait(0.5)
+
+    def is_thawed(self, mnt: str) -> bool:
+        """Real: a write under ``mnt`` completes, and so has every write an earlier
+        :meth:`is_frozen` left blocked (none keeps a file open, so ``mnt`` can be
+        unmounted), waiting up to 30 s, as long as a loaded machine may take. Fake:
+        the fake kernel says it is not frozen."""
+        if isinstance(self.host, FakeHost):
+            return not self._fake_frozen(mnt)
+        self._probe_write(mnt)
+        return all(done.wait(30) for done in self.writers)
+
+    def _fake_frozen(self, mnt: str) -> bool:
+        kernel = self.host.kernel  # type: ignore[attr-defined]  # a FakeHost
+        top = kernel.top_mount(mnt)
+        return top is not None and top.source in kernel.frozen
+
+    def _probe_write(self, mnt: str) -> threading.Event:
+        """A write of a new file under ``mnt`` in a thread; the event is set when it
+        is done and the file closed."""
         done = threading.Event()
+        path = os.path.join(mnt, f"probe-{len(self.writers)}")
 
         def write() -> None:
-            with open(os.path.join(mnt, f"probe-{len(self.writers)}"), "wb") as f:
+            with open(path, "wb") as f:
                 f.write(b"x")
             done.set()
 
         self.writers.append(done)
         threading.Thread(target=write, daemon=True).start()
-        return not done.wait(0.5)
+        return done
 
     def record_fs_error(self, dev) -> None:
         """Make the kernel (or the fake) record an error on an ext4 of ``dev``."""
@@ -448,14 +468,14 @@ def test_freeze_thaw_idempotent(env):
     assert env.is_frozen(mnt)
     h.fs.thaw(mnt)
     h.fs.thaw(mnt)
-    assert not env.is_frozen(mnt)
+    assert env.is_thawed(mnt)
     # Through a bind mount of it, too.
     pub = env.dir("pub")
     h.mounts.bind_mount(mnt, pub)
     h.fs.freeze(pub)
     assert env.is_frozen(mnt)
     h.fs.thaw(pub)
-    assert not env.is_frozen(mnt)
+    assert env.is_thawed(mnt)
     h.mounts.unmount(pub)
     h.mounts.unmount(mnt)
     h.loops.detach(dev.path)
@@ -476,7 +496,7 @@ def test_freeze_errors(env):
             with pytest.raises(FreezeError) as exc:
                 op(path)
             assert exc.value.errno == err
-    assert not env.is_frozen(mnt)
+    assert env.is_thawed(mnt)
     h.mounts.unmount(mnt)
     h.loops.detach(dev.path)
 
@@ -487,16 +507,16 @@ def test_frozen_context(env):
     second_dev, second = env.staged(name="second")
     with h.fs.frozen([first, second]):
         assert env.is_frozen(first) and env.is_frozen(second)
-    assert not env.is_frozen(first) and not env.is_frozen(second)
+    assert env.is_thawed(first) and env.is_thawed(second)
     with pytest.raises(KeyError):
         with h.fs.frozen([first]):
             raise KeyError("body failed")
-    assert not env.is_frozen(first)
+    assert env.is_thawed(first)
     # A later freeze fails: the earlier ones are thawed, the error is raised.
     with pytest.raises(FreezeError):
         with h.fs.frozen([first, second, env.dir("nomount")]):
             pytest.fail("the body must not run")
-    assert not env.is_frozen(first) and not env.is_frozen(second)
+    assert env.is_thawed(first) and env.is_thawed(second)
     for mnt, dev in ((first, first_dev), (second, second_dev)):
         h.mounts.unmount(mnt)
         h.loops.detach(dev.path)
