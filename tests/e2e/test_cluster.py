@@ -141,6 +141,30 @@ def test_read_write_once_pod_refuses_a_second_pod(cluster: Cluster) -> None:
     assert cluster.exec("second", ["cat", "/data/owner"]).strip() == "second"
 
 
+@pytest.mark.once
+@pytest.mark.skipif(not LOCAL_CLUSTER, reason="needs hack/cluster's local cluster (hack/e2e)")
+def test_the_local_cluster_never_pulls_an_image(cluster: Cluster) -> None:
+    # hack/cluster points every registry containerd knows at a closed loopback port; a
+    # hosts.toml that containerd rejects ("invalid host tree") made it pull from the
+    # real registry instead, off the machine.
+    cluster.create({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "no-pull"},
+        "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "app", "image": "registry.k8s.io/csi-py-e2e/no-such-image:1"}]},
+    })
+
+    def refused() -> str | None:
+        events = cluster.core.list_namespaced_event(
+            cluster.namespace, field_selector="involvedObject.name=no-pull").items
+        for e in events:
+            if e.reason == "Failed" and "no-such-image" in (e.message or ""):
+                return e.message
+        return None
+
+    message = cluster.wait("kubelet to fail the pull", refused)
+    assert "127.0.0.1:9" in message and "connection refused" in message, message
+
+
 def _capacity(cluster: Cluster, storage_class: str) -> int:
     """The CSIStorageCapacity the provisioner publishes for `storage_class` (bytes)."""
     from tests.e2e.test_examples import _quantity
