@@ -173,7 +173,7 @@ _PART_OF = {
     "check deletion (ephemeral)": "snapshots",
     "[Testpattern: Dynamic PV (block volmode)] volume-modify-stress "
     "[FeatureGate:VolumeAttributesClass] [Feature:VolumeAttributesClass] multiple pods should "
-    "modify volumes with a different volumeAttributesClass [Slow]": "expand-ephemeral",
+    "provision volumes with volumeAttributesClass [Slow]": "expand-ephemeral",
     "[Testpattern: Dynamic PV (default fs)] volume-stress multiple pods should access different "
     "volumes repeatedly [Slow] [Serial]": "stress",
 }
@@ -195,6 +195,20 @@ def test_full_parts_select_the_group_snapshot_and_stress_tests():
         chosen = [p for p, focus in parts.items() if re.search(focus, _PFX + name)]
         assert chosen == [part], (name, chosen)
         assert not skip.search(_PFX + name), f"--skip drops {name!r}"
+
+
+def test_skip_drops_only_the_modify_stress_test_that_needs_immediate_binding():
+    skip = re.compile(_skip_pattern())
+    stress = ("[Testpattern: Dynamic PV (default fs)] volume-modify-stress "
+              "[FeatureGate:VolumeAttributesClass] [Feature:VolumeAttributesClass] multiple pods "
+              "should {} [Slow]")
+    assert skip.search(_PFX + stress.format("modify volumes with a different "
+                                            "volumeAttributesClass"))
+    assert not skip.search(_PFX + stress.format("provision volumes with volumeAttributesClass"))
+    # The volume-modify suite's own test of a changed class still runs.
+    assert not skip.search(_PFX + "[Testpattern: Dynamic PV (default fs)] volume-modify "
+                           "[FeatureGate:VolumeAttributesClass] [Feature:VolumeAttributesClass] "
+                           "should modify volume that already has a VAC")
 
 
 def test_every_feature_left_out_is_in_the_docs():
