@@ -4,6 +4,7 @@ and the teardown helpers (the staging record without the catalog, unmounting onl
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from csi_py.config import Config
@@ -23,6 +24,14 @@ from csi_py.state.errors import CatalogError
 from csi_py.state.records import Records
 
 log = logging.getLogger("csi_py.core.node")
+
+# How long an unmount is retried while the mount is busy. A mount can be busy for a moment
+# only: a child process that another request's thread has just forked (mkfs, blkid)
+# holds, until it execs, copies of this process's descriptors, among them one on the
+# mount's root (unstage thaws the filesystem through one just before it unmounts), and a
+# path walk through the mount holds it while it passes. Kubelet would retry too, but as a
+# failed call; a mount still busy after this is reported.
+UNMOUNT_BUSY_WAIT = 2.0
 
 
 @dataclass(eq=False)
@@ -76,18 +85,27 @@ class NodeBase:
 
     def unmount(self, path: str, volume_id: str, times: int) -> None:
         """Take `times` mounts (this volume's, counted on a view) off `path`, one at a
-        time (they may be stacked). Raises FailedPrecondition when it is busy."""
+        time (they may be stacked), each retried for :data:`UNMOUNT_BUSY_WAIT` while it
+        is busy. Idempotent. Raises FailedPrecondition when it stays busy."""
         if times > 16:
             raise Internal(f"{path} has {times} stacked mounts of it",
                            subject=volume_subject(volume_id))
         for _ in range(times):
-            try:
-                self.host.mounts.unmount(path)
-            except DeviceBusy as exc:
-                raise FailedPrecondition(
-                    f"{path} is busy (a process still uses it): {exc}",
-                    subject=volume_subject(volume_id),
-                ) from exc
+            deadline = time.monotonic() + UNMOUNT_BUSY_WAIT
+            delay = 0.005
+            while True:
+                try:
+                    self.host.mounts.unmount(path)
+                    break
+                except DeviceBusy as exc:
+                    if time.monotonic() >= deadline:
+                        raise FailedPrecondition(
+                            f"{path} is busy (a process still uses it after "
+                            f"{UNMOUNT_BUSY_WAIT:g}s): {exc}",
+                            subject=volume_subject(volume_id),
+                        ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def detach_quietly(self, device: LoopDevice) -> bool:
         """Detach `device`; False (logged) when it cannot be. Never raises LinuxError."""
