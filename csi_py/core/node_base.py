@@ -91,21 +91,26 @@ class NodeBase:
             raise Internal(f"{path} has {times} stacked mounts of it",
                            subject=volume_subject(volume_id))
         for _ in range(times):
-            deadline = time.monotonic() + UNMOUNT_BUSY_WAIT
-            delay = 0.005
-            while True:
-                try:
-                    self.host.mounts.unmount(path)
-                    break
-                except DeviceBusy as exc:
-                    if time.monotonic() >= deadline:
-                        raise FailedPrecondition(
-                            f"{path} is busy (a process still uses it after "
-                            f"{UNMOUNT_BUSY_WAIT:g}s): {exc}",
-                            subject=volume_subject(volume_id),
-                        ) from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+            self._unmount_once_free(path, volume_id)
+
+    def _unmount_once_free(self, path: str, volume_id: str) -> None:
+        """Unmount the top mount at `path`, retried while it is busy, for
+        :data:`UNMOUNT_BUSY_WAIT`. Raises FailedPrecondition when it stays busy."""
+        deadline = time.monotonic() + UNMOUNT_BUSY_WAIT
+        delay = 0.005
+        while True:
+            try:
+                self.host.mounts.unmount(path)
+                return
+            except DeviceBusy as exc:
+                if time.monotonic() >= deadline:
+                    raise FailedPrecondition(
+                        f"{path} is busy (a process still uses it after "
+                        f"{UNMOUNT_BUSY_WAIT:g}s): {exc}",
+                        subject=volume_subject(volume_id),
+                    ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def detach_quietly(self, device: LoopDevice) -> bool:
         """Detach `device`; False (logged) when it cannot be. Never raises LinuxError."""
