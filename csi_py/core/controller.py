@@ -1,6 +1,7 @@
 """The controller service's core: one object that wires sizing, volumes, expansion and
-attachments together over one catalog, pool and host. It holds no logic of its own;
-each entry point is the method of the module that owns it."""
+attachments together over one catalog, pool and host. It holds no logic of its own:
+callers reach each entry point on the part that owns it (``controller.volumes``,
+``.expansion``, ``.attachments``, ``.space``)."""
 
 from __future__ import annotations
 
@@ -32,17 +33,3 @@ class ControllerCore:
         self.volumes = Volumes(config, catalog, pool, host, locks, self.space, sources, records)
         self.expansion = Expansion(self.volumes)
         self.attachments = Attachments(config, catalog, locks, self.space, self.volumes)
-        # The entry points the servicers and the node side call, by the module that
-        # owns each (see those for what they raise and whether they are idempotent).
-        self.create_volume = self.volumes.create_volume
-        self.delete_volume = self.volumes.delete_volume
-        self.modify = self.volumes.modify
-        self.get_ready_volume = self.volumes.get_ready_volume
-        self.validate_capabilities = self.volumes.validate_capabilities
-        self.list_volumes = self.volumes.list_volumes
-        self.expand = self.expansion.expand
-        self.grow_locked = self.expansion.grow_locked
-        self.publish = self.attachments.publish
-        self.unpublish = self.attachments.unpublish
-        self.published_nodes = self.attachments.published_nodes
-        self.get_capacity = self.space.for_request

@@ -20,6 +20,15 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
     domain errors its docstring names, and Aborted while another call holds the
     volume."""
 
+    def _required_capability(self, volume_id: str, cap: Capability | None) -> Capability:
+        """The request's volume_capability, checked against what this driver serves.
+        Pure; raises InvalidArgument when it is missing or not served."""
+        if cap is None:
+            raise InvalidArgument("volume_capability is required",
+                                  subject=volume_subject(volume_id))
+        check_capability(cap, self.config.filesystems)
+        return cap
+
     def stage(
         self,
         volume_id: str,
@@ -34,13 +43,9 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         capability), FailedPrecondition (staged elsewhere, published for another node,
         device holds another filesystem), Aborted, Internal.
         """
-        v.require(volume_id, "volume_id")
-        staging_path = v.check_absolute_path(staging_path, "staging_target_path")
+        staging_path = _volume_and_path(volume_id, staging_path, "staging_target_path")
         self.check_outside_pool(staging_path, "staging_target_path")
-        if cap is None:
-            raise InvalidArgument("volume_capability is required",
-                                  subject=volume_subject(volume_id))
-        check_capability(cap, self.config.filesystems)
+        cap = self._required_capability(volume_id, cap)
         flags = v.check_mount_flags(cap.mount_flags)
         v.check_no_symlink(staging_path, "staging_target_path")
         node = publish_context.get(PUBLISH_CONTEXT_NODE, self.config.node_id)
@@ -66,8 +71,7 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         Raises InvalidArgument, NotFound (unknown volume), FailedPrecondition (still
         published somewhere), Aborted, Internal.
         """
-        v.require(volume_id, "volume_id")
-        staging_path = v.check_absolute_path(staging_path, "staging_target_path")
+        staging_path = _volume_and_path(volume_id, staging_path, "staging_target_path")
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
             self.unstage_locked(volume_id, staging_path)
 
@@ -85,12 +89,8 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         Raises InvalidArgument, NotFound, FailedPrecondition (not staged),
         AlreadyExists (target holds something else), Aborted.
         """
-        v.require(volume_id, "volume_id")
-        target_path = v.check_absolute_path(target_path, "target_path")
-        if cap is None:
-            raise InvalidArgument("volume_capability is required",
-                                  subject=volume_subject(volume_id))
-        check_capability(cap, self.config.filesystems)
+        target_path = _volume_and_path(volume_id, target_path, "target_path")
+        cap = self._required_capability(volume_id, cap)
         if not staging_path:
             # The spec's "Staging target path not set" (we have STAGE_UNSTAGE_VOLUME).
             raise FailedPrecondition(
@@ -117,8 +117,7 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
 
         Raises InvalidArgument, NotFound (unknown volume), FailedPrecondition (busy).
         """
-        v.require(volume_id, "volume_id")
-        target_path = v.check_absolute_path(target_path, "target_path")
+        target_path = _volume_and_path(volume_id, target_path, "target_path")
         # As for publish: a symlinked parent would make the rmdir below remove a
         # directory somewhere else.
         v.check_no_symlink(target_path, "target_path")
@@ -149,3 +148,9 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         with self.locks.hold(volume_id, "NodeExpandVolume"):
             return self.expand_locked(volume_id, volume_path, capacity, cap)
 
+
+def _volume_and_path(volume_id: str, path: str, field: str) -> str:
+    """Check a node request's volume_id and the path named ``field``; returns the path
+    as validation.check_absolute_path leaves it. Pure; raises InvalidArgument."""
+    v.require(volume_id, "volume_id")
+    return v.check_absolute_path(path, field)

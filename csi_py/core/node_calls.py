@@ -54,7 +54,7 @@ class NodeCalls:
         """NodeGetVolumeHealth: the volume's id and its conditions as this node sees
         them. Read-only. Raises NotFound (unknown volume), InvalidArgument."""
         try:
-            volume = self.controller.get_ready_volume(volume_id)
+            volume = self.controller.volumes.get_ready_volume(volume_id)
         except CatalogError:
             # A shut-down pool refuses a new catalog connection, which a gRPC thread may
             # need; the pool's failure is the volume's condition all the same, as

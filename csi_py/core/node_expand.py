@@ -26,7 +26,7 @@ class ExpandWork(NodeBase):
         cap: Capability | None,
     ) -> int:
         """The work of NodeCore.expand, under the volume's lock. Idempotent."""
-        volume = self.controller.get_ready_volume(volume_id)
+        volume = self.controller.volumes.get_ready_volume(volume_id)
         try:
             volume_path = v.check_absolute_path(volume_path, "volume_path")
         except InvalidArgument:
@@ -51,8 +51,8 @@ class ExpandWork(NodeBase):
             # --expansion node: the file grows here, on the volume's node (the
             # resizer, maybe elsewhere, only recorded the new size).
             mount = record is None or record.access_type is AccessType.MOUNT
-            self.controller.grow_locked(volume, capacity, mount)
-            volume = self.controller.get_ready_volume(volume_id)
+            self.controller.expansion.grow_locked(volume, capacity, mount)
+            volume = self.controller.volumes.get_ready_volume(volume_id)
         if capacity is not None:
             check_node_capacity(volume, capacity)
         for device in view.devices:
@@ -84,7 +84,7 @@ class ExpandWork(NodeBase):
         """
         v.require(volume_id, "volume_id")
         v.require(volume_path, "volume_path")
-        self.controller.get_ready_volume(volume_id)
+        self.controller.volumes.get_ready_volume(volume_id)
         try:
             volume_path = v.check_absolute_path(volume_path, "volume_path")
         except InvalidArgument:

@@ -27,7 +27,7 @@ class PublishWork(NodeBase):
         readonly: bool,
     ) -> None:
         """The work of NodeCore.publish, under the volume's lock. Idempotent."""
-        self.controller.get_ready_volume(volume_id)
+        self.controller.volumes.get_ready_volume(volume_id)
         record = self.catalog.get_staging(volume_id)
         if record is None or not record.staged or not record.at(staging_path):
             raise FailedPrecondition(

@@ -39,7 +39,7 @@ class StageWork(NodeBase):
         readonly: bool,
     ) -> None:
         """The work of NodeCore.stage, under the volume's lock. Idempotent."""
-        volume = self.controller.get_ready_volume(volume_id)
+        volume = self.controller.volumes.get_ready_volume(volume_id)
         fs_type = self.fs_type_for(volume, cap) if cap.access_type is AccessType.MOUNT else ""
         wanted = Staging(volume_id, staging_path, cap.access_type, fs_type, flags, readonly,
                          "", StagingState.STAGING)

@@ -55,7 +55,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
                                       " nor a volume")
             if not source.id:
                 raise InvalidArgument(f"volume_content_source: the {kind} id is empty")
-        vol = self.driver.controller.create_volume(
+        vol = self.driver.controller.volumes.create_volume(
             name=request.name,
             capacity=convert.capacity_range(request.capacity_range),
             caps=convert.capabilities(request.volume_capabilities),
@@ -71,12 +71,12 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
 
     @ready_rpc
     def DeleteVolume(self, request, context):  # noqa: N802
-        self.driver.controller.delete_volume(request.volume_id)
+        self.driver.controller.volumes.delete_volume(request.volume_id)
         return pb.DeleteVolumeResponse()
 
     @ready_rpc
     def ControllerPublishVolume(self, request, context):  # noqa: N802
-        publish_context = self.driver.controller.publish(
+        publish_context = self.driver.controller.attachments.publish(
             request.volume_id,
             request.node_id,
             convert.optional_capability(request),
@@ -86,14 +86,14 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
 
     @ready_rpc
     def ControllerUnpublishVolume(self, request, context):  # noqa: N802
-        self.driver.controller.unpublish(request.volume_id, request.node_id)
+        self.driver.controller.attachments.unpublish(request.volume_id, request.node_id)
         return pb.ControllerUnpublishVolumeResponse()
 
     @ready_rpc
     def ValidateVolumeCapabilities(self, request, context):  # noqa: N802
         caps = convert.capabilities(request.volume_capabilities) if \
             request.volume_capabilities else []
-        ok, reason = self.driver.controller.validate_capabilities(
+        ok, reason = self.driver.controller.volumes.validate_capabilities(
             request.volume_id, caps, dict(request.parameters), dict(request.mutable_parameters)
         )
         if not ok:
@@ -109,7 +109,8 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
 
     @ready_rpc
     def ListVolumes(self, request, context):  # noqa: N802
-        listing = self.driver.controller.list_volumes(request.max_entries, request.starting_token)
+        listing = self.driver.controller.volumes.list_volumes(
+            request.max_entries, request.starting_token)
         return pb.ListVolumesResponse(
             entries=[
                 pb.ListVolumesResponse.Entry(
@@ -129,7 +130,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
 
     @ready_rpc
     def ControllerGetVolumeHealth(self, request, context):  # noqa: N802
-        vol = self.driver.controller.get_ready_volume(request.volume_id)
+        vol = self.driver.controller.volumes.get_ready_volume(request.volume_id)
         conditions = self.driver.health_report.volume_conditions(vol)
         return pb.ControllerGetVolumeHealthResponse(
             volume_health=health.volume_health(vol.id, conditions))
@@ -138,7 +139,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
     def GetCapacity(self, request, context):  # noqa: N802
         topology = dict(request.accessible_topology.segments) if \
             request.HasField("accessible_topology") else None
-        report = self.driver.controller.get_capacity(
+        report = self.driver.controller.space.for_request(
             convert.capabilities(request.volume_capabilities), dict(request.parameters), topology
         )
         response = pb.GetCapacityResponse(available_capacity=report.available_bytes)
@@ -172,7 +173,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
     @ready_rpc
     def ControllerExpandVolume(self, request, context):  # noqa: N802
         self._require(RPC.EXPAND_VOLUME, "ControllerExpandVolume")
-        size, needs_node = self.driver.controller.expand(
+        size, needs_node = self.driver.controller.expansion.expand(
             request.volume_id,
             convert.capacity_range(request.capacity_range),
             convert.optional_capability(request),
@@ -183,8 +184,8 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
 
     @ready_rpc
     def ControllerGetVolume(self, request, context):  # noqa: N802
-        vol = self.driver.controller.get_ready_volume(request.volume_id)
-        nodes = self.driver.controller.published_nodes(vol.id)
+        vol = self.driver.controller.volumes.get_ready_volume(request.volume_id)
+        nodes = self.driver.controller.attachments.published_nodes(vol.id)
         # CSI v1.13 dropped VolumeCondition: health is ControllerGetVolumeHealth's now.
         return pb.ControllerGetVolumeResponse(
             volume=self._volume(vol),
@@ -194,7 +195,7 @@ class ControllerService(Servicer, csi_pb2_grpc.ControllerServicer):
     @ready_rpc
     def ControllerModifyVolume(self, request, context):  # noqa: N802
         self._require(RPC.MODIFY_VOLUME, "ControllerModifyVolume")
-        self.driver.controller.modify(request.volume_id, dict(request.mutable_parameters))
+        self.driver.controller.volumes.modify(request.volume_id, dict(request.mutable_parameters))
         return pb.ControllerModifyVolumeResponse()
 
     # --- snapshots -------------------------------------------------------------------

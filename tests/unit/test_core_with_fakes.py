@@ -41,7 +41,7 @@ def env(tmp_path):
 
 
 def new_volume(driver, name="v", cap=MOUNT, size=64 * MiB) -> Volume:
-    return driver.controller.create_volume(name, CapacityRange(size, 0), [cap], {}, {}, [])
+    return driver.controller.volumes.create_volume(name, CapacityRange(size, 0), [cap], {}, {}, [])
 
 
 def ops(host) -> list[str]:
@@ -64,7 +64,7 @@ def test_whole_life_makes_and_undoes_each_kernel_change_once(env):
     assert sorted(ops(host)) == ["attach", "bind_mount", "detach", "format", "mount",
                                  "set_read_ahead", "unmount", "unmount"]
     assert not os.path.exists(target)
-    driver.controller.delete_volume(vol.id)
+    driver.controller.volumes.delete_volume(vol.id)
     assert not os.path.exists(driver.pool.image_path(vol.id))
 
 
@@ -112,7 +112,7 @@ def test_a_busy_volume_answers_aborted(env):
         with pytest.raises(Aborted, match="already in progress"):
             driver.node.stage(vol.id, str(tmp / "stage"), MOUNT, {})
         with pytest.raises(Aborted):
-            driver.controller.delete_volume(vol.id)
+            driver.controller.volumes.delete_volume(vol.id)
 
 
 def test_publish_before_stage_is_refused(env):
@@ -205,9 +205,9 @@ def test_a_retried_restore_succeeds_after_its_snapshot_is_gone(env):
     vol = new_volume(driver, "src", cap=BLOCK)
     snap = driver.snapshots.create(vol.id, "snap", {})
     source = ContentSource("snapshot", snap.id)
-    first = driver.controller.create_volume("restored", CapacityRange(0, 0), [BLOCK], {}, {},
-                                            [], source=source)
+    first = driver.controller.volumes.create_volume(
+        "restored", CapacityRange(0, 0), [BLOCK], {}, {}, [], source=source)
     driver.snapshots.delete(snap.id)
-    again = driver.controller.create_volume("restored", CapacityRange(0, 0), [BLOCK], {}, {},
-                                            [], source=source)
+    again = driver.controller.volumes.create_volume(
+        "restored", CapacityRange(0, 0), [BLOCK], {}, {}, [], source=source)
     assert again.id == first.id and again.capacity_bytes == vol.capacity_bytes

@@ -33,7 +33,7 @@ def made(tmp_path):
     test can damage its pool before the next start."""
     host = fake_host()
     driver = start(tmp_path, host)
-    c = driver.controller
+    c = driver.controller.volumes
     vols = [c.create_volume(f"v{i}", CapacityRange(32 * MiB, 0), [MOUNT], {}, {}, [])
             for i in range(2)]
     snap = driver.snapshots.create(vols[0].id, "s0", {})
@@ -161,7 +161,7 @@ def test_block_size_is_recorded_and_old_records_mean_512(tmp_path, made):
         assert driver.catalog.get_volume(vols[1].id).block_size == 512
         from csi_py.core.sources import ContentSource
 
-        clone = driver.controller.create_volume(
+        clone = driver.controller.volumes.create_volume(
             "clone-of-old", CapacityRange(32 * MiB, 0), [MOUNT], {}, {}, [],
             source=ContentSource("volume", vols[1].id))
         assert clone.block_size == 512

@@ -26,7 +26,8 @@ def test_snapshot_copy_reports_progress_and_cleans_up(tmp_path):
     driver = Driver(config, fake_host())
     driver.start()
     cap = Capability(AccessType.BLOCK, AccessMode.SINGLE_NODE_WRITER)
-    vol = driver.controller.create_volume("v", CapacityRange(256 << 20, 0), [cap], {}, {}, [])
+    vol = driver.controller.volumes.create_volume(
+        "v", CapacityRange(256 << 20, 0), [cap], {}, {}, [])
     with open(driver.pool.image_path(vol.id), "r+b") as fh:
         for offset in range(0, 200 << 20, 16 << 20):
             fh.seek(offset)
