@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from tests.conftest import has_cap_sys_resource
 from tests.fakes import FakeHost, fake_host
 from tests.lifecycle import MiB
 from tests.scratch import Scratch
+from tests.write_probes import WriteProbes, thaw_and_finish
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Env(Scratch):
     host: Host
     root: Path
     real: bool
-    writers: list[threading.Event] = field(default_factory=list)
+    writes: WriteProbes = field(default_factory=WriteProbes)
 
     def staged(self, fs_type: str = "ext4", size: int = 64 * MiB, name: str = "mnt"):
         """A fresh device with a ``fs_type`` filesystem mounted at root/<name>."""
@@ -49,41 +49,24 @@ class Env(Scratch):
         return dev, mnt
 
     def is_frozen(self, mnt: str) -> bool:
-        """Real: a write under ``mnt`` stays blocked for half a second (it completes
-        at the thaw). Fake: the fake kernel says so."""
+        """Real: a write under ``mnt`` stays blocked for half a second (it finishes at
+        the thaw). Fake: the fake kernel says so."""
         if isinstance(self.host, FakeHost):
             return self._fake_frozen(mnt)
-        return not self._probe_write(mnt).wait(0.5)
+        return self.writes.blocked(mnt)
 
     def is_thawed(self, mnt: str) -> bool:
-        """Real: a write under ``mnt`` completes, and so has every write an earlier
-        :meth:`is_frozen` left blocked (none keeps a file open, so ``mnt`` can be
-        unmounted), waiting up to 30 s, as long as a loaded machine may take. Fake:
-        the fake kernel says it is not frozen."""
+        """Real: a write under ``mnt`` finishes, and so has every write an earlier
+        :meth:`is_frozen` left blocked (so ``mnt`` can be unmounted). Fake: the fake
+        kernel says it is not frozen."""
         if isinstance(self.host, FakeHost):
             return not self._fake_frozen(mnt)
-        self._probe_write(mnt)
-        return all(done.wait(30) for done in self.writers)
+        return self.writes.go_through(mnt)
 
     def _fake_frozen(self, mnt: str) -> bool:
         kernel = self.host.kernel  # type: ignore[attr-defined]  # a FakeHost
         top = kernel.top_mount(mnt)
         return top is not None and top.source in kernel.frozen
-
-    def _probe_write(self, mnt: str) -> threading.Event:
-        """A write of a new file under ``mnt`` in a thread; the event is set when it
-        is done and the file closed."""
-        done = threading.Event()
-        path = os.path.join(mnt, f"probe-{len(self.writers)}")
-
-        def write() -> None:
-            with open(path, "wb") as f:
-                f.write(b"x")
-            done.set()
-
-        self.writers.append(done)
-        threading.Thread(target=write, daemon=True).start()
-        return done
 
     def record_fs_error(self, dev) -> None:
         """Make the kernel (or the fake) record an error on an ext4 of ``dev``."""
@@ -101,15 +84,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
         e = Env(host=Host(loops=kit.loops, mounts=kit.mounts, fs=kit.fs), root=tmp_path,
                 real=True)  # fmt: skip
         yield e
-        # Before kit's cleanup: a frozen filesystem outlives its unmount and keeps
-        # its device busy, and blocked writers keep files open.
-        for entry in kit.mounts.mounts_under(os.path.realpath(tmp_path)):
-            try:
-                kit.fs.thaw(entry.mount_point)
-            except Exception:
-                pass
-        for done in e.writers:
-            done.wait(10)
+        thaw_and_finish(kit, str(tmp_path), e.writes)
     else:
         yield Env(host=fake_host(), root=tmp_path, real=False)
 
@@ -454,6 +429,10 @@ def test_flush(env):
     with pytest.raises(LoopError) as exc:
         h.loops.flush(dev.path)
     assert exc.value.errno == errno.ENXIO
+    # A read-only device flushes too (nothing to write back).
+    ro = h.loops.attach(env.image("ro.img", size=MiB), read_only=True)
+    h.loops.flush(ro.path)
+    h.loops.detach(ro.path)
 
 
 # ---- freeze / thaw ------------------------------------------------------------------
@@ -486,16 +465,20 @@ def test_freeze_errors(env):
     dev, mnt = env.staged()
     sub = os.path.join(mnt, "sub")
     os.makedirs(sub, exist_ok=True)
+    link = env.path("link")
+    os.symlink(mnt, link)
     for path, err in (
         (sub, errno.EINVAL),
         (env.dir("plain"), errno.EINVAL),
         (str(env.root / "missing"), errno.ENOENT),
         (env.file("f"), errno.ENOTDIR),
+        (link, errno.ENOTDIR),  # O_DIRECTORY|O_NOFOLLOW on a symlink
     ):
         for op in (h.fs.freeze, h.fs.thaw):
             with pytest.raises(FreezeError) as exc:
                 op(path)
-            assert exc.value.errno == err
+            assert exc.value.errno == err, (path, op)
+            assert path in str(exc.value)
     assert env.is_thawed(mnt)
     h.mounts.unmount(mnt)
     h.loops.detach(dev.path)
@@ -504,7 +487,7 @@ def test_freeze_errors(env):
 def test_frozen_context(env):
     h = env.host
     first_dev, first = env.staged(name="first")
-    second_dev, second = env.staged(name="second")
+    second_dev, second = env.staged("xfs", 320 * MiB, name="second")
     with h.fs.frozen([first, second]):
         assert env.is_frozen(first) and env.is_frozen(second)
     assert env.is_thawed(first) and env.is_thawed(second)
@@ -532,8 +515,7 @@ def test_frozen_filesystem_outlives_its_unmount(env):
     h.mounts.mount(dev.path, mnt, "ext4")
     assert env.is_frozen(mnt)
     h.fs.thaw(mnt)
-    for done in env.writers:
-        assert done.wait(10)
+    assert env.writes.finished(10)
     h.mounts.unmount(mnt)
     h.loops.detach(dev.path)
 

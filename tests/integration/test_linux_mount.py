@@ -188,21 +188,6 @@ def test_mount_missing_target_and_non_block_source(kit, ext4dev):
 
 
 @integration
-def test_mount_read_only_device_needs_read_only(kit):
-    image = kit.image(size=64 * MiB)
-    dev = kit.loops.attach(image)
-    kit.fs.format(dev.path, "ext4")
-    kit.loops.detach(dev.path)
-    ro = kit.loops.attach(image, read_only=True)
-    mnt = kit.dir("mnt")
-    with pytest.raises(MountError) as exc:
-        kit.mounts.mount(ro.path, mnt, "ext4")
-    assert exc.value.errno in (errno.EACCES, errno.EROFS)
-    kit.mounts.mount(ro.path, mnt, "ext4", read_only=True)
-    kit.mounts.unmount(mnt)
-
-
-@integration
 def test_stacked_mounts_unmount_top_first(kit):
     mnt = kit.dir("stack")
     kit.mounts.mount("lower", mnt, "tmpfs", ["size=1m"])
