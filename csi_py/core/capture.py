@@ -11,7 +11,6 @@ data moves; the freeze lasts as long as the copy).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -21,8 +20,6 @@ from csi_py.domain.model import AccessType
 from csi_py.linux import Host, copies, files
 from csi_py.linux.copies import Progress
 from csi_py.state.catalog import Catalog
-
-log = logging.getLogger(__name__)
 
 
 class Capturer:
@@ -46,26 +43,20 @@ class Capturer:
     @contextmanager
     def quiesced(self, volume_ids: Sequence[str]) -> Iterator[None]:
         """Freeze every staged filesystem of `volume_ids` (and flush their loop
-        devices) for the duration of the block; always thaw what was frozen."""
+        devices) for the duration of the block; always thaw what was frozen.
+
+        Raises FreezeError when a freeze fails (the earlier ones thawed first) or, after
+        a body that succeeded, when a thaw fails: a filesystem left frozen hangs its
+        pod, so the capture must not report success then. LoopError from a flush."""
         mounts: list[str] = []
         for vid in volume_ids:
             points, devices = self._staged(vid)
             for dev in devices:
                 self.host.loops.flush(dev)
             mounts.extend(points)
-        frozen: list[str] = []
-        try:
-            for point in mounts:
-                self.host.fs.freeze(point)
-                frozen.append(point)
+        with self.host.fs.frozen(mounts):
             crash_point("snapshot.frozen")
             yield
-        finally:
-            for point in reversed(frozen):
-                try:
-                    self.host.fs.thaw(point)
-                except Exception:  # noqa: BLE001 - keep thawing the others
-                    log.exception("could not thaw %s", point)
 
     def capture(
         self,

@@ -4,6 +4,7 @@ are fakes whose honesty tests/integration/test_linux_contract.py checks."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -19,7 +20,7 @@ from csi_py.domain.model import (
     Volume,
     VolumeState,
 )
-from csi_py.linux.errors import MountError
+from csi_py.linux.errors import FreezeError, MountError
 from tests.fakes import fake_host
 from tests.lifecycle import MiB
 
@@ -211,3 +212,23 @@ def test_a_retried_restore_succeeds_after_its_snapshot_is_gone(env):
     again = driver.controller.volumes.create_volume(
         "restored", CapacityRange(0, 0), [BLOCK], {}, {}, [], source=source)
     assert again.id == first.id and again.capacity_bytes == vol.capacity_bytes
+
+
+def test_a_snapshot_whose_thaw_fails_is_not_reported_cut(env):
+    """A thaw that fails after the copy leaves the volume frozen, its pod hanging: the
+    snapshot is undone and the error raised, not logged away; a retry, whose freeze
+    takes the frozen filesystem over, thaws it and cuts the snapshot."""
+    driver, host, tmp = env
+    vol = new_volume(driver)
+    stage = str(tmp / "stage")
+    driver.node.stage(vol.id, stage, MOUNT, {})
+    host.fs.fail_next("thaw", FreezeError("thaw failed", path=stage, errno=errno.EIO))
+    with pytest.raises(FreezeError, match="thaw failed"):
+        driver.snapshots.create(vol.id, "snap", {})
+    assert driver.catalog.get_snapshot_by_name("snap") is None
+    assert os.listdir(driver.pool.snapshots_dir) == []
+    assert host.kernel.frozen  # what the failed thaw left
+    snap = driver.snapshots.create(vol.id, "snap", {})
+    assert os.path.exists(driver.pool.snapshot_path(snap.id))
+    assert host.kernel.frozen == set()
+    driver.node.unstage(vol.id, stage)
