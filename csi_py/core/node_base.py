@@ -4,7 +4,6 @@ and the teardown helpers (the staging record without the catalog, unmounting onl
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 from csi_py.config import Config
@@ -15,6 +14,7 @@ from csi_py.core.pool import Pool
 from csi_py.domain.errors import FailedPrecondition, Internal, NotFound
 from csi_py.domain.errors import volume as volume_subject
 from csi_py.domain.model import Capability, Staging, Volume
+from csi_py.domain.retry import tries
 from csi_py.linux import Host
 from csi_py.linux.errors import DeviceBusy, LinuxError
 from csi_py.linux.loop import LoopDevice
@@ -96,21 +96,17 @@ class NodeBase:
     def _unmount_once_free(self, path: str, volume_id: str) -> None:
         """Unmount the top mount at `path`, retried while it is busy, for
         :data:`UNMOUNT_BUSY_WAIT`. Raises FailedPrecondition when it stays busy."""
-        deadline = time.monotonic() + UNMOUNT_BUSY_WAIT
-        delay = 0.005
-        while True:
+        busy: DeviceBusy | None = None
+        for _ in tries(UNMOUNT_BUSY_WAIT, 0.005, 0.2):
             try:
                 self.host.mounts.unmount(path)
                 return
             except DeviceBusy as exc:
-                if time.monotonic() >= deadline:
-                    raise FailedPrecondition(
-                        f"{path} is busy (a process still uses it after "
-                        f"{UNMOUNT_BUSY_WAIT:g}s): {exc}",
-                        subject=volume_subject(volume_id),
-                    ) from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+                busy = exc
+        raise FailedPrecondition(
+            f"{path} is busy (a process still uses it after {UNMOUNT_BUSY_WAIT:g}s): {busy}",
+            subject=volume_subject(volume_id),
+        ) from busy
 
     def detach_quietly(self, device: LoopDevice) -> bool:
         """Detach `device`; False (logged) when it cannot be. Never raises LinuxError."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import os
-import time
 
+from csi_py.domain.retry import tries
 from csi_py.linux import files
 from csi_py.linux._loop_abi import (
     LO_FLAGS_AUTOCLEAR,
@@ -81,16 +81,10 @@ class LoopManager(LoopAttacher):
             # Since Linux 5.x LOOP_CLR_FD only marks the device; the unbinding runs
             # when the last opener closes it, which may be this close().
             os.close(dfd)
-        deadline = time.monotonic() + _DETACH_WAIT
-        delay = 0.0005
-        while True:
+        for _ in tries(_DETACH_WAIT, 0.0005, 0.05):
             now = self._describe(number, identity=False)
             if now is None or now.backing_file != before.backing_file:
                 return
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
         if not before.autoclear:
             self._clear_autoclear(number)
         raise DeviceBusy(

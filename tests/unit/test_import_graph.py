@@ -11,7 +11,7 @@
        config      config.py: the validated Config (reads the filesystem table)
        state       state/: the catalog and the records (stored through linux.files)
        linux       linux/: everything that touches the kernel
-       domain      domain/: model, units, limits, ids, errors; logs.py, output.py and
+       domain      domain/: model, units, limits, ids, errors, retry; logs.py, output.py and
                    csi_py/__init__.py sit here too, as leaves that import nothing of ours
 
    The domain types live only in domain/: the old re-export shims (core/model.py,
