@@ -413,17 +413,6 @@ class FakeMounter(_FakeBase):
         norm = normalize(path)
         return [m for m in self.list_mounts() if m.mount_point == norm]
 
-    def mounts_under(self, path: str) -> list[MountEntry]:
-        norm = normalize(path)
-        prefix = norm.rstrip("/") + "/"
-        found = [
-            (i, m)
-            for i, m in enumerate(self.list_mounts())
-            if m.mount_point == norm or m.mount_point.startswith(prefix)
-        ]
-        found.sort(key=lambda im: (-im[1].mount_point.count("/"), -im[0]))
-        return [m for _, m in found]
-
     def is_mounted(self, path: str) -> bool:
         return bool(self.mounts_at(path))
 

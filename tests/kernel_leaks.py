@@ -9,9 +9,24 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterator
+from typing import Any
+
+from csi_py.linux.mountinfo import MountEntry, normalize
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
+
+
+def entries_under(mounts: Any, path: str) -> list[MountEntry]:
+    """The entries of ``mounts.list_mounts()`` (a real Mounter or the fake) at ``path``
+    or anywhere below it, deepest mount point first and, at one path, the upper
+    (later) mount first: the order to unmount them in. Read-only."""
+    norm = normalize(path)
+    prefix = norm.rstrip("/") + "/"
+    found = [(i, m) for i, m in enumerate(mounts.list_mounts())
+             if m.mount_point == norm or m.mount_point.startswith(prefix)]
+    found.sort(key=lambda im: (-im[1].mount_point.count("/"), -im[0]))
+    return [m for _, m in found]
 
 
 def _decode(field: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import threading
 
+from tests.kernel_leaks import entries_under
+
 # How long a thawed filesystem may take to let a write through on a loaded machine.
 THAW_WAIT = 30.0
 
@@ -58,7 +60,7 @@ def thaw_and_finish(kit, root: str, probes: WriteProbes, timeout: float = 10.0) 
     blocked writes finish: run before the kit's cleanup, since a frozen filesystem
     outlives its unmount and keeps its loop device busy, and a blocked write keeps a
     file open. Idempotent; raises nothing (a teardown helper)."""
-    for entry in kit.mounts.mounts_under(os.path.realpath(root)):
+    for entry in entries_under(kit.mounts, os.path.realpath(root)):
         try:
             kit.fs.thaw(entry.mount_point)
         except Exception:

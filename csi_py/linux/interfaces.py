@@ -101,10 +101,6 @@ class MountService(Protocol):
         Read-only. Raises OSError."""
         ...
 
-    def mounts_under(self, path: str) -> list[MountEntry]:
-        """The mounts at or below ``path``, deepest first. Read-only. Raises OSError."""
-        ...
-
     def is_mounted(self, path: str) -> bool:
         """Whether something is mounted exactly at ``path``. Read-only. Raises OSError."""
         ...

@@ -151,20 +151,6 @@ class Mounter:
         # hundreds of mounts.
         return self.table().at(path)
 
-    def mounts_under(self, path: str) -> list[MountEntry]:
-        """Entries at ``path`` or anywhere beneath it, deepest mount point first (the
-        order to unmount them in)."""
-        norm = normalize(path)
-        prefix = norm.rstrip("/") + "/"
-        found = [
-            (i, m)
-            for i, m in enumerate(self.list_mounts())
-            if m.mount_point == norm or m.mount_point.startswith(prefix)
-        ]
-        # Deepest first; at the same path the upper (later) mount first.
-        found.sort(key=lambda im: (-im[1].mount_point.count("/"), -im[0]))
-        return [m for _, m in found]
-
     def is_mounted(self, path: str) -> bool:
         """True if something is mounted exactly at ``path`` (see :meth:`mounts_at`)."""
         return bool(self.mounts_at(path))

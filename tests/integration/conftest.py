@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kernel_leaks import entries_under
 from tests.lifecycle import MiB
 from tests.scratch import Scratch
 
@@ -133,7 +134,7 @@ class Kit(Scratch):
     def cleanup(self) -> None:
         root = os.path.realpath(self.root)
         for _ in range(10):
-            entries = self.mounts.mounts_under(root)
+            entries = entries_under(self.mounts, root)
             if not entries:
                 break
             for entry in entries:

@@ -28,6 +28,7 @@ from csi_py.linux.errors import (
 )
 from tests.conftest import has_cap_sys_resource
 from tests.fakes import FakeHost, fake_host
+from tests.kernel_leaks import entries_under
 from tests.lifecycle import MiB
 from tests.scratch import Scratch
 from tests.write_probes import WriteProbes, thaw_and_finish
@@ -186,7 +187,7 @@ def test_mount_is_mounted_unmount(env):
     assert entry.fs_type == "ext4" and entry.source == dev.path and entry.root == "/"
     assert "noatime" in entry.mount_options and not entry.read_only
     assert entry in h.mounts.list_mounts()
-    assert h.mounts.mounts_under(str(env.root)) == [entry]
+    assert entries_under(h.mounts, str(env.root)) == [entry]
     h.mounts.unmount(mnt)
     assert not h.mounts.is_mounted(mnt)
     h.mounts.unmount(mnt)  # idempotent
@@ -303,7 +304,7 @@ def test_unmount_with_mount_beneath_is_busy(env):
     h.mounts.bind_mount(env.dir("other"), child)
     with pytest.raises(DeviceBusy):
         h.mounts.unmount(mnt)
-    assert [m.mount_point for m in h.mounts.mounts_under(mnt)] == [child, mnt]
+    assert [m.mount_point for m in entries_under(h.mounts, mnt)] == [child, mnt]
     h.mounts.unmount(child)
     h.mounts.unmount(mnt)
     h.loops.detach(dev.path)

@@ -22,6 +22,7 @@ from csi_py.linux.mount import (
     parse_mountinfo,
     parse_options,
 )
+from tests.kernel_leaks import entries_under
 from tests.lifecycle import MiB
 
 # ---- parsing (pure) --------------------------------------------------------------
@@ -207,11 +208,11 @@ def test_mounts_under_deepest_first(kit):
     kit.mounts.mount("b", os.path.join(top, "x"), "tmpfs", ["size=1m"])
     os.makedirs(os.path.join(top, "x/y"))
     kit.mounts.mount("c", os.path.join(top, "x/y"), "tmpfs", ["size=1m"])
-    assert [m.source for m in kit.mounts.mounts_under(top)] == ["c", "b", "a"]
+    assert [m.source for m in entries_under(kit.mounts, top)] == ["c", "b", "a"]
     # A sibling whose name merely starts the same is not "under".
     kit.dir("top2")
-    assert [m.source for m in kit.mounts.mounts_under(kit.path("top2"))] == []
-    for m in kit.mounts.mounts_under(top):
+    assert [m.source for m in entries_under(kit.mounts, kit.path("top2"))] == []
+    for m in entries_under(kit.mounts, top):
         kit.mounts.unmount(m.mount_point)
 
 
