@@ -60,10 +60,9 @@ sys.path.insert(0, ROOT)
 import grpc  # noqa: E402
 
 from csi_py._proto import csi_pb2 as pb  # noqa: E402
+from csi_py.domain.units import GiB, MiB  # noqa: E402
 from csi_py.rpc.client import Client, block_capability, mount_capability  # noqa: E402
 
-MiB = 1 << 20
-GiB = 1 << 30
 NODE_ID = "bench-node"
 LIFECYCLE_RPCS = (
     "CreateVolume",

@@ -14,8 +14,9 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-MiB = 1 << 20
-GiB = 1 << 30
+sys.path.insert(0, ROOT)
+
+from csi_py.domain.units import GiB, MiB  # noqa: E402
 
 RPCS = ("CreateVolume", "ControllerPublishVolume", "NodeStageVolume", "NodePublishVolume",
         "NodeUnpublishVolume", "NodeUnstageVolume", "ControllerUnpublishVolume", "DeleteVolume")
