@@ -91,6 +91,12 @@ ERRNO_ERRORS: dict[int, tuple[type[e.DriverError], str]] = {
 }
 
 
+def pool_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is an OSError that means the pool is out of room: ENOSPC, or a
+    quota's EDQUOT. The caller raises ResourceExhausted naming what did not fit. Pure."""
+    return isinstance(exc, OSError) and exc.errno in (E.ENOSPC, E.EDQUOT)
+
+
 def from_errno(err: int | None, subject: str) -> e.DriverError:
     """The domain error for a failed syscall about `subject` (a path, a device), with
     a message naming the subject, the errno and what it means."""

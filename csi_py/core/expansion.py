@@ -3,13 +3,13 @@ with --expansion node): the checks, then the file, its loop devices, the catalog
 
 from __future__ import annotations
 
-import errno
 import logging
 from dataclasses import dataclass
 
 from csi_py.core import validation as v
 from csi_py.core.capacity import check_range, fit_growth, resolve_size
 from csi_py.core.crashpoints import crash_point
+from csi_py.core.errmap import pool_full
 from csi_py.core.rules import check_capability, check_volume_capability
 from csi_py.core.volumes import Volumes
 from csi_py.domain.errors import InvalidArgument, OutOfRange, ResourceExhausted
@@ -83,7 +83,7 @@ class Expansion:
             files.grow_image(path, size, preallocate=thick)
             crash_point("expand.file_grown")
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if pool_full(exc):
                 raise ResourceExhausted(
                     f"the pool ran out of space growing to {size}",
                     subject=volume_subject(volume_id),

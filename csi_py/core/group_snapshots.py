@@ -13,10 +13,11 @@ from csi_py.core import validation as v
 from csi_py.core.capacity import Space
 from csi_py.core.capture import Capturer
 from csi_py.core.crashpoints import crash_point
+from csi_py.core.errmap import pool_full
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.pool import Pool
 from csi_py.core.rules import check_snapshot_parameters
-from csi_py.core.snapshots import SnapshotCore, no_space
+from csi_py.core.snapshots import SnapshotCore
 from csi_py.core.topology import snapshot_owner_elsewhere
 from csi_py.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, shown
 from csi_py.domain.errors import group_snapshot as group_subject
@@ -110,7 +111,7 @@ class GroupSnapshots:
                 files.remove_file(self.pool.snapshot_path(snap.id))
                 self.snapshots.records.remove(snap.id)
             self.catalog.delete_group(group.id)
-            if isinstance(exc, OSError) and no_space(exc):
+            if pool_full(exc):
                 raise ResourceExhausted("the pool ran out of space",
                                         subject=group_subject(name=name)) from exc
             raise

@@ -6,7 +6,6 @@ acts on the pool, then commits, so start-up reconciliation can finish or undo it
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from csi_py.core import validation as v
 from csi_py.core.capacity import Space
 from csi_py.core.capture import Capturer
 from csi_py.core.crashpoints import crash_point
+from csi_py.core.errmap import pool_full
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.paging import after_token, cut, page_limit
 from csi_py.core.pool import Pool
@@ -48,11 +48,6 @@ log = logging.getLogger(__name__)
 class SnapshotListing:
     snapshots: tuple[Snapshot, ...]
     next_token: str
-
-
-def no_space(exc: OSError) -> bool:
-    """Whether an OSError means the pool is full (ENOSPC, or a quota's EDQUOT)."""
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def ready_snapshot(catalog: Catalog, config: Config, snapshot_id: str,
@@ -148,7 +143,7 @@ class SnapshotCore:
             self.describe(replace(snap, method=method), None, source)
         except OSError as exc:
             self._undo(snap.id)
-            if no_space(exc):
+            if pool_full(exc):
                 raise ResourceExhausted(
                     f"(of volume {source.id}) the pool ran out of space",
                     subject=snapshot_subject(name=name)) from exc

@@ -10,7 +10,6 @@ work (the caller of a `_locked` method holds the lock).
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from csi_py.config import Config
 from csi_py.core import validation as v
 from csi_py.core.capacity import Space, fit_growth, resolve_size
 from csi_py.core.crashpoints import crash_point
+from csi_py.core.errmap import pool_full
 from csi_py.core.locks import KeyedTryLock
 from csi_py.core.mutable import apply_mutable, check_mutable
 from csi_py.core.paging import after_token, cut, page_limit
@@ -200,7 +200,7 @@ class Volumes:
             self.records.remove(volume.id)
             # Unsynced: lost, it leaves CREATING without a record, rolled back again.
             self.catalog.delete_volume(volume.id, durable=False)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if pool_full(exc):
                 raise ResourceExhausted(
                     f"the pool {self.pool.root} has no room for"
                     f" {req.size} bytes ({req.provisioning.value})",
