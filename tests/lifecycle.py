@@ -15,15 +15,19 @@ from typing import Any
 import grpc
 
 from csi_py._proto import csi_pb2 as pb
+from csi_py.domain.model import AccessMode, AccessType, Capability
 from csi_py.domain.units import GiB, KiB, MiB
 from csi_py.rpc.client import block_capability, mount_capability
 from tests.conftest import NODE_ID
 
-__all__ = ["BLOCK", "EXT4", "GiB", "KiB", "MiB", "NodeSession", "Volumes", "capability",
-           "create_request", "node_session", "publish_request"]
+__all__ = ["BLOCK", "CORE_BLOCK", "CORE_EXT4", "EXT4", "GiB", "KiB", "MiB", "NodeSession",
+           "Volumes", "capability", "create_request", "node_session", "publish_request"]
 
 EXT4 = mount_capability("ext4")
 BLOCK = block_capability()
+# The same two as the core's own Capability, for tests that call the core directly.
+CORE_EXT4 = Capability(AccessType.MOUNT, AccessMode.SINGLE_NODE_WRITER, fs_type="ext4")
+CORE_BLOCK = Capability(AccessType.BLOCK, AccessMode.SINGLE_NODE_WRITER)
 # A capability by kind ("block", "ext4", "xfs", "btrfs"), or a capability message.
 Kind = str | pb.VolumeCapability
 

@@ -13,20 +13,15 @@ from csi_py.config import Config
 from csi_py.core.driver import Driver
 from csi_py.domain.errors import Aborted, FailedPrecondition, NotFound
 from csi_py.domain.model import (
-    AccessMode,
-    AccessType,
-    Capability,
     CapacityRange,
     Volume,
     VolumeState,
 )
 from csi_py.linux.errors import FreezeError, MountError
 from tests.fakes import fake_host
-from tests.lifecycle import MiB
+from tests.lifecycle import CORE_BLOCK, CORE_EXT4, MiB
 
-RWO = AccessMode.SINGLE_NODE_WRITER
-MOUNT = Capability(AccessType.MOUNT, RWO, fs_type="ext4")
-BLOCK = Capability(AccessType.BLOCK, RWO)
+MOUNT, BLOCK = CORE_EXT4, CORE_BLOCK
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import pytest
 from csi_py.config import Config
 from csi_py.core.driver import Driver
 from csi_py.core.rebuild import check_pool
-from csi_py.domain.model import AccessMode, AccessType, Capability, CapacityRange
+from csi_py.domain.model import CapacityRange
 from csi_py.state.records import FORMATTED, RecordError, Records, VolumeRecord, decode
 from tests.fakes import fake_host
-from tests.lifecycle import MiB
+from tests.lifecycle import CORE_EXT4, MiB
 
-MOUNT = Capability(AccessType.MOUNT, AccessMode.SINGLE_NODE_WRITER, fs_type="ext4")
+MOUNT = CORE_EXT4
 
 
 def start(tmp_path, host) -> Driver:
