@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
-from tests.kernel_leaks import entries_under
+from tests.kernel_leaks import mounts_under
 
 # How long a thawed filesystem may take to let a write through on a loaded machine.
 THAW_WAIT = 30.0
@@ -59,10 +59,11 @@ def thaw_and_finish(kit, root: str, probes: WriteProbes, timeout: float = 10.0) 
     """Thaw every mount below ``root`` (a test's own directory) and let the test's
     blocked writes finish: run before the kit's cleanup, since a frozen filesystem
     outlives its unmount and keeps its loop device busy, and a blocked write keeps a
-    file open. Idempotent; raises nothing (a teardown helper)."""
-    for entry in entries_under(kit.mounts, os.path.realpath(root)):
+    file open. Idempotent; raises only OSError, when /proc/self/mountinfo cannot be
+    read (a thaw that fails is passed over)."""
+    for point in mounts_under(os.path.realpath(root)):
         try:
-            kit.fs.thaw(entry.mount_point)
+            kit.fs.thaw(point)
         except Exception:
             pass  # not frozen, or not freezable: nothing to thaw
     probes.finished(timeout)

@@ -26,11 +26,12 @@ from csi_py.state.records import Records
 log = logging.getLogger("csi_py.core.node")
 
 # How long an unmount is retried while the mount is busy. A mount can be busy for a moment
-# only: a child process that another request's thread has just forked (mkfs, blkid)
-# holds, until it execs, copies of this process's descriptors, among them one on the
-# mount's root (unstage thaws the filesystem through one just before it unmounts), and a
-# path walk through the mount holds it while it passes. Kubelet would retry too, but as a
-# failed call; a mount still busy after this is reported.
+# only: a path walk through it holds it while it passes, and (the likely holder in the
+# churn test's failures, not proven) a child process that another request's thread has
+# just forked (mkfs, blkid) holds, until it execs, copies of this process's descriptors,
+# among them the one on the mount's root that unstage thaws through just before it
+# unmounts. Kubelet would retry too, but as a failed call; a mount still busy after this
+# is reported.
 UNMOUNT_BUSY_WAIT = 2.0
 
 
