@@ -75,14 +75,8 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
             self.unstage_locked(volume_id, staging_path)
 
-    def publish(
-        self,
-        volume_id: str,
-        target_path: str,
-        staging_path: str,
-        cap: Capability | None,
-        readonly: bool,
-    ) -> None:
+    def publish(self, volume_id: str, target_path: str, staging_path: str,
+                cap: Capability | None, readonly: bool) -> None:
         """Bind the staged volume onto target_path (a directory for mount volumes, a
         file for block volumes), read-only when asked. Idempotent.
 
@@ -124,14 +118,8 @@ class NodeCore(StageWork, PublishWork, ExpandWork):
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
             self.unpublish_locked(volume_id, target_path)
 
-    def expand(
-        self,
-        volume_id: str,
-        volume_path: str,
-        staging_path: str,
-        capacity: CapacityRange | None = None,
-        cap: Capability | None = None,
-    ) -> int:
+    def expand(self, volume_id: str, volume_path: str, staging_path: str,
+               capacity: CapacityRange | None = None, cap: Capability | None = None) -> int:
         """Make the node see the volume's new size: refresh its loop devices and grow
         its filesystem online. Returns the volume's capacity. Idempotent.
 

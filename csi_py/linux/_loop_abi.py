@@ -42,15 +42,11 @@ class LoopInfo64(ctypes.Structure):
     """struct loop_info64 (232 bytes)."""
 
     _fields_ = [
-        ("lo_device", ctypes.c_uint64),
-        ("lo_inode", ctypes.c_uint64),
-        ("lo_rdevice", ctypes.c_uint64),
-        ("lo_offset", ctypes.c_uint64),
+        ("lo_device", ctypes.c_uint64), ("lo_inode", ctypes.c_uint64),
+        ("lo_rdevice", ctypes.c_uint64), ("lo_offset", ctypes.c_uint64),
         ("lo_sizelimit", ctypes.c_uint64),
-        ("lo_number", ctypes.c_uint32),
-        ("lo_encrypt_type", ctypes.c_uint32),
-        ("lo_encrypt_key_size", ctypes.c_uint32),
-        ("lo_flags", ctypes.c_uint32),
+        ("lo_number", ctypes.c_uint32), ("lo_encrypt_type", ctypes.c_uint32),
+        ("lo_encrypt_key_size", ctypes.c_uint32), ("lo_flags", ctypes.c_uint32),
         ("lo_file_name", ctypes.c_uint8 * LO_NAME_SIZE),
         ("lo_crypt_name", ctypes.c_uint8 * LO_NAME_SIZE),
         ("lo_encrypt_key", ctypes.c_uint8 * LO_KEY_SIZE),

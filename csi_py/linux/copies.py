@@ -211,13 +211,8 @@ def _source_and_new(src: str, new: str, dst: str) -> Iterator[tuple[int, int]]:
         os.close(src_fd)
 
 
-def sparse_copy(
-    src: str,
-    dst: str,
-    *,
-    progress: Progress | None = None,
-    share_extents: bool = True,
-) -> int:
+def sparse_copy(src: str, dst: str, *, progress: Progress | None = None,
+                share_extents: bool = True) -> int:
     """Copy ``src`` into a new file ``dst`` (mode 0600) moving only its allocated
     extents: walks SEEK_DATA/SEEK_HOLE and copies each data extent with
     copy_file_range (pread/pwrite where that is refused, e.g. EXDEV across
@@ -241,13 +236,8 @@ def sparse_copy(
         return _copy_fd(src_fd, dst_fd, src, dst, progress, share_extents)
 
 
-def clone_file(
-    src: str,
-    dst: str,
-    *,
-    progress: Progress | None = None,
-    allow_reflink: bool = True,
-) -> str:
+def clone_file(src: str, dst: str, *, progress: Progress | None = None,
+               allow_reflink: bool = True) -> str:
     """Make ``dst`` a crash-safe copy of ``src`` and say how: "reflink" (shared
     extents, see :func:`reflink`) when allowed and the filesystem can, else "copy"
     (:func:`sparse_copy`, holes preserved, ``progress`` as there).

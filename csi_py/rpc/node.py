@@ -10,41 +10,33 @@ from csi_py.rpc.servicer import Servicer, ready_rpc
 
 NodeRPC = pb.NodeServiceCapability.RPC
 NODE_CAPABILITIES = (
-    NodeRPC.STAGE_UNSTAGE_VOLUME,
-    NodeRPC.GET_VOLUME_STATS,
-    NodeRPC.EXPAND_VOLUME,
-    NodeRPC.SINGLE_NODE_MULTI_WRITER,
-    NodeRPC.GET_VOLUME_HEALTH,
-    NodeRPC.GET_STORAGE_HEALTH,
+    NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS, NodeRPC.EXPAND_VOLUME,
+    NodeRPC.SINGLE_NODE_MULTI_WRITER, NodeRPC.GET_VOLUME_HEALTH, NodeRPC.GET_STORAGE_HEALTH,
 )
 
 
 class NodeService(Servicer, csi_pb2_grpc.NodeServicer):
+    # A request field that core names otherwise is passed by keyword, so the mapping
+    # (staging_target_path -> staging_path) reads off the call.
+
     @ready_rpc
     def NodeStageVolume(self, request, context):  # noqa: N802
-        self.driver.node.stage(
-            request.volume_id,
-            request.staging_target_path,
-            convert.optional_capability(request),
-            dict(request.publish_context),
-        )
+        self.driver.node.stage(request.volume_id, staging_path=request.staging_target_path,
+                               cap=convert.optional_capability(request),
+                               publish_context=dict(request.publish_context))
         return pb.NodeStageVolumeResponse()
 
     @ready_rpc
     def NodeUnstageVolume(self, request, context):  # noqa: N802
-        self.driver.node.unstage(request.volume_id, request.staging_target_path)
+        self.driver.node.unstage(request.volume_id, staging_path=request.staging_target_path)
         return pb.NodeUnstageVolumeResponse()
 
     @ready_rpc
     def NodePublishVolume(self, request, context):  # noqa: N802
         self.driver.node_calls.publish(
-            request.volume_id,
-            request.target_path,
-            request.staging_target_path,
-            convert.optional_capability(request),
-            request.readonly,
-            dict(request.volume_context),
-        )
+            request.volume_id, request.target_path, staging_path=request.staging_target_path,
+            cap=convert.optional_capability(request), readonly=request.readonly,
+            volume_context=dict(request.volume_context))
         return pb.NodePublishVolumeResponse()
 
     @ready_rpc
