@@ -13,12 +13,11 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import os
+import struct
 from typing import ClassVar, Protocol
 
 from csi_py.linux._loop_abi import BLKGETSIZE64
 from csi_py.linux.errors import LinuxError, errno_text
-
-MiB = 1 << 20
 
 MKFS_TIMEOUT = 600.0
 GROW_TIMEOUT = 600.0
@@ -85,9 +84,7 @@ class GrowsMounted(Filesystem):
         return True
 
     def grow(self, device: str, mount_point: str | None, fs_type: str) -> None:
-        if not mount_point:
-            raise ValueError(f"growing {fs_type} on {device} needs it mounted: no mount point")
-        self.grow_mounted(mount_point)
+        self.grow_mounted(require_mount_point(device, mount_point, fs_type, "grow"))
 
     def needs_grow(self, device: str, mount_point: str | None) -> bool:
         mount_point = require_mount_point(device, mount_point, self.name, "grow")
@@ -146,14 +143,21 @@ def read_device(device: str, size: int, offset: int = 0) -> bytes:
         os.close(fd)
 
 
-def ioctl_dir(mount_point: str, request: int, buf: bytearray) -> None:
-    """ioctl ``request`` on the directory ``mount_point``, in and out through ``buf``.
-    Raises OSError."""
+def ioctl_dir(mount_point: str, request: int, size: int,
+              index: tuple[str, int] | None = None) -> bytearray:
+    """ioctl ``request`` on the directory ``mount_point`` through a ``size``-byte buffer,
+    returned as the kernel filled it. ``index`` (a struct format and a number) is
+    written at the buffer's start first, for a query by device or group number.
+    Read-only. Raises OSError."""
+    buf = bytearray(size)
+    if index:
+        struct.pack_into(index[0], buf, 0, index[1])
     fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, request, buf, True)
     finally:
         os.close(fd)
+    return buf
 
 
 def geometry_error(what: str, mount_point: str, err: int | None) -> LinuxError:
@@ -162,7 +166,6 @@ def geometry_error(what: str, mount_point: str, err: int | None) -> LinuxError:
         "of that type?)",
         path=mount_point,
     )
-
 
 
 def block_device_size(device: str) -> int:

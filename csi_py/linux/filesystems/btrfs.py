@@ -9,12 +9,12 @@ import os
 import re
 import struct
 
+from csi_py.domain.units import MiB
 from csi_py.linux.errors import LinuxError, errno_text
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems.base import (
     GROW_TIMEOUT,
     GrowsMounted,
-    MiB,
     geometry_error,
     ioctl_dir,
 )
@@ -33,6 +33,9 @@ BTRFS_IOC_DEV_INFO = 0xD000941E
 # btrfs filesystem can only be grown to at least that.
 BTRFS_MIN_RESIZE_BYTES = 256 * MiB
 
+# The label buffer of the superblock (<linux/btrfs.h>), NUL included.
+BTRFS_LABEL_SIZE = 256
+
 
 class Btrfs(GrowsMounted):
     """btrfs. The types of its facts and the contract of its calls: :class:`Filesystem`."""
@@ -42,7 +45,7 @@ class Btrfs(GrowsMounted):
     # mkfs.btrfs (btrfs-progs 6.2) refuses a device under 114294784 bytes (109 MiB)
     # with its default single-device profiles ("minimum size for each btrfs device").
     min_bytes = 109 * MiB
-    label_max = 255
+    label_max = BTRFS_LABEL_SIZE - 1
     mkfs = ("mkfs.btrfs", "-q", "-f", "-K")
     tools = ("mkfs.btrfs", "btrfs")
     mount_options = ()
@@ -65,9 +68,8 @@ def _btrfs_needs_grow(device: str, mount_point: str, device_bytes: int) -> bool:
         # The kernel refuses to resize btrfs below 256 MiB: a device that small is as
         # grown as it can be.
         return False
-    info = bytearray(1024)
     try:
-        ioctl_dir(mount_point, BTRFS_IOC_FS_INFO, info)
+        info = ioctl_dir(mount_point, BTRFS_IOC_FS_INFO, 1024)
     except OSError as exc:
         raise geometry_error("BTRFS_IOC_FS_INFO", mount_point, exc.errno) from None
     max_id, num_devices = struct.unpack_from("<QQ", info, 0)
@@ -78,10 +80,8 @@ def _btrfs_needs_grow(device: str, mount_point: str, device_bytes: int) -> bool:
         raise LinuxError(f"cannot stat {device}: {errno_text(exc.errno)}", device=device) from None
     sizes = []
     for devid in range(1, max_id + 1):
-        dev = bytearray(4096)
-        struct.pack_into("<Q", dev, 0, devid)
         try:
-            ioctl_dir(mount_point, BTRFS_IOC_DEV_INFO, dev)
+            dev = ioctl_dir(mount_point, BTRFS_IOC_DEV_INFO, 4096, ("<Q", devid))
         except OSError as exc:
             if exc.errno == _errno.ENODEV:
                 continue  # a removed device's id

@@ -9,13 +9,13 @@ import struct
 import time
 from dataclasses import dataclass
 
+from csi_py.domain.units import MiB
 from csi_py.linux.errors import CommandError, GrowNotPermitted, LinuxError
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems.base import (
     CAP_SYS_RESOURCE,
     GROW_TIMEOUT,
     Filesystem,
-    MiB,
     block_device_size,
     has_capability,
     read_device,

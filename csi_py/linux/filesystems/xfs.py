@@ -7,11 +7,11 @@ import errno as _errno
 import os
 import struct
 
+from csi_py.domain.units import MiB
 from csi_py.linux.exec import run
 from csi_py.linux.filesystems.base import (
     GROW_TIMEOUT,
     GrowsMounted,
-    MiB,
     geometry_error,
     ioctl_dir,
 )
@@ -70,16 +70,12 @@ class Xfs(GrowsMounted):
 def _xfs_geometry(mount_point: str) -> tuple[bytearray, bool]:
     """XFS_IOC_FSGEOMETRY output, and whether it is the v5 layout (with ``sick``).
     Raises OSError."""
-    buf = bytearray(256)
     try:
-        ioctl_dir(mount_point, XFS_IOC_FSGEOMETRY, buf)
-        return buf, True
+        return ioctl_dir(mount_point, XFS_IOC_FSGEOMETRY, 256), True
     except OSError as exc:
         if exc.errno not in (_errno.ENOTTY, _errno.EINVAL):
             raise
-    buf = bytearray(112)  # kernels before 5.2
-    ioctl_dir(mount_point, XFS_IOC_FSGEOMETRY_V4, buf)
-    return buf, False
+    return ioctl_dir(mount_point, XFS_IOC_FSGEOMETRY_V4, 112), False  # kernels before 5.2
 
 
 
@@ -127,10 +123,8 @@ def _xfs_errors(mount_point: str) -> list[str]:
         found.append("unhealthy metadata: " + ", ".join(_bits(sick, XFS_FS_SICK)))
     (ag_count,) = struct.unpack_from("<I", geom, 12)
     for ag in range(ag_count):
-        buf = bytearray(128)
-        struct.pack_into("<I", buf, 0, ag)
         try:
-            ioctl_dir(mount_point, XFS_IOC_AG_GEOMETRY, buf)
+            buf = ioctl_dir(mount_point, XFS_IOC_AG_GEOMETRY, 128, ("<I", ag))
         except OSError as exc:
             if exc.errno == _errno.EIO:
                 return shutdown
