@@ -17,9 +17,9 @@ import os
 import re
 import signal
 import stat
-import time
 from dataclasses import dataclass, field
 
+from csi_py.domain.retry import tries
 from csi_py.linux import files
 from csi_py.linux._loop_abi import LOOP_GET_STATUS64, LOOP_MAJOR, LoopInfo64
 from csi_py.linux.errors import LoopError, errno_text
@@ -31,6 +31,8 @@ DELETED_SUFFIX = " (deleted)"
 _NAME = re.compile(r"loop(\d+)")
 # How long to wait for devtmpfs/udev to create /dev/loopN before making it ourselves.
 _NODE_WAIT = 0.5
+_NODE_POLL = 0.005
+
 
 @dataclass(frozen=True)
 class LoopDevice:
@@ -176,24 +178,20 @@ class LoopSysfs:
 
     def _open_node(self, number: int, flags: int) -> int:
         node = self._node(number)
-        deadline = time.monotonic() + _NODE_WAIT
-        while True:
+        for _ in tries(_NODE_WAIT, _NODE_POLL, _NODE_POLL):
             try:
                 return os.open(node, flags | os.O_CLOEXEC)
             except FileNotFoundError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.005)
-                    continue
-                # A /dev that is not devtmpfs (e.g. a container's private tmpfs)
-                # never gets nodes for devices created after it was populated.
-                self._make_node(number)
-                deadline = float("inf")
-                try:
-                    return os.open(node, flags | os.O_CLOEXEC)
-                except OSError as exc:
-                    raise self._error("open", number, None, exc.errno) from None
+                continue  # udev or devtmpfs has not made it yet
             except OSError as exc:
                 raise self._error("open", number, None, exc.errno) from None
+        # A /dev that is not devtmpfs (e.g. a container's private tmpfs) never gets
+        # nodes for devices created after it was populated.
+        self._make_node(number)
+        try:
+            return os.open(node, flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._error("open", number, None, exc.errno) from None
 
     def _make_node(self, number: int) -> None:
         dev = _read(os.path.join(self._sys, f"loop{number}", "dev"))
