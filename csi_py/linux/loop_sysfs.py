@@ -31,7 +31,7 @@ DELETED_SUFFIX = " (deleted)"
 _NAME = re.compile(r"loop(\d+)")
 # How long to wait for devtmpfs/udev to create /dev/loopN before making it ourselves.
 _NODE_WAIT = 0.5
-_NODE_POLL = 0.005
+_NODE_POLL = 0.005  # between looks for it
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ def ioctl_dir(mount_point: str, request: int, size: int,
     """ioctl ``request`` on the directory ``mount_point`` through a ``size``-byte buffer,
     returned as the kernel filled it. ``index`` (a struct format and a number) is
     written at the buffer's start first, for a query by device or group number.
-    Read-only. Raises OSError."""
+    Changes nothing itself (its callers pass only query ioctls). Raises OSError."""
     buf = bytearray(size)
     if index:
         struct.pack_into(index[0], buf, 0, index[1])

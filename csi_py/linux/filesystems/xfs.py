@@ -67,6 +67,7 @@ class Xfs(GrowsMounted):
     def errors_mounted(self, mount_point: str) -> list[str]:
         return _xfs_errors(mount_point)
 
+
 def _xfs_geometry(mount_point: str) -> tuple[bytearray, bool]:
     """XFS_IOC_FSGEOMETRY output, and whether it is the v5 layout (with ``sick``).
     Raises OSError."""
@@ -76,7 +77,6 @@ def _xfs_geometry(mount_point: str) -> tuple[bytearray, bool]:
         if exc.errno not in (_errno.ENOTTY, _errno.EINVAL):
             raise
     return ioctl_dir(mount_point, XFS_IOC_FSGEOMETRY_V4, 112), False  # kernels before 5.2
-
 
 
 def _xfs_needs_grow(mount_point: str, device_bytes: int) -> bool:
