@@ -23,12 +23,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Literal, TypeVar, get_args
 
 from csi_py.core.identity import volume_of_device
 from csi_py.core.pool import Pool, PoolError
 from csi_py.core.validation import is_volume_id
+from csi_py.domain.findings import Findings
 from csi_py.domain.model import (
     AccessType,
     GroupSnapshot,
@@ -54,34 +55,18 @@ _R = TypeVar("_R")
 NODE_FS_TYPES = ("devtmpfs", "tmpfs")
 
 
-class Findings:
-    """A report whose list fields each hold one kind of finding (a dataclass's base)."""
-
-    def counts(self) -> dict[str, int]:
-        """How many findings of each kind. Pure."""
-        return {k: len(v) for k, v in vars(self).items() if isinstance(v, list)}
-
-    def lines(self) -> list[str]:
-        """One line per finding, for an operator. Pure."""
-        return [f"{key}: {item}" for key, items in vars(self).items()
-                if isinstance(items, list) for item in items]
+RebuildKind = Literal[
+    "catalog_moved_to", "adopted_volumes", "adopted_snapshots", "adopted_groups",
+    "adopted_stagings", "records_written", "stale_records", "unreadable_records",
+    "conflicts", "record_errors"]
 
 
-@dataclass
-class RebuildReport(Findings):
-    """What a rebuild found and did (or, without `apply`, would do)."""
+class RebuildReport(Findings[RebuildKind]):
+    """What a rebuild found and did (or, without `apply`, would do). `record_errors`
+    are records that could not be written; `conflicts` are records whose name another
+    volume or snapshot in the catalog already has (not adopted)."""
 
-    catalog_moved_to: list[str] = field(default_factory=list)
-    adopted_volumes: list[str] = field(default_factory=list)
-    adopted_snapshots: list[str] = field(default_factory=list)
-    adopted_groups: list[str] = field(default_factory=list)
-    adopted_stagings: list[str] = field(default_factory=list)
-    records_written: list[str] = field(default_factory=list)
-    stale_records: list[str] = field(default_factory=list)
-    unreadable_records: list[str] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)
-    record_errors: list[str] = field(default_factory=list)  # records that could not be written
-
+    KINDS = get_args(RebuildKind)
 
 
 def open_catalog(pool: Pool, on_full: object = None, *, move_aside: bool = True
@@ -202,10 +187,9 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
             if gone:
                 image = pool.image_path(object_id) if object_id in known.volumes else \
                     pool.snapshot_path(object_id)
-                report.stale_records.append(f"{records.path(object_id)} (image {image} is"
-                                            " gone)")
+                report.add("stale_records", f"{records.path(object_id)} (image {image} is gone)")
     scan = records.scan(skip)
-    report.unreadable_records += scan.unreadable
+    report.extend("unreadable_records", scan.unreadable)
     adoptable = functools.partial(_adoptable, records=records, known=known, report=report,
                                   apply=apply)
     for rec, image, size in adoptable(scan.volumes, lambda r: r.volume.id, "volume",
@@ -213,7 +197,7 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
         vol = rec.volume
         other = catalog.get_volume_by_name(vol.name)
         if other is not None:
-            report.conflicts.append(f"volume {vol.id}: its name {vol.name!r} is recorded for"
+            report.add("conflicts", f"volume {vol.id}: its name {vol.name!r} is recorded for"
                                     f" {other.id}; not adopted, image {image} left in place")
             continue
         # An expansion grows the file before the catalog: the file's size wins.
@@ -222,7 +206,7 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
         if apply:
             catalog.insert_volume(adopted)
             known.volumes[vol.id] = VolumeState.READY
-        report.adopted_volumes.append(_describe(adopted))
+        report.add("adopted_volumes", _describe(adopted))
     groups: dict[str, GroupSnapshot] = {}
     for srec, image, _size in adoptable(scan.snapshots, lambda r: r.snapshot.id, "snapshot",
                                         is_snapshot_id, pool.snapshot_path, known.snapshots):
@@ -234,17 +218,17 @@ def _adopt_records(catalog: Catalog, pool: Pool, records: Records, known: _Known
             groups[snap.group_id] = group
             if apply:
                 catalog.insert_group(group)
-            report.adopted_groups.append(f"{group.id} name={group.name!r}")
+            report.add("adopted_groups", f"{group.id} name={group.name!r}")
         if catalog.get_snapshot_by_name(snap.name) is not None:
-            report.conflicts.append(f"snapshot {snap.id}: its name {snap.name!r} is taken;"
+            report.add("conflicts", f"snapshot {snap.id}: its name {snap.name!r} is taken;"
                                     f" not adopted, image {image} left in place")
             continue
         if apply:
             catalog.insert_snapshot(replace(snap, state=SnapshotState.READY))
             known.snapshots[snap.id] = SnapshotState.READY
-        report.adopted_snapshots.append(
-            f"{snap.id} name={snap.name!r} of={snap.source_volume_id} size={snap.size_bytes}"
-            f" fs={snap.fs_type or '-'}")
+        report.add("adopted_snapshots",
+                   f"{snap.id} name={snap.name!r} of={snap.source_volume_id} size={snap.size_bytes}"
+                   f" fs={snap.fs_type or '-'}")
 
 
 def _adoptable(items: Iterable[_R], id_of: Callable[[_R], str], kind: str,
@@ -258,7 +242,7 @@ def _adoptable(items: Iterable[_R], id_of: Callable[[_R], str], kind: str,
     for item in items:
         object_id = id_of(item)
         if not valid(object_id):
-            report.unreadable_records.append(f"{records.path(object_id)}: bad {kind} id")
+            report.add("unreadable_records", f"{records.path(object_id)}: bad {kind} id")
             continue
         known.good_records.add(Records.name_of(object_id))
         image = image_of(object_id)
@@ -276,7 +260,7 @@ def _image_size(image: str, object_id: str, known: bool, records: Records,
     try:
         return files.file_size(image)
     except FileNotFoundError:
-        report.stale_records.append(f"{records.path(object_id)} (image {image} is gone)")
+        report.add("stale_records", f"{records.path(object_id)} (image {image} is gone)")
         if apply and not known:
             records.remove(object_id)
         return None
@@ -290,9 +274,9 @@ def _backfill_records(catalog: Catalog, pool: Pool, records: Records, known: _Kn
         try:
             if apply:
                 put()
-            report.records_written.append(records.path(object_id))
+            report.add("records_written", records.path(object_id))
         except OSError as exc:  # e.g. a full pool: the next start tries again
-            report.record_errors.append(f"{records.path(object_id)}: {exc}")
+            report.add("record_errors", f"{records.path(object_id)}: {exc}")
 
     for vid, state in known.volumes.items():
         if state is VolumeState.READY and not known.has_record(vid, read_known) and \
@@ -344,9 +328,9 @@ def _adopt_stagings(catalog: Catalog, pool: Pool, host: Host, attached: list[Loo
         staging = adopted_staging(volume_id, devices, mounts)
         if apply:
             catalog.put_staging(staging)
-        report.adopted_stagings.append(
-            f"{volume_id} on {staging.device} ({staging.access_type.value}"
-            f"{' at ' + staging.staging_path if staging.staging_path else ''})")
+        report.add("adopted_stagings",
+                   f"{volume_id} on {staging.device} ({staging.access_type.value}"
+                   f"{' at ' + staging.staging_path if staging.staging_path else ''})")
 
 
 def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
@@ -376,5 +360,5 @@ def check_pool(pool: Pool, host: Host, *, apply: bool) -> RebuildReport:
     finally:
         catalog.close()
     if moved:
-        report.catalog_moved_to.append(moved)
+        report.add("catalog_moved_to", moved)
     return report

@@ -209,7 +209,7 @@ class Volumes:
             raise
         # The record, synced after the complete image, is the create's commit point:
         # start-up finishes a CREATING volume whose record and image are there and
-        # rolls back one without (core/driver.py). So READY needs no sync of its own
+        # rolls back one without (core/reconcile.py). So READY needs no sync of its own
         # (one durable commit per create): lost in a power loss, it is set again.
         self.catalog.set_volume_state(volume.id, VolumeState.READY, durable=False)
         crash_point(f"{step}.committed")

@@ -191,7 +191,7 @@ def test_old_style_ids_keep_working_on_their_node(driver, monkeypatch):
     assert file_key(sid) == sid
     monkeypatch.undo()
     driver.restart()
-    assert driver.server.driver.last_reconcile.unknown_images == []  # type: ignore[attr-defined]
+    assert driver.server.driver.last_reconcile["unknown_images"] == []  # type: ignore[index]
     c = driver.client.controller
     assert c.GetSnapshot(pb.GetSnapshotRequest(snapshot_id=sid), timeout=30).snapshot.ready_to_use
     assert [e.snapshot.snapshot_id for e in

@@ -216,7 +216,7 @@ def test_restart_keeps_published_volumes_usable(driver, kind):
         driver.restart()
 
         report = driver.server.driver.last_reconcile
-        assert report.left_alone == [] and report.rebuild.adopted_stagings == [], report
+        assert report["left_alone"] == [] and report.rebuild["adopted_stagings"] == [], report
         for i, (vid, target) in enumerate(targets):
             assert read_digest(target, kind, len(payload)) == digest
             # Repeating the calls kubelet would repeat is still a success.
@@ -266,7 +266,7 @@ def test_unrecorded_loop_device_is_adopted_at_start(driver):
     dev = host.loops.attach(image)
     driver.restart()
     report = driver.server.driver.last_reconcile
-    assert any(dev.path in item for item in report.rebuild.adopted_stagings), report
+    assert any(dev.path in item for item in report.rebuild["adopted_stagings"]), report
     assert [d.path for d in host.loops.find_by_backing_file(image)] == [dev.path]
     driver.client.node.NodeUnstageVolume(
         pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=driver.path("s")))

@@ -133,8 +133,8 @@ def test_restart_with_ten_published_volumes_keeps_them_usable(driver, fleet):
     driver.restart()
 
     report = driver.server.driver.last_reconcile
-    assert report.left_alone == [] and report.rebuild.adopted_stagings == [], report
-    assert report.errors == [], report
+    assert report["left_alone"] == [] and report.rebuild["adopted_stagings"] == [], report
+    assert report["errors"] == [], report
     # The restart changed nothing in the kernel...
     assert loops_under(driver.workdir) == loops_before
     assert sorted(mounts_under(driver.workdir)) == mounts_before
@@ -164,8 +164,8 @@ def test_node_reboot_then_kubelet_stage_and_publish_bring_every_volume_back(driv
     driver.restart()
 
     report = driver.server.driver.last_reconcile
-    assert report.errors == [] and report.unknown_images == [], report
-    assert report.rolled_back_creates == [] and report.finished_deletes == [], report
+    assert report["errors"] == [] and report["unknown_images"] == [], report
+    assert report["rolled_back_creates"] == [] and report["finished_deletes"] == [], report
     for vid in fleet.ids:
         # Staged in the catalog, but nothing attached: reported, not hidden.
         assert fleet.v.condition(vid).abnormal
@@ -209,10 +209,10 @@ def test_unclaimed_loop_devices_and_mounts_are_adopted_or_reported_never_taken_d
     try:
         driver.restart()
         report = driver.server.driver.last_reconcile
-        assert any(orphan.path in item for item in report.rebuild.adopted_stagings), report
-        assert any(ghost.path in item for item in report.left_alone), report
-        assert not any(other.path in item for item in report.left_alone), report
-        assert report.errors == [], report
+        assert any(orphan.path in item for item in report.rebuild["adopted_stagings"]), report
+        assert any(ghost.path in item for item in report["left_alone"]), report
+        assert not any(other.path in item for item in report["left_alone"]), report
+        assert report["errors"] == [], report
         assert mounts_under(mount_point) == [mount_point]
         assert sorted(loops_under(driver.workdir)) == sorted([orphan.path, ghost.path,
                                                               other.path])

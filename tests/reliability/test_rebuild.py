@@ -92,17 +92,17 @@ def test_lost_catalog_is_rebuilt_and_pods_keep_their_mounts_and_data(driver, how
     # Nothing was taken down, and every pod still sees its data.
     assert mounts_under(driver.workdir) == mounts_before
     assert loops_under(driver.workdir) == loops_before
-    assert report.left_alone == [] and report.errors == [], report
+    assert report["left_alone"] == [] and report["errors"] == [], report
     for kind, (_, _, target) in made.items():
         assert read_digest(target, kind, MiB) == digests[kind], kind
     # The rebuilt catalog knows every volume and snapshot by name, size and filesystem.
     if how in ("truncated", "garbled"):
-        assert len(report.rebuild.catalog_moved_to) == 1, report
-        assert os.path.exists(report.rebuild.catalog_moved_to[0])
-    assert len(report.rebuild.adopted_volumes) == 3, report
-    assert len(report.rebuild.adopted_snapshots) == 1 + len(group.snapshots), report
-    assert len(report.rebuild.adopted_groups) == 1, report
-    assert len(report.rebuild.adopted_stagings) == 3, report
+        assert len(report.rebuild["catalog_moved_to"]) == 1, report
+        assert os.path.exists(report.rebuild["catalog_moved_to"][0])
+    assert len(report.rebuild["adopted_volumes"]) == 3, report
+    assert len(report.rebuild["adopted_snapshots"]) == 1 + len(group.snapshots), report
+    assert len(report.rebuild["adopted_groups"]) == 1, report
+    assert len(report.rebuild["adopted_stagings"]) == 3, report
     listed = {e.volume.volume_id: e.volume for e in driver.client.controller.ListVolumes(
         pb.ListVolumesRequest(), timeout=60).entries}
     assert set(listed) == {vid for vid, _, _ in made.values()}
@@ -167,7 +167,7 @@ def test_pool_check_and_rebuild_commands(driver):
     assert pool("check").returncode == 0
     driver.server, driver.client = _start(driver.workdir, driver.options)
     v = Volumes(driver.client)
-    assert driver.server.driver.last_reconcile.rebuild.adopted_volumes == []
+    assert driver.server.driver.last_reconcile.rebuild["adopted_volumes"] == []
     v.delete_snapshot(sid)
     v.delete(vid)
     assert disagreements(driver.workdir, driver.pool, expect_empty=True) == []

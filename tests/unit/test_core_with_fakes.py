@@ -152,17 +152,17 @@ def test_reconcile_settles_creates_finishes_deletes_and_adopts_devices(env):
 
     report = driver.start()
 
-    assert report.rolled_back_creates == [half_created.id]
-    assert report.finished_creates == [committed.id]
+    assert report["rolled_back_creates"] == [half_created.id]
+    assert report["finished_creates"] == [committed.id]
     assert driver.catalog.get_volume(committed.id).state is VolumeState.READY
     assert os.path.exists(driver.pool.image_path(committed.id))
-    assert report.finished_deletes == [half_deleted.id]
+    assert report["finished_deletes"] == [half_deleted.id]
     # A device on a known volume's image with no staging record (a lost catalog, a
     # person with losetup) is adopted, never detached: a pod may be using it.
-    assert any(dev.path in item for item in report.rebuild.adopted_stagings)
+    assert any(dev.path in item for item in report.rebuild["adopted_stagings"])
     adopted = driver.catalog.get_staging(leaked.id)
     assert adopted is not None and adopted.device == dev.path and adopted.staged
-    assert report.unknown_images == [stray] and os.path.exists(stray)
+    assert report["unknown_images"] == [stray] and os.path.exists(stray)
     assert not os.path.exists(temp)
     assert driver.catalog.get_volume(half_created.id) is None
     assert not os.path.exists(driver.pool.image_path(half_deleted.id))

@@ -66,8 +66,8 @@ def test_a_deleted_catalog_is_rebuilt_with_names_sizes_and_groups(made):
     driver = start(tmp_path, host)
     try:
         found = driver.last_reconcile.rebuild
-        assert len(found.adopted_volumes) == 2 and len(found.adopted_groups) == 1
-        assert len(found.adopted_snapshots) == 1 + len(group.snapshot_ids)
+        assert len(found["adopted_volumes"]) == 2 and len(found["adopted_groups"]) == 1
+        assert len(found["adopted_snapshots"]) == 1 + len(group.snapshot_ids)
         for vol in vols:
             got = driver.catalog.get_volume(vol.id)
             assert (got.name, got.capacity_bytes, got.fs_type) == (vol.name, 32 * MiB, "ext4")
@@ -105,14 +105,14 @@ def test_conflicts_stale_and_unreadable_records_are_reported_and_only_stale_remo
     driver = start(tmp_path, host)
     try:
         found = driver.last_reconcile.rebuild
-        assert [x.split()[0] for x in found.stale_records] == [records.path(stale)]
+        assert [x.split()[0] for x in found["stale_records"]] == [records.path(stale)]
         assert not os.path.exists(records.path(stale))
-        assert len(found.conflicts) == 1 and twin in found.conflicts[0]
+        assert len(found["conflicts"]) == 1 and twin in found["conflicts"][0]
         assert driver.catalog.get_volume(twin) is None
         assert os.path.exists(pool / "volumes" / f"{twin}.img")
-        assert len(found.unreadable_records) == 1
+        assert len(found["unreadable_records"]) == 1
         assert os.path.exists(pool / "records" / ("vol-" + "f" * 32 + ".json"))
-        assert found.records_written == [records.path(vols[1].id)]
+        assert found["records_written"] == [records.path(vols[1].id)]
         assert records.get_volume(vols[1].id) is not None
     finally:
         driver.close()
@@ -127,12 +127,12 @@ def test_pool_check_writes_nothing_and_rebuild_applies(made):
         fh.write(b"not a database" * 100)
     before = sorted(os.listdir(pool.root))
     checked = check_pool(pool, host, apply=False)
-    assert len(checked.adopted_volumes) == 2 and "would be moved aside" in \
-        checked.catalog_moved_to[0]
+    assert len(checked["adopted_volumes"]) == 2 and "would be moved aside" in \
+        checked["catalog_moved_to"][0]
     assert sorted(os.listdir(pool.root)) == before
     rebuilt = check_pool(pool, host, apply=True)
-    assert len(rebuilt.adopted_volumes) == 2 and len(rebuilt.catalog_moved_to) == 1
-    assert os.path.exists(rebuilt.catalog_moved_to[0])
+    assert len(rebuilt["adopted_volumes"]) == 2 and len(rebuilt["catalog_moved_to"]) == 1
+    assert os.path.exists(rebuilt["catalog_moved_to"][0])
     assert check_pool(pool, host, apply=False).lines() == []
 
 
