@@ -48,7 +48,7 @@ class ReconcileReport(Findings[ReconcileKind]):
         return "reconciled: " + " ".join(f"{k}={n}" for k, n in counts.items())
 
     def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]}, rebuild={self.rebuild!r})"
+        return f"ReconcileReport({self._nonempty()}, rebuild={self.rebuild!r})"
 
 
 def reconcile(catalog: Catalog, pool: Pool, records: Records, host: Host,

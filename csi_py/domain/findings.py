@@ -43,6 +43,8 @@ class Findings(Generic[K]):
         """One line per finding, `kind: item`, for an operator. Pure."""
         return [f"{kind}: {item}" for kind, items in self._found.items() for item in items]
 
+    def _nonempty(self) -> dict[str, list[str]]:
+        return {kind: items for kind, items in self._found.items() if items}
+
     def __repr__(self) -> str:
-        found = {kind: items for kind, items in self._found.items() if items}
-        return f"{type(self).__name__}({found})"
+        return f"{type(self).__name__}({self._nonempty()})"
