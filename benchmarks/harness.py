@@ -320,6 +320,20 @@ class DriverProc:
                 time.sleep(0.001)
 
     def _learn(self) -> None:
+        """Read the driver's name, version, capabilities and node id. A driver that
+        answers Probe but fails one of these cannot be measured: BenchError says which
+        call failed and how."""
+        try:
+            self._ask_identity()
+        except grpc.RpcError as exc:
+            why = f"{exc.code().name}: {exc.details()}"
+            if "missing version" in (exc.details() or ""):
+                why += (" (hostpathplugin built without -ldflags \"-X main.version=<tag>\":"
+                        " docs/benchmarks.md, 'The reference')")
+            raise BenchError(f"{self.spec.name} answers Probe but not its identity and"
+                             f" capability calls: {why}") from exc
+
+    def _ask_identity(self) -> None:
         with Client(self.socket, timeout=30) as c:
             info = c.identity.GetPluginInfo(pb.GetPluginInfoRequest())
             self.plugin = {"name": info.name, "vendor_version": info.vendor_version}
@@ -406,6 +420,14 @@ def csi_py_spec() -> DriverSpec:
         send_fs_type=True,
         kinds=[Kind("block", True, "", 64 * MiB), Kind("ext4", False, "ext4", 64 * MiB)],
     )
+
+
+def check_starts(spec: DriverSpec, workdir: str) -> None:
+    """Start the driver once, learn what it is, and stop it; BenchError (with the
+    driver's reason) when it cannot be started or measured. Leaves no process."""
+    drv = DriverProc(spec, workdir)
+    drv.start()
+    drv.stop()
 
 
 def reference_spec(binary: str) -> DriverSpec:
@@ -1510,6 +1532,14 @@ def main() -> int:
     status = 0
     t_start = time.perf_counter()
     try:
+        # A reference that starts but cannot be measured would fail every section and
+        # leave a results file of n/a figures in place of the last good one.
+        for spec in specs[1:]:
+            try:
+                check_starts(spec, os.path.join(workdir, f"check-{spec.name}"))
+            except BenchError as exc:
+                print(f"benchmark: reference unavailable: {exc}", file=sys.stderr)
+                return 2
         for section in sections:
             t0 = time.perf_counter()
             try:

@@ -111,6 +111,56 @@ def test_reference_is_refused_loudly_when_absent(tmp_path: Path) -> None:
         harness.reference_spec(str(plain))
 
 
+_MISSING_VERSION = textwrap.dedent("""
+    import sys
+    if "-help" in sys.argv:
+        sys.stderr.write("  -endpoint string\\n  -statedir string\\n  -nodeid string\\n")
+        sys.exit(0)
+    from concurrent import futures
+    import grpc
+    from csi_py._proto import csi_pb2 as pb
+
+    def missing_version(_request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "Driver is missing version")
+
+    def handler(call, req, resp):
+        return grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=req.FromString,
+            response_serializer=resp.SerializeToString)
+
+    server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[
+        grpc.method_handlers_generic_handler("csi.v1.Identity", {
+            "Probe": handler(lambda _r, _c: pb.ProbeResponse(), pb.ProbeRequest,
+                             pb.ProbeResponse),
+            "GetPluginInfo": handler(missing_version, pb.GetPluginInfoRequest,
+                                     pb.GetPluginInfoResponse)})])
+    server.add_insecure_port(sys.argv[sys.argv.index("-endpoint") + 1])
+    server.start()
+    server.wait_for_termination()
+""")
+
+
+def test_a_reference_that_answers_probe_but_not_its_identity_stops_the_run(
+        tmp_path: Path) -> None:
+    """hostpathplugin built without its version answers Probe but fails GetPluginInfo:
+    the harness exits 2 with the reason and the build hint before any section, and
+    writes no results file in place of the last one."""
+    fake = tmp_path / "hostpathplugin"
+    fake.write_text(f"#!{sys.executable}\n" + _MISSING_VERSION)
+    fake.chmod(0o755)
+    out = tmp_path / "latest.json"
+    env = {**os.environ, "REFERENCE_BIN": str(fake), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, harness.__file__, "--sections", "lifecycle",
+                           "--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "reference unavailable" in proc.stderr and "missing version" in proc.stderr
+    assert "-X main.version" in proc.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("csi-bench-")] == []
+
+
 def test_filesystem_type_comes_from_mountinfo(tmp_path: Path) -> None:
     for path in (str(tmp_path), "/proc", "/"):
         expected = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", path],
