@@ -1511,9 +1511,11 @@ def main() -> int:
         return 1
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     specs = [csi_py_spec()]
+    reference: DriverSpec | None = None
     if not args.no_reference:
         try:
-            specs.append(reference_spec(os.environ.get("REFERENCE_BIN", "")))
+            reference = reference_spec(os.environ.get("REFERENCE_BIN", ""))
+            specs.append(reference)
         except BenchError as exc:
             print(f"benchmark: reference unavailable: {exc}", file=sys.stderr)
             return 2
@@ -1534,9 +1536,9 @@ def main() -> int:
     try:
         # A reference that starts but cannot be measured would fail every section and
         # leave a results file of n/a figures in place of the last good one.
-        for spec in specs[1:]:
+        if reference is not None:
             try:
-                check_starts(spec, os.path.join(workdir, f"check-{spec.name}"))
+                check_starts(reference, os.path.join(workdir, "check-reference"))
             except BenchError as exc:
                 print(f"benchmark: reference unavailable: {exc}", file=sys.stderr)
                 return 2
